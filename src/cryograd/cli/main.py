@@ -1,0 +1,69 @@
+"""``cryograd`` entry point: dispatch to subcommands, turn user errors into one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cryograd.errors import CryogradError
+
+# Subcommand name -> module that defines ``add_parser(subparsers)``.
+COMMANDS: dict[str, str] = {
+    "info": "cryograd.cli.info",
+    "convert": "cryograd.cli.convert",
+    "project": "cryograd.cli.project",
+    "simulate": "cryograd.cli.simulate",
+    "reconstruct": "cryograd.cli.reconstruct",
+    "fsc": "cryograd.cli.fsc",
+    "demo": "cryograd.cli.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand."""
+    from cryograd import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cryograd",
+        description="Single-particle cryo-EM 3D reconstruction with matched projectors.",
+    )
+    parser.add_argument("--version", action="version", version=f"cryograd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in COMMANDS.values():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a command not built into this installation
+            if exc.name == module_name:
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cryograd``; returns the exit status (0, or 2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        result = args.func(args)
+    except CryogradError as exc:
+        print(f"cryograd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cryograd: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Centred Fourier transforms, frequency grids and shells.
+
+Real-space arrays are centred at index ``N // 2`` (RELION's rule). Fourier arrays are kept in
+torch's unshifted layout: full grids ``(N, N)`` as ``torch.fft.fft2`` returns them, half grids
+``(N, N // 2 + 1)`` as ``torch.fft.rfft2`` returns them. Frequencies are in integer units ``k``
+(cycles per box); in 1/Å a frequency is ``k / (N · pixel_size)``, and Nyquist is
+``1 / (2 · pixel_size)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "rfft2_centered",
+    "irfft2_centered",
+    "fft2_centered",
+    "ifft2_centered",
+    "rfftn_centered",
+    "irfftn_centered",
+    "frequency_grid_2d",
+    "frequency_grid_3d",
+    "shell_index",
+]
+
+
+def rfft2_centered(images: torch.Tensor) -> torch.Tensor:
+    """Half-grid DFT of images whose origin is pixel ``N // 2``.
+
+    Parameters
+    ----------
+    images
+        ``(..., N, N)`` real.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., N, N // 2 + 1)`` complex, unshifted layout.
+    """
+    return torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+
+
+def irfft2_centered(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Inverse of :func:`rfft2_centered`: ``(..., N, N // 2 + 1)`` complex to ``(..., N, N)``."""
+    out = torch.fft.irfft2(spectra, s=(box_size, box_size))
+    return torch.fft.fftshift(out, dim=(-2, -1))
+
+
+def fft2_centered(images: torch.Tensor) -> torch.Tensor:
+    """Full-grid DFT of ``(..., N, N)`` images with origin at ``N // 2`` (unshifted layout)."""
+    return torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+
+
+def ifft2_centered(spectra: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`fft2_centered` (complex output; take ``.real`` for real images)."""
+    return torch.fft.fftshift(torch.fft.ifft2(spectra), dim=(-2, -1))
+
+
+def rfftn_centered(volume: torch.Tensor) -> torch.Tensor:
+    """Half-grid 3D DFT of ``(..., N, N, N)`` volumes with origin at voxel ``N // 2``.
+
+    Returns ``(..., N, N, N // 2 + 1)`` complex in the unshifted layout ``[kz, ky, kx]``.
+    """
+    return torch.fft.rfftn(torch.fft.ifftshift(volume, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+
+
+def irfftn_centered(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Inverse of :func:`rfftn_centered`: back to ``(..., N, N, N)`` real, origin at ``N // 2``."""
+    out = torch.fft.irfftn(spectra, s=(box_size,) * 3, dim=(-3, -2, -1))
+    return torch.fft.fftshift(out, dim=(-3, -2, -1))
+
+
+def frequency_grid_2d(
+    box_size: int,
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer frequencies ``(kx, ky)`` of a 2D DFT grid in torch's unshifted layout.
+
+    Parameters
+    ----------
+    box_size
+        ``N``.
+    rfft
+        Half grid ``(N, N // 2 + 1)`` if true, else full grid ``(N, N)``.
+
+    Returns
+    -------
+    kx, ky
+        Each ``(N, W)``; divide by ``N · pixel_size`` for 1/Å.
+    """
+    ky = torch.fft.fftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
+    if rfft:
+        kx = torch.fft.rfftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
+    else:
+        kx = ky
+    grid_ky, grid_kx = torch.meshgrid(ky, kx, indexing="ij")
+    return grid_kx, grid_ky
+
+
+def frequency_grid_3d(
+    box_size: int,
+    *,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer frequencies ``(kx, ky, kz)`` of a 3D DFT grid ``[kz, ky, kx]`` (unshifted layout)."""
+    k = torch.fft.fftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
+    if rfft:
+        kx = torch.fft.rfftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
+    else:
+        kx = k
+    gz, gy, gx = torch.meshgrid(k, k, kx, indexing="ij")
+    return gx, gy, gz
+
+
+def shell_index(box_size: int, *, ndim: int = 3, rfft: bool = True, device=None) -> torch.Tensor:
+    """Index of the Fourier shell ``round(|k|)`` of every sample of a 2D or 3D DFT grid.
+
+    Shell ``n`` holds frequencies with ``n - 0.5 <= |k| < n + 0.5``; shells run up to
+    ``box_size // 2`` inside the inscribed sphere (corners get larger indices).
+    """
+    if ndim == 2:
+        kx, ky = frequency_grid_2d(box_size, rfft=rfft, device=device, dtype=torch.float64)
+        r = torch.sqrt(kx**2 + ky**2)
+    elif ndim == 3:
+        kx, ky, kz = frequency_grid_3d(box_size, rfft=rfft, device=device, dtype=torch.float64)
+        r = torch.sqrt(kx**2 + ky**2 + kz**2)
+    else:
+        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+    return torch.round(r).long()
