@@ -1,8 +1,9 @@
 """MRC maps and image stacks: read with voxel size and origin, write float32 atomically.
 
-Reading goes through ``mrcfile``. A file whose header is merely odd (no ``MAP`` id, unknown machine
-stamp, as in files written by some older tools) is read again in ``mrcfile``'s permissive mode; a file
-that is truncated, corrupt or not MRC at all raises :class:`~cryograd.errors.CryogradError` naming it.
+Reading goes through ``mrcfile``. A file whose header is merely odd (no ``MAP`` id, unknown
+machine stamp, as in files written by some older tools) is read again in ``mrcfile``'s permissive
+mode; a file that is truncated, corrupt or not MRC at all raises
+:class:`~cryograd.errors.CryogradError` naming it.
 
 Writing is atomic: data go to a temporary name in the destination folder, which is renamed over the
 destination only when complete, and deleted when anything fails.
@@ -45,17 +46,20 @@ class MapHeader:
     path
         The file.
     shape
-        Data shape as ``mrcfile`` gives it: ``(z, y, x)`` for volumes and stacks, ``(y, x)`` for images.
+        Data shape as ``mrcfile`` gives it: ``(z, y, x)`` for volumes and stacks, ``(y, x)``
+        for single images.
     voxel_size_angstrom
         Voxel size along x in Å (0.0 when the header does not set one).
     voxel_size_xyz_angstrom
         ``(x, y, z)`` voxel sizes in Å (they differ for anisotropic maps).
     origin_angstrom
-        ``(x, y, z)`` origin in Å: the header's origin field, or ``nxstart · voxel`` when that is zero.
+        ``(x, y, z)`` origin in Å: the header's origin field, or ``nxstart · voxel`` when that
+        is zero.
     start_voxels
         ``(nxstart, nystart, nzstart)``.
     is_stack
-        True when the header marks an image stack (``ispg = 0`` with ``nz > 1``) or the file ends ``.mrcs``.
+        True when the header marks an image stack (``ispg = 0`` with ``nz > 1``) or the file
+        ends ``.mrcs``.
     mode
         MRC data mode.
     permissive
@@ -101,17 +105,19 @@ def _open(path: Path, *, mmap: bool, header_only: bool = False):
         raise CryogradError(f"{path}: file not found")
     if path.is_dir():
         raise CryogradError(f"{path}: is a folder, not an MRC file")
+    kwargs = {"mode": "r"} if mmap else {"mode": "r", "header_only": header_only}
     opener = mrcfile.mmap if mmap else mrcfile.open
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return opener(str(path), mode="r", header_only=header_only), False
+            return opener(str(path), **kwargs), False
     except Exception as strict_exc:  # noqa: BLE001 - any parse failure means: try permissive
-        strict_msg = str(strict_exc).splitlines()[0] if str(strict_exc) else type(strict_exc).__name__
+        text = str(strict_exc).strip()
+        strict_msg = text.splitlines()[0] if text else type(strict_exc).__name__
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            mrc = opener(str(path), mode="r", permissive=True, header_only=header_only)
+            mrc = opener(str(path), permissive=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise CryogradError(f"{path}: not a readable MRC file ({strict_msg}; {exc})") from None
     _check_permissive(path, mrc, caught, strict_msg, header_only)
@@ -145,7 +151,8 @@ def _check_permissive(path: Path, mrc, caught, strict_msg: str, header_only: boo
 
 def _header_of(path: Path, mrc, permissive: bool) -> MapHeader:
     h = mrc.header
-    vs = mrc.voxel_size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vs = mrc.voxel_size
     vxyz = (float(vs.x), float(vs.y), float(vs.z))
     start = (int(h.nxstart), int(h.nystart), int(h.nzstart))
     origin = (float(h.origin.x), float(h.origin.y), float(h.origin.z))
@@ -175,9 +182,32 @@ def read_map_header(path: str | os.PathLike) -> MapHeader:
     path = Path(path)
     mrc, permissive = _open(path, mmap=False, header_only=True)
     try:
-        return _header_of(path, mrc, permissive)
+        header = _header_of(path, mrc, permissive)
+        extended = int(mrc.header.nsymbt)
     finally:
         mrc.close()
+    _check_size(path, header, extended)
+    return header
+
+
+_BYTES_PER_VOXEL = {0: 1.0, 1: 2.0, 2: 4.0, 4: 8.0, 6: 2.0, 12: 2.0, 101: 0.5}
+
+
+def _check_size(path: Path, header: MapHeader, extended_bytes: int) -> None:
+    """Truncation check from the file size (uncompressed files only)."""
+    if path.suffix.lower() in (".gz", ".bz2"):
+        return
+    n_voxels = int(np.prod(header.shape, dtype=np.int64))
+    expected = (
+        1024
+        + max(extended_bytes, 0)
+        + int(np.ceil(n_voxels * _BYTES_PER_VOXEL.get(header.mode, 4.0)))
+    )
+    actual = path.stat().st_size
+    if actual < expected:
+        raise CryogradError(
+            f"{path}: MRC file is truncated ({actual} bytes, the header needs {expected})"
+        )
 
 
 def read_map(path: str | os.PathLike) -> MapData:
@@ -284,8 +314,8 @@ def write_map(
 class StackWriter:
     """Stream images batch by batch into an ``.mrcs`` stack, atomically.
 
-    The stack is created at full size under a temporary name with ``mrcfile.new_mmap`` and renamed to
-    ``path`` when the context closes normally with every image written; on an exception (or when
+    The stack is created at full size under a temporary name with ``mrcfile.new_mmap`` and renamed
+    to ``path`` when the context closes normally with every image written; on an exception (or when
     fewer than ``n_images`` were written) the temporary file is deleted and ``path`` is untouched.
 
     Parameters
@@ -370,7 +400,11 @@ class StackWriter:
 
 
 def write_stack(
-    path: str | os.PathLike, images: np.ndarray, pixel_size_angstrom: float, *, batch_size: int = 1024
+    path: str | os.PathLike,
+    images: np.ndarray,
+    pixel_size_angstrom: float,
+    *,
+    batch_size: int = 1024,
 ) -> Path:
     """Write a whole ``(n, D, D)`` stack atomically (through :class:`StackWriter`)."""
     if hasattr(images, "detach"):

@@ -1,8 +1,9 @@
 """Triton kernels for the projectors, chosen by device.
 
-The torch functions in :mod:`cryograd.projectors` are the reference implementation and the CPU route.
-The modules here (:mod:`cryograd.kernels.real_space`, :mod:`cryograd.kernels.fourier_slice`) hold
-Triton versions with the *same signatures*, so that a reference function dispatches in one line::
+The torch functions in :mod:`cryograd.projectors` are the reference implementation and the CPU
+route. The modules :mod:`cryograd.kernels.real_space` and :mod:`cryograd.kernels.fourier_slice`
+hold Triton versions with the *same signatures*, so that a reference function dispatches in one
+line::
 
     from cryograd import kernels
 
@@ -35,7 +36,15 @@ import torch
 
 from cryograd.errors import CryogradError
 
-__all__ = ["use_kernels", "kernel_mode", "triton_available", "interpreter_enabled"]
+__all__ = [
+    "use_kernels",
+    "kernel_mode",
+    "triton_available",
+    "interpreter_enabled",
+    "check_inputs",
+    "ensure_runnable",
+    "device_guard",
+]
 
 _ENV = "CRYOGRAD_KERNELS"
 _MODES = ("auto", "torch", "triton")
@@ -77,7 +86,8 @@ def use_kernels(*tensors: torch.Tensor) -> bool:
     Parameters
     ----------
     tensors
-        The operation's data tensors (usually one: the volume or the images). Non-tensors are ignored.
+        The operation's data tensors (usually one: the volume or the images); non-tensors are
+        ignored.
 
     Returns
     -------
@@ -112,12 +122,11 @@ def __getattr__(name: str) -> ModuleType:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_inputs(
-    op: str,
-    data: dict[str, torch.Tensor],
-    geometry: dict[str, torch.Tensor | None] | None = None,
-) -> tuple[torch.device, torch.dtype]:
-    """Validate a kernel call's arguments before anything reaches Triton.
+def check_inputs(op: str, data: dict[str, torch.Tensor]) -> tuple[torch.device, torch.dtype]:
+    """Validate a kernel call's data arguments before anything reaches Triton.
+
+    Geometry (rotations, shifts, CTF parameters) is not checked here: like the torch reference, the
+    kernels move it to the data's device and dtype.
 
     Parameters
     ----------
@@ -126,9 +135,6 @@ def check_inputs(
     data
         The data arguments (volume, images, spectra, accumulators): all on one device, one real
         dtype (float32 or float64; complex tensors count by their real dtype).
-    geometry
-        Rotations, shifts, CTF parameters: on the same device as the data (they are cast to the
-        data's real dtype by the caller). ``None`` entries are skipped.
 
     Returns
     -------
@@ -138,31 +144,33 @@ def check_inputs(
     Raises
     ------
     CryogradError
-        Mixed devices, mixed dtypes, an unsupported dtype, or a CPU tensor without the interpreter.
+        Mixed devices, mixed dtypes or an unsupported dtype.
     """
-    items = [(k, v) for k, v in data.items()]
+    items = list(data.items())
     for name, t in items:
         if not isinstance(t, torch.Tensor):
             raise CryogradError(f"{op}: argument {name!r} must be a torch tensor, got {type(t)}")
-    device = items[0][1].device
-    real_dtype = _real_dtype(items[0][1])
+    first, ref = items[0]
+    device = ref.device
+    real_dtype = _real_dtype(ref)
     for name, t in items:
         if _real_dtype(t) not in (torch.float32, torch.float64):
             raise CryogradError(f"{op}: argument {name!r} has dtype {t.dtype}; "
                                 "kernels need float32 or float64 (complex64/128 for spectra)")
         if _real_dtype(t) != real_dtype:
-            raise CryogradError(f"{op}: dtype mismatch between arguments: {items[0][0]!r} is "
-                                f"{items[0][1].dtype}, {name!r} is {t.dtype}")
-    for name, t in list(items) + [(k, v) for k, v in (geometry or {}).items() if v is not None]:
-        if not isinstance(t, torch.Tensor):
-            raise CryogradError(f"{op}: argument {name!r} must be a torch tensor, got {type(t)}")
+            raise CryogradError(f"{op}: dtype mismatch between arguments: {first!r} is "
+                                f"{ref.dtype}, {name!r} is {t.dtype}")
         if t.device != device:
-            raise CryogradError(f"{op}: device mismatch between arguments: {items[0][0]!r} is on "
+            raise CryogradError(f"{op}: device mismatch between arguments: {first!r} is on "
                                 f"{device}, {name!r} is on {t.device}")
-    if device.type != "cuda" and not interpreter_enabled():
-        raise CryogradError(f"{op}: Triton kernels need a GPU tensor (got {device}); on the CPU set "
-                            f"{_ENV}=torch, or TRITON_INTERPRET=1 to run the kernels interpreted")
     return device, real_dtype
+
+
+def ensure_runnable(op: str, device: torch.device) -> None:
+    """Raise :class:`CryogradError` unless Triton runs on ``device`` (a GPU, or the interpreter)."""
+    if device.type != "cuda" and not interpreter_enabled():
+        raise CryogradError(f"{op}: Triton kernels need a GPU tensor (got {device}); on the CPU "
+                            f"set {_ENV}=torch, or TRITON_INTERPRET=1 to run them interpreted")
 
 
 def _real_dtype(t: torch.Tensor) -> torch.dtype:

@@ -1,9 +1,10 @@
 """Triton real-space projector and its exact transpose (same signatures as the torch reference).
 
-Geometry (CONVENTIONS.md, and :mod:`cryograd.projectors.real_space`): a volume ``[z, y, x]`` of side
-``D``; voxel ``(i, j, k)`` sits at ``r = (k, j, i) - D // 2``; for a particle with RELION matrix ``A``
-its image point is ``p = (A r)[:2] + D // 2`` (``p = (x, y)``, image ``[y, x]``), and its value is
-spread over the 4 neighbouring pixels with bilinear weights. Pixels outside the image are dropped.
+Geometry (CONVENTIONS.md, and :mod:`cryograd.projectors.real_space`): a volume ``[z, y, x]`` of
+side ``D``; voxel ``(i, j, k)`` sits at ``r = (k, j, i) - D // 2``; for a particle with RELION
+matrix ``A`` its image point is ``p = (A r)[:2] + D // 2`` (``p = (x, y)``, image ``[y, x]``), and
+its value is spread over the 4 neighbouring pixels with bilinear weights. Pixels outside the image
+are dropped.
 
 - :func:`project`: voxel-driven; one program per block of voxels and group of particles, the
   voxel values loaded once and scattered into every particle's image with ``tl.atomic_add``.
@@ -21,7 +22,7 @@ import triton
 import triton.language as tl
 
 from cryograd.errors import CryogradError
-from cryograd.kernels import check_inputs, device_guard
+from cryograd.kernels import check_inputs, device_guard, ensure_runnable
 
 __all__ = ["project", "backproject"]
 
@@ -54,7 +55,7 @@ def _project_kernel(
     c = centre.to(val.dtype)
     for q in tl.static_range(PARTICLES):
         b = pid_b * PARTICLES + q
-        ok = b < n_particles
+        ok = (offs * 0 + b) < n_particles  # vector mask (a scalar one upsets the interpreter)
         bb = tl.minimum(b, n_particles - 1).to(tl.int64)
         r = rot_ptr + bb * 9
         a00 = tl.load(r + 0)
@@ -81,7 +82,6 @@ def _project_kernel(
         img = out_ptr + bb * D * D
         gx = 1.0 - fx
         gy = 1.0 - fy
-        print("DBG", m.handle.data.dtype, (m & my0 & mx0).handle.data.dtype, (m & my0 & mx0).handle.data.shape, val.handle.data.dtype)
         tl.atomic_add(img + y0 * D + x0, val * gy * gx, mask=m & my0 & mx0, sem="relaxed")
         tl.atomic_add(img + y0 * D + x1, val * gy * fx, mask=m & my0 & mx1, sem="relaxed")
         tl.atomic_add(img + y1 * D + x0, val * fy * gx, mask=m & my1 & mx0, sem="relaxed")
@@ -107,6 +107,7 @@ def _backproject_kernel(
     y = (((offs // D) % D) - centre).to(zero.dtype)
     z = ((offs // (D * D)) - centre).to(zero.dtype)
     c = centre.to(zero.dtype)
+    plane = (D * D).to(tl.int64)
     acc = zero
     for b in range(n_particles):
         r = rot_ptr + b * 9
@@ -130,7 +131,7 @@ def _backproject_kernel(
         mx1 = (x1 >= 0) & (x1 < D)
         my0 = in_vol & (y0 >= 0) & (y0 < D)
         my1 = in_vol & (y1 >= 0) & (y1 < D)
-        img = img_ptr + b.to(tl.int64) * D * D
+        img = img_ptr + b * plane
         v00 = tl.load(img + y0 * D + x0, mask=my0 & mx0, other=0.0)
         v01 = tl.load(img + y0 * D + x1, mask=my0 & mx1, other=0.0)
         v10 = tl.load(img + y1 * D + x0, mask=my1 & mx0, other=0.0)
@@ -141,12 +142,16 @@ def _backproject_kernel(
 
 def _check_rotations(op: str, rotations: torch.Tensor, n: int | None) -> None:
     if rotations.dim() != 3 or rotations.shape[-2:] != (3, 3):
-        raise CryogradError(f"{op}: rotations must have shape (B, 3, 3), got {tuple(rotations.shape)}")
+        raise CryogradError(
+            f"{op}: rotations must have shape (B, 3, 3), got {tuple(rotations.shape)}"
+        )
     if n is not None and rotations.shape[0] != n:
         raise CryogradError(f"{op}: {rotations.shape[0]} rotations for {n} images")
 
 
-def project(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+def project(
+    volume: torch.Tensor, rotations: torch.Tensor, *, batch_size: int | None = None
+) -> torch.Tensor:
     """Real-space projections of a volume (Triton, voxel-driven, bilinear splatting).
 
     Parameters
@@ -154,7 +159,10 @@ def project(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     volume
         ``(D, D, D)`` real, ``[z, y, x]``, float32 or float64.
     rotations
-        ``(B, 3, 3)`` RELION ``A`` matrices (cast to the volume's dtype).
+        ``(B, 3, 3)`` RELION ``A`` matrices (moved to the volume's device and dtype).
+    batch_size
+        Accepted for compatibility with the torch reference and ignored: the kernel needs no
+        chunking (its memory is the ``(B, D, D)`` output).
 
     Returns
     -------
@@ -162,26 +170,34 @@ def project(volume: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         ``(B, D, D)`` images ``[y, x]``, the volume's dtype and device.
     """
     op = "real-space projection"
-    device, dtype = check_inputs(op, {"volume": volume}, {"rotations": rotations})
     if volume.dim() != 3 or len(set(volume.shape)) != 1:
         raise CryogradError(f"{op}: volume must be cubic (D, D, D), got {tuple(volume.shape)}")
     _check_rotations(op, rotations, None)
+    device, dtype = check_inputs(op, {"volume": volume})
     d = int(volume.shape[-1])
     n = int(rotations.shape[0])
     out = torch.zeros((n, d, d), device=device, dtype=dtype)
     if n == 0:
         return out
     vol = volume.contiguous()
-    rot = rotations.to(dtype).contiguous()
-    grid = (triton.cdiv(d**3, _BLOCK_PROJECT), triton.cdiv(n, _PARTICLES_PER_PROGRAM))
+    rot = rotations.to(device=device, dtype=dtype).contiguous()
+    ensure_runnable(op, device)
+    # the grid's second axis is limited to 65535 programs: launch in chunks of particles
+    step = 65535 * _PARTICLES_PER_PROGRAM
     with device_guard(device):
-        _project_kernel[grid](
-            vol, rot, out, n, d, BLOCK=_BLOCK_PROJECT, PARTICLES=_PARTICLES_PER_PROGRAM
-        )
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            grid = (triton.cdiv(d**3, _BLOCK_PROJECT), triton.cdiv(m, _PARTICLES_PER_PROGRAM))
+            _project_kernel[grid](
+                vol, rot[start:], out[start:], m, d,
+                BLOCK=_BLOCK_PROJECT, PARTICLES=_PARTICLES_PER_PROGRAM,
+            )
     return out
 
 
-def backproject(images: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+def backproject(
+    images: torch.Tensor, rotations: torch.Tensor, *, batch_size: int | None = None
+) -> torch.Tensor:
     """Exact transpose of :func:`project` (Triton, per-voxel bilinear gather, no atomics).
 
     Parameters
@@ -189,7 +205,9 @@ def backproject(images: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     images
         ``(B, D, D)`` real images ``[y, x]``, float32 or float64.
     rotations
-        ``(B, 3, 3)`` RELION ``A`` matrices (cast to the images' dtype).
+        ``(B, 3, 3)`` RELION ``A`` matrices (moved to the images' device and dtype).
+    batch_size
+        Ignored (see :func:`project`).
 
     Returns
     -------
@@ -197,18 +215,19 @@ def backproject(images: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         ``(D, D, D)`` volume ``[z, y, x]``, the images' dtype and device.
     """
     op = "real-space back-projection"
-    device, dtype = check_inputs(op, {"images": images}, {"rotations": rotations})
     if images.dim() != 3 or images.shape[-1] != images.shape[-2]:
         raise CryogradError(f"{op}: images must have shape (B, D, D), got {tuple(images.shape)}")
     n = int(images.shape[0])
     _check_rotations(op, rotations, n)
+    device, dtype = check_inputs(op, {"images": images})
     d = int(images.shape[-1])
     out = torch.empty((d, d, d), device=device, dtype=dtype)
     if n == 0:
         return out.zero_()
     img = images.contiguous()
-    rot = rotations.to(dtype).contiguous()
+    rot = rotations.to(device=device, dtype=dtype).contiguous()
     grid = (triton.cdiv(d**3, _BLOCK_BACKPROJECT),)
+    ensure_runnable(op, device)
     with device_guard(device):
         _backproject_kernel[grid](img, rot, out, n, d, BLOCK=_BLOCK_BACKPROJECT)
     return out

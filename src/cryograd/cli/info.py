@@ -1,0 +1,124 @@
+"""``cryograd info FILE``: summarise a particle file (STAR, .cs) or an MRC map/stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cryograd.errors import CryogradError
+
+MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".ccp4", ".st", ".gz", ".bz2")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "info",
+        help="summarise a STAR, cryoSPARC .cs or MRC file",
+        description=(
+            "Summarise a particle file (RELION STAR 3.0-5.0, cryoSPARC .cs): particle count, box, "
+            "pixel size, optics groups, defocus range, which of poses/shifts/CTF/half sets are "
+            "present, and whether the referenced image files exist (absent images are reported, "
+            "not fatal). For an MRC map or stack: shape, voxel size, origin."
+        ),
+    )
+    parser.add_argument("file", type=Path, metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--datadir", type=Path, help="folder the image paths are relative to")
+    parser.add_argument("--angpix", type=float, help="pixel size in Å (overrides the file's)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def mrc_summary(path: Path) -> dict:
+    """Header summary of an MRC file (no data read)."""
+    from cryograd.io.mrc import read_map_header
+
+    h = read_map_header(path)
+    return {
+        "file": str(path),
+        "format": "MRC stack" if h.is_stack else "MRC map",
+        "shape": list(h.shape),
+        "voxel_size_angstrom": h.voxel_size_angstrom,
+        "voxel_size_xyz_angstrom": list(h.voxel_size_xyz_angstrom),
+        "origin_angstrom": list(h.origin_angstrom),
+        "start_voxels": list(h.start_voxels),
+        "mode": h.mode,
+        "header_permissive": h.permissive,
+    }
+
+
+def summarise(path: Path, *, datadir: Path | None = None, angpix: float | None = None) -> dict:
+    """The summary dict of any supported file."""
+    if not path.exists():
+        raise CryogradError(f"{path}: file not found")
+    name = path.name.lower()
+    if name.endswith(MRC_SUFFIXES):
+        return mrc_summary(path)
+    from cryograd.particles import read_particles
+
+    return read_particles(path, datadir=datadir, angpix=angpix).summary()
+
+
+def _format_text(s: dict) -> str:
+    lines = [f"file: {s['file']}", f"format: {s['format']}"]
+    if "particles" not in s:
+        for key in (
+            "shape",
+            "voxel_size_angstrom",
+            "voxel_size_xyz_angstrom",
+            "origin_angstrom",
+            "start_voxels",
+            "mode",
+        ):
+            lines.append(f"{key}: {s[key]}")
+        if s.get("header_permissive"):
+            lines.append("note: header is non-standard (read permissively)")
+        return "\n".join(lines)
+    lines += [
+        f"particles: {s['particles']}",
+        f"box size: {s['box_size'] if s['box_size'] is not None else 'unknown'} px",
+        f"pixel size: {s['pixel_size_angstrom']:.4f} A",
+        f"optics groups: {len(s['optics_groups'])}",
+    ]
+    for g in s["optics_groups"]:
+        lines.append(
+            f"  {g['number']} {g['name']}: {g['particles']} particles, "
+            f"{g['pixel_size_angstrom']:.4f} A/px, box {g['box_size']}"
+        )
+    present = [k for k in ("poses", "shifts", "ctf", "half_sets") if s[k]]
+    absent = [k for k in ("poses", "shifts", "ctf", "half_sets") if not s[k]]
+    lines.append(f"present: {', '.join(present) or 'none'}")
+    lines.append(f"absent: {', '.join(absent) or 'none'}")
+    if "defocus_range_angstrom" in s:
+        lo, hi = s["defocus_range_angstrom"]
+        lines.append(f"defocus range: {lo:.1f} - {hi:.1f} A")
+        lines.append(f"voltages: {', '.join(f'{v:g}' for v in s['voltages_kv'])} kV")
+    if s.get("ctf_premultiplied"):
+        lines.append("CTF premultiplied: yes")
+    if "half_set_sizes" in s:
+        lines.append(f"half sets: {s['half_set_sizes'][0]} + {s['half_set_sizes'][1]}")
+    if s.get("classes") is not None:
+        lines.append(f"classes: {s['classes']}")
+    img = s["images"]
+    if img.get("in_memory"):
+        lines.append("images: in memory")
+    else:
+        lines.append(
+            f"images: {img['with_image']} particles in {img['stack_files']} stack files, "
+            f"{img['missing_stack_files']} missing"
+        )
+        for p in img["missing_examples"]:
+            lines.append(f"  missing: {p}")
+    for note in s.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = summarise(args.file, datadir=args.datadir, angpix=args.angpix)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_format_text(summary))
+    return 0

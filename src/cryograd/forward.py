@@ -1,0 +1,357 @@
+"""The image formation model ``b_i = T_i C_i P_i x`` and its exact adjoint.
+
+``P_i`` is a projector (:mod:`cryograd.projectors`, ``"fourier"`` with its gridding correction, or
+``"real"``), ``C_i`` the particle's CTF (RELION sign, :func:`cryograd.ctf.ctf_2d`) and ``T_i`` the shift
+by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels, :attr:`ParticleSet.shifts_px`): the forward model
+moves the centred projection by ``-origin``; back-projection moves the image by ``+origin``.
+
+``C`` and ``T`` are diagonal on the 2D half spectrum. As real-linear maps on images,
+``image -> irfft2(herm(d · rfft2(image)))``, their transposes multiply by ``conj(d)`` (the CTF is real,
+so ``C`` is self-adjoint). With the Fourier-slice projector they are applied to the slice directly,
+before its single inverse FFT.
+
+:meth:`ForwardModel.project` is a :class:`torch.autograd.Function` when the volume requires a gradient:
+its backward is one call of :meth:`ForwardModel.backproject`, not autograd through the scatter.
+All public methods accept torch tensors, NumPy arrays and CuPy arrays and return the kind they were
+given (:mod:`cryograd.arrays`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cryograd.arrays import array_kind, from_tensor, to_tensor
+from cryograd.ctf import CTFParams, ctf_2d
+from cryograd.errors import CryogradError
+from cryograd.fourier import rfft2_centered
+from cryograd.projectors import fourier_slice as fs
+from cryograd.projectors import real_space as rs
+from cryograd.shift import phase_ramp
+
+__all__ = ["ForwardModel", "fourier_filter", "apply_ctf", "apply_shift"]
+
+
+def fourier_filter(images: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
+    """``irfft2(herm(filt · rfft2(images)))`` for ``(b, N, N)`` images and ``(b, N, N // 2 + 1)`` filters.
+
+    Its exact transpose is ``fourier_filter(images, conj(filt))``.
+    """
+    n = images.shape[-1]
+    return fs.spectra_to_images(rfft2_centered(images) * filt, n)
+
+
+def apply_ctf(
+    images: torch.Tensor, ctf: CTFParams | torch.Tensor, pixel_size_angstrom: float
+) -> torch.Tensor:
+    """Multiply ``(b, N, N)`` images by their CTFs in Fourier space (self-adjoint operator).
+
+    ``ctf`` is a :class:`CTFParams` batch or precomputed half-grid values ``(b, N, N // 2 + 1)``.
+    """
+    n = images.shape[-1]
+    if isinstance(ctf, CTFParams):
+        ctf = ctf_2d(ctf, n, pixel_size_angstrom, device=images.device, dtype=images.dtype)
+    return fourier_filter(images, ctf.to(device=images.device, dtype=images.dtype))
+
+
+def apply_shift(
+    images: torch.Tensor, shifts_px: torch.Tensor, *, adjoint: bool = False
+) -> torch.Tensor:
+    """Shift ``(b, N, N)`` images by ``shifts_px`` ``(b, 2)`` (``(tx, ty)``, content moves by ``+t``).
+
+    With ``adjoint=True`` the exact transpose (the shift by ``-t``).
+    """
+    n = images.shape[-1]
+    ramp = phase_ramp(shifts_px.to(device=images.device), n, dtype=images.dtype)
+    return fourier_filter(images, torch.conj(ramp) if adjoint else ramp)
+
+
+class _ProjectFunction(torch.autograd.Function):
+    """``project`` with ``backproject`` as its backward."""
+
+    @staticmethod
+    def forward(ctx, volume, model, rotations, shifts_px, ctf):  # noqa: D401
+        ctx.model = model
+        ctx.args = (rotations, shifts_px, ctf)
+        return model._project(volume, rotations, shifts_px, ctf)
+
+    @staticmethod
+    def backward(ctx, grad_images):
+        rotations, shifts_px, ctf = ctx.args
+        grad = ctx.model._backproject(grad_images.contiguous(), rotations, shifts_px, ctf)
+        return grad, None, None, None, None
+
+
+class ForwardModel:
+    """Image formation ``b_i = T_i C_i P_i x`` with matched projector pairs.
+
+    Parameters
+    ----------
+    box_size
+        ``D``: volumes are ``(D, D, D)`` ``[z, y, x]``, images ``(D, D)`` ``[y, x]``, centres at ``D // 2``.
+    pixel_size_angstrom
+        Pixel size in Å (for the CTF).
+    projector
+        ``"fourier"`` (Fourier-slice with trilinear interpolation and gridding correction) or
+        ``"real"`` (voxel-driven bilinear splatting).
+    pad
+        Padding factor of the Fourier-slice projector's 3D transform.
+    gridding
+        Apply the gridding correction with the Fourier projector (default true).
+    batch_size
+        Particles per chunk (default: the projector's memory-based choice).
+
+    Notes
+    -----
+    Both projectors give line integrals in voxel units. ``rotations`` are RELION ``A`` ``(B, 3, 3)``,
+    ``shifts_px`` RELION origins ``(B, 2)`` in pixels, ``ctf`` a :class:`CTFParams` of ``B`` particles or
+    precomputed half-grid CTFs ``(B, D, D // 2 + 1)``. Computation runs on the device and in the dtype
+    (float32 or float64) of the volume (``project``, ``data_gradient``) or images (``backproject``).
+    """
+
+    def __init__(
+        self,
+        box_size: int,
+        pixel_size_angstrom: float,
+        projector: str = "fourier",
+        pad: float = 2.0,
+        *,
+        gridding: bool = True,
+        batch_size: int | None = None,
+    ) -> None:
+        if projector not in ("fourier", "real"):
+            raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
+        if int(box_size) < 2:
+            raise CryogradError(f"box size must be at least 2 pixels, got {box_size}")
+        if not pixel_size_angstrom > 0:
+            raise CryogradError(f"pixel size must be positive, got {pixel_size_angstrom}")
+        self.box_size = int(box_size)
+        self.pixel_size_angstrom = float(pixel_size_angstrom)
+        self.projector = projector
+        self.pad = float(pad)
+        self.padded_size = fs.padded_size(self.box_size, self.pad)
+        self.gridding = bool(gridding)
+        if batch_size is None:
+            batch_size = (
+                fs.default_batch_size(self.box_size)
+                if projector == "fourier"
+                else rs.default_batch_size(self.box_size)
+            )
+        self.batch_size = int(batch_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"ForwardModel(box_size={self.box_size}, pixel_size_angstrom={self.pixel_size_angstrom}, "
+            f"projector={self.projector!r}, pad={self.pad})"
+        )
+
+    # ------------------------------------------------------------------ public API
+    def project(
+        self,
+        volume: Any,
+        rotations: Any,
+        shifts_px: Any = None,
+        ctf: CTFParams | Any = None,
+    ) -> Any:
+        """Images ``(B, D, D)`` of ``volume`` ``(D, D, D)``: ``T C P x``.
+
+        Differentiable with respect to a tensor ``volume`` (backward = :meth:`backproject`).
+        Returns the array kind of ``volume``.
+        """
+        kind = array_kind(volume)
+        vol = self._as_volume(volume)
+        rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, vol)
+        if vol.requires_grad and torch.is_grad_enabled():
+            out = _ProjectFunction.apply(vol, self, rot, shifts, ctf)
+        else:
+            out = self._project(vol, rot, shifts, ctf)
+        return from_tensor(out, kind)
+
+    def backproject(
+        self,
+        images: Any,
+        rotations: Any,
+        shifts_px: Any = None,
+        ctf: CTFParams | Any = None,
+    ) -> Any:
+        """Exact adjoint ``Pᵀ Cᵀ Tᵀ`` of :meth:`project`: ``(B, D, D)`` images -> ``(D, D, D)``."""
+        kind = array_kind(images)
+        img = self._as_images(images)
+        rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, img)
+        with torch.no_grad():
+            out = self._backproject(img, rot, shifts, ctf)
+        return from_tensor(out, kind)
+
+    def data_gradient(
+        self,
+        volume: Any,
+        images: Any,
+        rotations: Any,
+        shifts_px: Any = None,
+        ctf: CTFParams | Any = None,
+        *,
+        return_loss: bool = False,
+    ) -> Any:
+        """``Aᵀ (A x − b)``, the gradient of ``½ ||A x − b||²``, chunk by chunk.
+
+        The projection geometry of each chunk is computed once and used by both directions.
+        With ``return_loss=True`` returns ``(gradient, loss)`` with ``loss = ½ ||A x − b||²`` (float).
+        """
+        kind = array_kind(volume)
+        vol = self._as_volume(volume).detach()
+        img = self._as_images(images).to(device=vol.device, dtype=vol.dtype)
+        rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, vol)
+        if img.shape[0] != rot.shape[0]:
+            raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
+        loss = 0.0
+        with torch.no_grad():
+            if self.projector == "fourier":
+                vin = fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
+                ext = fs.ExtendedSpectrum.from_spectrum(fs.volume_spectrum(vin, self.padded_size))
+                acc = torch.zeros_like(ext)
+                for sl, geom in self._fourier_chunks(rot):
+                    filt = self._filter(sl, shifts, ctf, vol)
+                    spectra = fs.extract_slices(ext, geom)
+                    if filt is not None:
+                        spectra = spectra * filt
+                    resid = fs.spectra_to_images(spectra, self.box_size) - img[sl]
+                    loss += 0.5 * float((resid * resid).sum())
+                    back = fs.images_to_spectra_adjoint(resid)
+                    if filt is not None:
+                        back = back * torch.conj(filt)
+                    fs.insert_slices(back, geom, accumulator=acc)
+                grad = self._fourier_finish(acc)
+            else:
+                grad = torch.zeros_like(vol)
+                for sl, geom in self._real_chunks(rot):
+                    filt = self._filter(sl, shifts, ctf, vol)
+                    proj = rs.project_geometry(vol, geom)
+                    if filt is not None:
+                        proj = fourier_filter(proj, filt)
+                    resid = proj - img[sl]
+                    loss += 0.5 * float((resid * resid).sum())
+                    if filt is not None:
+                        resid = fourier_filter(resid, torch.conj(filt))
+                    grad += rs.backproject_geometry(resid, geom)
+        grad = from_tensor(grad, kind)
+        return (grad, loss) if return_loss else grad
+
+    # ------------------------------------------------------------------ internals
+    def _as_volume(self, volume: Any) -> torch.Tensor:
+        vol = to_tensor(volume)
+        if not vol.is_floating_point() or vol.dtype not in (torch.float32, torch.float64):
+            vol = vol.to(torch.float32)
+        d = self.box_size
+        if tuple(vol.shape) != (d, d, d):
+            raise CryogradError(f"volume has shape {tuple(vol.shape)}, expected {(d, d, d)}")
+        return vol
+
+    def _as_images(self, images: Any) -> torch.Tensor:
+        img = to_tensor(images)
+        if not img.is_floating_point() or img.dtype not in (torch.float32, torch.float64):
+            img = img.to(torch.float32)
+        d = self.box_size
+        if img.dim() != 3 or tuple(img.shape[1:]) != (d, d):
+            raise CryogradError(f"images have shape {tuple(img.shape)}, expected (B, {d}, {d})")
+        return img
+
+    def _as_params(self, rotations, shifts_px, ctf, ref: torch.Tensor):
+        rot = to_tensor(rotations).to(device=ref.device, dtype=ref.dtype)
+        if rot.dim() == 2:
+            rot = rot.unsqueeze(0)
+        if rot.dim() != 3 or tuple(rot.shape[1:]) != (3, 3):
+            raise CryogradError(f"rotations have shape {tuple(rot.shape)}, expected (B, 3, 3)")
+        b = rot.shape[0]
+        shifts = None
+        if shifts_px is not None:
+            shifts = to_tensor(shifts_px).to(device=ref.device, dtype=ref.dtype).reshape(-1, 2)
+            if shifts.shape[0] != b:
+                raise CryogradError(f"{shifts.shape[0]} shifts but {b} rotations")
+        if ctf is not None:
+            if isinstance(ctf, CTFParams):
+                if len(ctf) != b:
+                    raise CryogradError(f"{len(ctf)} CTFs but {b} rotations")
+            else:
+                ctf = to_tensor(ctf).to(device=ref.device, dtype=ref.dtype)
+                shape = (b, self.box_size, self.box_size // 2 + 1)
+                if tuple(ctf.shape) != shape:
+                    raise CryogradError(f"CTF array has shape {tuple(ctf.shape)}, expected {shape}")
+        return rot, shifts, ctf
+
+    def _filter(self, sl: slice, shifts, ctf, ref: torch.Tensor) -> torch.Tensor | None:
+        """Half-grid product ``ramp(-origin) · CTF`` of a chunk, or None."""
+        filt = None
+        if ctf is not None:
+            if isinstance(ctf, CTFParams):
+                filt = ctf_2d(
+                    ctf[sl], self.box_size, self.pixel_size_angstrom,
+                    device=ref.device, dtype=ref.dtype,
+                )
+            else:
+                filt = ctf[sl]
+        if shifts is not None:
+            ramp = phase_ramp(-shifts[sl], self.box_size, dtype=ref.dtype)
+            filt = ramp if filt is None else ramp * filt
+        return filt
+
+    def _fourier_chunks(self, rot: torch.Tensor):
+        for start in range(0, rot.shape[0], self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield sl, fs.slice_geometry(rot[sl], self.box_size, self.padded_size)
+
+    def _real_chunks(self, rot: torch.Tensor):
+        for start in range(0, rot.shape[0], self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield sl, rs.real_space_geometry(rot[sl], self.box_size)
+
+    def _fourier_finish(self, acc: torch.Tensor) -> torch.Tensor:
+        vol = fs.volume_spectrum_adjoint(fs.ExtendedSpectrum.fold(acc, self.padded_size),
+                                         self.box_size)
+        return fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
+
+    def _project(self, vol, rot, shifts, ctf) -> torch.Tensor:
+        d = self.box_size
+        out = [vol.new_zeros((0, d, d))]
+        with torch.no_grad():
+            if self.projector == "fourier":
+                vin = fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
+                ext = fs.ExtendedSpectrum.from_spectrum(fs.volume_spectrum(vin, self.padded_size))
+                for sl, geom in self._fourier_chunks(rot):
+                    spectra = fs.extract_slices(ext, geom)
+                    filt = self._filter(sl, shifts, ctf, vol)
+                    if filt is not None:
+                        spectra = spectra * filt
+                    out.append(fs.spectra_to_images(spectra, d))
+            else:
+                for sl, geom in self._real_chunks(rot):
+                    proj = rs.project_geometry(vol, geom)
+                    filt = self._filter(sl, shifts, ctf, vol)
+                    if filt is not None:
+                        proj = fourier_filter(proj, filt)
+                    out.append(proj)
+        return torch.cat(out)
+
+    def _backproject(self, img, rot, shifts, ctf) -> torch.Tensor:
+        if img.shape[0] != rot.shape[0]:
+            raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
+        with torch.no_grad():
+            if self.projector == "fourier":
+                cdtype = torch.complex128 if img.dtype == torch.float64 else torch.complex64
+                acc = fs.ExtendedSpectrum.zeros(self.padded_size, device=img.device, dtype=cdtype)
+                for sl, geom in self._fourier_chunks(rot):
+                    back = fs.images_to_spectra_adjoint(img[sl])
+                    filt = self._filter(sl, shifts, ctf, img)
+                    if filt is not None:
+                        back = back * torch.conj(filt)
+                    fs.insert_slices(back, geom, accumulator=acc)
+                return self._fourier_finish(acc)
+            vol = img.new_zeros((self.box_size,) * 3)
+            for sl, geom in self._real_chunks(rot):
+                part = img[sl]
+                filt = self._filter(sl, shifts, ctf, img)
+                if filt is not None:
+                    part = fourier_filter(part, torch.conj(filt))
+                vol += rs.backproject_geometry(part, geom)
+            return vol
+

@@ -1,0 +1,209 @@
+"""cryoSPARC ``.cs`` particle files (numpy structured arrays) to a :class:`ParticleSet`.
+
+Conventions (checked against cryoDRGN's reading of the same file, see the tests):
+
+* ``alignments3D/pose`` is an axis-angle vector in radians; RELION's ``A = R(pose)ᵀ``
+  (:func:`cryograd.geometry.cryosparc_pose_to_matrix`).
+* ``alignments3D/shift`` is in pixels at ``alignments3D/psize_A`` and keeps its sign as the RELION
+  origin; it is rescaled to the image pixel size (``blob/psize_A``) when the two differ.
+* CTF: ``ctf/df1_A``, ``df2_A``, ``rad2deg(df_angle_rad)``, ``accel_kv``, ``cs_mm``,
+  ``amp_contrast``, ``rad2deg(phase_shift_rad)``, and ``ctf/bfactor`` and ``ctf/scale``
+  when present.
+* ``alignments3D/split`` (0/1) gives the half sets 1/2; ``ctf/exp_group_id`` the optics groups.
+* Images: ``blob/path`` (a leading ``>`` is dropped) and ``blob/idx`` (0-based); relative paths are
+  taken relative to ``datadir`` (``--particles-dir``, the cryoSPARC project folder), trying the file
+  name alone there too, or to the ``.cs`` file's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryograd.errors import CryogradError
+from cryograd.geometry import cryosparc_pose_to_matrix
+from cryograd.particles import OpticsGroup, ParticleSet, resolve_image_path
+
+__all__ = ["read_cs"]
+
+logger = logging.getLogger(__name__)
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        with open(path, "rb") as fh:
+            data = np.load(fh, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CryogradError(f"{path}: not a cryoSPARC .cs file ({exc})") from None
+    if not isinstance(data, np.ndarray) or data.dtype.names is None or data.ndim != 1:
+        raise CryogradError(f"{path}: not a cryoSPARC .cs file (no structured particle array)")
+    if len(data) == 0:
+        raise CryogradError(f"{path}: has no particles")
+    return data
+
+
+def _field(path: Path, data: np.ndarray, name: str, shape_tail: tuple = ()) -> np.ndarray:
+    values = np.asarray(data[name], dtype=np.float64)
+    if values.shape[1:] != shape_tail:
+        raise CryogradError(
+            f"{path}: field {name} has shape {values.shape[1:]}, expected {shape_tail}"
+        )
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise CryogradError(f"{path}: row {row + 1}, field {name}: value is not finite")
+    return values
+
+
+def read_cs(
+    path: str | os.PathLike, *, datadir: Path | None = None, angpix: float | None = None
+) -> ParticleSet:
+    """Read a cryoSPARC ``.cs`` file (see the module docstring for the conventions)."""
+    path = Path(path)
+    data = _load(path)
+    names = set(data.dtype.names)
+    n = len(data)
+    notes: list[str] = []
+
+    # ---------------------------------------------------------------- pixel and box size
+    if angpix is not None:
+        pixel = float(angpix)
+    elif "blob/psize_A" in names:
+        pixel = float(_field(path, data, "blob/psize_A")[0])
+    elif "alignments3D/psize_A" in names:
+        pixel = float(_field(path, data, "alignments3D/psize_A")[0])
+    else:
+        raise CryogradError(f"{path}: no blob/psize_A; give the pixel size with --angpix")
+    if not pixel > 0:
+        raise CryogradError(f"{path}: pixel size {pixel} is not positive; give it with --angpix")
+    box = None
+    if "blob/shape" in names:
+        shape = np.asarray(data["blob/shape"]).reshape(n, -1)
+        if shape.shape[1] != 2:
+            raise CryogradError(f"{path}: field blob/shape does not hold (ny, nx)")
+        if np.any(shape[:, 0] != shape[:, 1]):
+            row = int(np.argmax(shape[:, 0] != shape[:, 1]))
+            raise CryogradError(
+                f"{path}: row {row + 1}, field blob/shape: images are not square "
+                f"{tuple(shape[row])}"
+            )
+        sizes = np.unique(shape[:, 0])
+        if len(sizes) > 1:
+            raise CryogradError(f"{path}: field blob/shape: mixed box sizes {sizes.tolist()}")
+        box = int(sizes[0])
+
+    # ---------------------------------------------------------------- poses
+    rotations = shifts_px = half_set = class_number = None
+    if "alignments3D/pose" in names:
+        pose = _field(path, data, "alignments3D/pose", (3,))
+        rotations = cryosparc_pose_to_matrix(torch.from_numpy(pose)).numpy()
+        if "alignments3D/shift" in names:
+            shifts_px = _field(path, data, "alignments3D/shift", (2,))
+            if "alignments3D/psize_A" in names:
+                align_pixel = _field(path, data, "alignments3D/psize_A")
+                if np.any(np.abs(align_pixel - pixel) > 1e-4 * pixel):
+                    shifts_px = shifts_px * (align_pixel / pixel)[:, None]
+                    notes.append(
+                        "shifts rescaled from alignments3D/psize_A to the image pixel size"
+                    )
+        if "alignments3D/split" in names:
+            split = np.asarray(data["alignments3D/split"]).astype(np.int64)
+            if np.all(np.isin(split, (0, 1))):
+                half_set = split + 1
+        if "alignments3D/class" in names:
+            class_number = np.asarray(data["alignments3D/class"]).astype(np.int64)
+    elif "alignments2D/pose" in names:
+        notes.append("alignments2D only (in-plane poses): no 3D poses")
+
+    # ---------------------------------------------------------------- CTF
+    ctf = None
+    required = [
+        "ctf/df1_A",
+        "ctf/df2_A",
+        "ctf/df_angle_rad",
+        "ctf/accel_kv",
+        "ctf/cs_mm",
+        "ctf/amp_contrast",
+    ]
+    if all(r in names for r in required):
+        du, dv = _field(path, data, "ctf/df1_A"), _field(path, data, "ctf/df2_A")
+        angle = np.rad2deg(_field(path, data, "ctf/df_angle_rad"))
+        phase = (
+            np.rad2deg(_field(path, data, "ctf/phase_shift_rad"))
+            if "ctf/phase_shift_rad" in names
+            else np.zeros(n)
+        )
+        bfac = _field(path, data, "ctf/bfactor") if "ctf/bfactor" in names else np.zeros(n)
+        scale = _field(path, data, "ctf/scale") if "ctf/scale" in names else np.ones(n)
+        q0 = _field(path, data, "ctf/amp_contrast")
+        if np.any((q0 < 0) | (q0 >= 1)):
+            raise CryogradError(f"{path}: field ctf/amp_contrast must be in [0, 1)")
+        ctf = np.stack(
+            [
+                du,
+                dv,
+                angle,
+                _field(path, data, "ctf/accel_kv"),
+                _field(path, data, "ctf/cs_mm"),
+                q0,
+                phase,
+                bfac,
+                scale,
+            ],
+            axis=1,
+        )
+    elif any(r in names for r in required):
+        notes.append("CTF fields incomplete: CTF not used")
+
+    # ---------------------------------------------------------------- optics groups
+    if "ctf/exp_group_id" in names:
+        exp = np.asarray(data["ctf/exp_group_id"]).astype(np.int64)
+        uniq, inverse = np.unique(exp, return_inverse=True)
+        optics_group = inverse.reshape(-1) + 1
+        groups = [OpticsGroup(i + 1, f"exp_group_{int(u)}", pixel, box) for i, u in enumerate(uniq)]
+    else:
+        optics_group = np.ones(n, dtype=np.int64)
+        groups = [OpticsGroup(1, "opticsGroup1", pixel, box)]
+
+    # ---------------------------------------------------------------- images
+    stack_files: list[Path] = []
+    stack_ids = stack_indices = None
+    if "blob/path" in names and "blob/idx" in names:
+        raw = np.asarray(data["blob/path"])
+        codes_raw, inverse = np.unique(raw, return_inverse=True)
+        decoded = []
+        for b in codes_raw:
+            s = b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b)
+            decoded.append(s.lstrip(">").strip())
+        if any(not s for s in decoded):
+            raise CryogradError(f"{path}: field blob/path holds an empty path")
+        stack_files = [resolve_image_path(s, path.parent, datadir) for s in decoded]
+        stack_ids = inverse.reshape(-1).astype(np.int32)
+        stack_indices = np.asarray(data["blob/idx"]).astype(np.int64)
+    if "blob/sign" in names and np.any(np.asarray(data["blob/sign"]) > 0):
+        notes.append(
+            "blob/sign is +1 for some particles (cryoSPARC contrast sign); images not flipped"
+        )
+
+    return ParticleSet(
+        path=path,
+        box_size=box,
+        pixel_size_angstrom=pixel,
+        rotations=rotations,
+        shifts_px=shifts_px,
+        ctf=ctf,
+        ctf_premultiplied=np.zeros(n, dtype=bool),
+        optics_group=optics_group.astype(np.int64),
+        optics_groups=groups,
+        half_set=half_set,
+        class_number=class_number,
+        stack_files=stack_files,
+        stack_ids=stack_ids,
+        stack_indices=stack_indices,
+        notes=notes,
+        source_format="cryoSPARC .cs",
+    )

@@ -1,0 +1,374 @@
+"""Synthetic particle data sets: projections of a map with RELION CTFs, shifts and white noise.
+
+For each particle: an orientation uniform on SO(3) (a random unit quaternion), an origin uniform in
+``[-shift_max, shift_max]²`` pixels, a RELION CTF (300 kV, Cs 2.7 mm, Q0 0.1, mean defocus uniform in
+the given range, astigmatism ``dU − dV`` uniform in [0, 1000] Å at a uniform angle). The clean image is
+``T C P x`` (:class:`cryograd.forward.ForwardModel`, the shift by ``−origin``); white Gaussian noise is
+added with variance ``σ² = var(signal) / snr``.
+
+SNR definition: ``var(signal)`` is the variance of the clean images' pixels over the whole box,
+pooled over all particles (around their common mean); the noise variance is ``σ²`` per pixel. The
+signal variance is measured on the clean images of the first ``min(n, 1024)`` particles of the set
+before the noisy images are made (exact for sets of up to 1024 particles).
+
+Output (``out_dir``): ``particles.mrcs`` (or ``particles_001.mrcs``, ``particles_002.mrcs``, ... when
+there are more than ``images_per_stack`` particles), streamed batch by batch; ``particles.star``
+(RELION 3.1, ``rlnRandomSubset`` alternating 1, 2, 1, ...); ``ground_truth.mrc``, a copy of the map.
+The STAR file is written last, so a folder with a STAR file holds a complete set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cryograd.arrays import to_tensor
+from cryograd.ctf import CTFParams
+from cryograd.errors import CryogradError
+from cryograd.forward import ForwardModel
+
+__all__ = [
+    "SimulationResult",
+    "simulate",
+    "project_particles",
+    "random_rotations",
+    "validate_volume",
+]
+
+logger = logging.getLogger(__name__)
+
+_PILOT = 1024
+_ASTIGMATISM_MAX_ANGSTROM = 1000.0
+
+
+@dataclass
+class SimulationResult:
+    """What :func:`simulate` wrote.
+
+    Attributes
+    ----------
+    star_path, map_path
+        ``particles.star`` and ``ground_truth.mrc``.
+    stack_paths
+        The ``.mrcs`` stacks, in order.
+    particles
+        The :class:`~cryograd.particles.ParticleSet` written (parameters as drawn).
+    noise_sigma
+        Standard deviation of the added noise (per pixel).
+    signal_variance
+        Measured ``var(signal)`` that set it.
+    """
+
+    star_path: Path
+    map_path: Path
+    stack_paths: list[Path]
+    particles: object
+    noise_sigma: float
+    signal_variance: float
+
+
+def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 3, 3)`` rotation matrices uniform on SO(3), from normalised Gaussian quaternions."""
+    q = rng.standard_normal((n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        axis=-2,
+    )
+
+
+def validate_volume(volume: np.ndarray, source: str) -> None:
+    """Raise :class:`CryogradError` unless ``volume`` is a finite cubic 3D map."""
+    if volume.ndim != 3:
+        raise CryogradError(f"{source}: map must be 3D, got shape {tuple(volume.shape)}")
+    if not volume.shape[0] == volume.shape[1] == volume.shape[2]:
+        raise CryogradError(f"{source}: map must be cubic, got shape {tuple(volume.shape)}")
+    if not np.all(np.isfinite(volume)):
+        raise CryogradError(f"{source}: map contains NaN or infinite values")
+
+
+def _stack_names(n: int, per_stack: int) -> list[tuple[str, int, int]]:
+    """``(file name, first, stop)`` of each stack."""
+    if n <= per_stack:
+        return [("particles.mrcs", 0, n)]
+    count = (n + per_stack - 1) // per_stack
+    width = max(3, len(str(count)))
+    return [
+        (f"particles_{i + 1:0{width}d}.mrcs", i * per_stack, min(n, (i + 1) * per_stack))
+        for i in range(count)
+    ]
+
+
+def simulate(
+    volume,
+    n: int,
+    pixel_size: float | None = None,
+    snr: float = 0.1,
+    defocus_range_um: tuple[float, float] = (1.0, 2.5),
+    shift_max_px: float = 3.0,
+    seed: int = 0,
+    projector: str = "fourier",
+    out_dir: str | os.PathLike = "simulated",
+    *,
+    batch_size: int = 256,
+    images_per_stack: int = 10000,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> SimulationResult:
+    """Simulate a particle data set from a map and write it to ``out_dir``.
+
+    Parameters
+    ----------
+    volume
+        ``(D, D, D)`` map (NumPy array, tensor) or the path of an MRC map.
+    n
+        Number of particles (at least 1).
+    pixel_size
+        Pixel size in Å (default: the map file's voxel size; required for arrays).
+    snr
+        ``var(signal) / var(noise)`` (positive; see the module docstring). ``inf`` adds no noise.
+    defocus_range_um
+        ``(min, max)`` mean defocus in µm (underfocus positive).
+    shift_max_px
+        Origins are uniform in ``[-shift_max_px, shift_max_px]`` along x and y.
+    seed
+        Seed of NumPy's generator (orientations, shifts, CTFs, noise).
+    projector
+        ``"fourier"`` or ``"real"``.
+    out_dir
+        Output folder (created).
+    batch_size
+        Particles projected and written per batch (memory is ``O(batch_size · D²)``).
+    images_per_stack
+        Images per ``.mrcs`` file.
+    device
+        Torch device for the projections (default: CPU).
+
+    Returns
+    -------
+    SimulationResult
+
+    Raises
+    ------
+    CryogradError
+        Bad map or parameters; nothing is written then.
+    """
+    from cryograd.io.mrc import StackWriter, read_map, write_map
+    from cryograd.io.star import write_star
+    from cryograd.particles import ParticleSet
+
+    source = "volume"
+    if isinstance(volume, (str, os.PathLike)):
+        source = str(volume)
+        mapdata = read_map(volume)
+        vol = mapdata.data
+        if pixel_size is None:
+            pixel_size = mapdata.voxel_size_angstrom or None
+    else:
+        vol = to_tensor(volume).detach().cpu().numpy()
+    vol = np.asarray(vol, dtype=np.float32)
+    validate_volume(vol, source)
+    if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
+        raise CryogradError(f"{source}: pixel size unknown or not positive; give it (--angpix)")
+    if int(n) < 1:
+        raise CryogradError(f"number of particles must be at least 1, got {n}")
+    if not snr > 0:
+        raise CryogradError(f"SNR must be positive, got {snr}")
+    dmin, dmax = (float(v) for v in defocus_range_um)
+    if not (0 < dmin <= dmax and np.isfinite(dmax)):
+        raise CryogradError(f"defocus range must be 0 < min <= max µm, got {dmin}:{dmax}")
+    if not (shift_max_px >= 0 and np.isfinite(shift_max_px)):
+        raise CryogradError(f"maximum shift must be >= 0 pixels, got {shift_max_px}")
+    if projector not in ("fourier", "real"):
+        raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
+    if batch_size < 1 or images_per_stack < 1:
+        raise CryogradError("batch size and images per stack must be at least 1")
+    n = int(n)
+    box = vol.shape[0]
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CryogradError(f"{out}: exists and is not a folder")
+
+    rng = np.random.default_rng(seed)
+    rotations = random_rotations(n, rng)
+    shifts = rng.uniform(-shift_max_px, shift_max_px, size=(n, 2))
+    mean_df = rng.uniform(dmin, dmax, size=n) * 1e4
+    astig = rng.uniform(0.0, _ASTIGMATISM_MAX_ANGSTROM, size=n)
+    ctf = CTFParams.create(
+        mean_df + astig / 2, mean_df - astig / 2, rng.uniform(0.0, 180.0, size=n),
+        300.0, 2.7, 0.1, 0.0, 0.0, 1.0,
+    )
+    half_set = (np.arange(n) % 2) + 1
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = ForwardModel(box, pixel_size, projector)
+    vol_t = torch.from_numpy(vol).to(device)
+    rot_t = torch.from_numpy(rotations).to(device=device, dtype=torch.float32)
+    sh_t = torch.from_numpy(shifts).to(device=device, dtype=torch.float32)
+    ctf_t = ctf.to(device=device, dtype=torch.float32)
+
+    def clean(start: int, stop: int) -> torch.Tensor:
+        return model.project(vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop])
+
+    # Signal variance from the clean images of the first particles (pooled over the box).
+    pilot = min(n, _PILOT)
+    total = total_sq = 0.0
+    for start in range(0, pilot, batch_size):
+        img = clean(start, min(pilot, start + batch_size)).double()
+        total += float(img.sum())
+        total_sq += float((img * img).sum())
+    count = pilot * box * box
+    signal_var = total_sq / count - (total / count) ** 2
+    if not signal_var > 0:
+        raise CryogradError(f"{source}: the map's projections are constant; nothing to simulate")
+    sigma = float(np.sqrt(signal_var / snr)) if np.isfinite(snr) else 0.0
+    logger.info("signal variance %.4g, noise sigma %.4g (SNR %.4g)", signal_var, sigma, snr)
+
+    out.mkdir(parents=True, exist_ok=True)
+    stacks = _stack_names(n, images_per_stack)
+    noise_gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+    stack_paths: list[Path] = []
+    names: list[str] = []
+    with tqdm(total=n, desc="simulate", unit="img", disable=not progress) as bar:
+        for fname, first, stop in stacks:
+            path = out / fname
+            with StackWriter(path, stop - first, box, pixel_size) as writer:
+                for start in range(first, stop, batch_size):
+                    end = min(stop, start + batch_size)
+                    img = clean(start, end).cpu()
+                    if sigma > 0:
+                        img = img + sigma * torch.randn(img.shape, generator=noise_gen)
+                    writer.write(img.numpy())
+                    bar.update(end - start)
+            stack_paths.append(path)
+            names.extend(f"{i + 1:06d}@{fname}" for i in range(stop - first))
+
+    map_path = write_map(out / "ground_truth.mrc", vol, pixel_size)
+    particles = ParticleSet.from_arrays(
+        rotations=rotations,
+        shifts_px=shifts,
+        ctf=ctf,
+        pixel_size_angstrom=float(pixel_size),
+        box_size=box,
+        half_set=half_set,
+        image_names=names,
+        datadir=out,
+    )
+    star_path = write_star(out / "particles.star", particles, image_names=names)
+    return SimulationResult(
+        star_path=star_path,
+        map_path=map_path,
+        stack_paths=stack_paths,
+        particles=particles,
+        noise_sigma=sigma,
+        signal_variance=signal_var,
+    )
+
+
+def project_particles(
+    map_path: str | os.PathLike,
+    particles_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    projector: str = "fourier",
+    use_ctf: bool | None = None,
+    datadir: str | os.PathLike | None = None,
+    angpix: float | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Project a map at the orientations, origins and CTFs of a particle file (like relion_project).
+
+    Parameters
+    ----------
+    map_path
+        MRC map, cubic, with the particles' box and pixel size (within 1 %).
+    particles_path
+        RELION STAR or cryoSPARC ``.cs`` with orientations.
+    out_path
+        Output ``.mrcs`` (written atomically, streamed in batches).
+    use_ctf
+        Apply each particle's CTF (default: when the file has CTF parameters).
+    datadir, angpix
+        As for :func:`cryograd.particles.read_particles`.
+
+    Raises
+    ------
+    CryogradError
+        Bad map, particles without orientations, box or pixel size mismatch, CTF asked for but
+        absent; nothing is written then.
+    """
+    from cryograd.io.mrc import StackWriter, read_map
+    from cryograd.particles import read_particles
+
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        raise CryogradError(f"{out}: output folder {out.parent} does not exist")
+    if out.is_dir():
+        raise CryogradError(f"{out}: is a folder; give the output .mrcs file")
+    mapdata = read_map(map_path)
+    vol = mapdata.data
+    validate_volume(vol, str(map_path))
+    ps = read_particles(particles_path, datadir=datadir, angpix=angpix)
+    if len(ps) == 0:
+        raise CryogradError(f"{particles_path}: no particles")
+    if ps.rotations is None:
+        raise CryogradError(f"{particles_path}: no orientations (rlnAngleRot/Tilt/Psi) to project")
+    box = vol.shape[0]
+    if ps.box_size is not None and int(ps.box_size) != box:
+        raise CryogradError(
+            f"{map_path}: map box {box} differs from the particles' box {ps.box_size} "
+            f"({particles_path})"
+        )
+    sizes = ps.pixel_sizes_angstrom
+    pixel = float(ps.pixel_size_angstrom)
+    if np.any(np.abs(sizes - pixel) > 0.01 * pixel):
+        raise CryogradError(
+            f"{particles_path}: optics groups have different pixel sizes "
+            f"({sizes.min():.4g}-{sizes.max():.4g} Å); project each group separately"
+        )
+    voxel = float(mapdata.voxel_size_angstrom)
+    if voxel > 0 and abs(voxel - pixel) > 0.01 * pixel:
+        raise CryogradError(
+            f"{map_path}: voxel size {voxel:.4g} Å differs from the particles' pixel size "
+            f"{pixel:.4g} Å by more than 1% ({particles_path})"
+        )
+    if voxel <= 0:
+        logger.warning("%s: header has no voxel size; using the particles' %.4g Å", map_path, pixel)
+    if use_ctf is None:
+        use_ctf = ps.has_ctf
+    if use_ctf and not ps.has_ctf:
+        raise CryogradError(f"{particles_path}: --ctf asked for but the file has no CTF parameters")
+    if projector not in ("fourier", "real"):
+        raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
+    if batch_size < 1:
+        raise CryogradError(f"batch size must be at least 1, got {batch_size}")
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    model = ForwardModel(box, pixel, projector)
+    vol_t = torch.from_numpy(np.ascontiguousarray(vol)).to(device)
+    n = len(ps)
+    shifts = ps.shifts_px if ps.shifts_px is not None else np.zeros((n, 2))
+    with StackWriter(out, n, box, pixel) as writer, tqdm(
+        total=n, desc="project", unit="img", disable=not progress
+    ) as bar:
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(n, start + batch_size))
+            rot = torch.from_numpy(ps.rotations[idx]).to(device=device, dtype=torch.float32)
+            sh = torch.from_numpy(shifts[idx]).to(device=device, dtype=torch.float32)
+            ctf = ps.ctf_params(idx, device=device) if use_ctf else None
+            writer.write(model.project(vol_t, rot, sh, ctf).cpu().numpy())
+            bar.update(len(idx))
+    return out

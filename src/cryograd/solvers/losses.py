@@ -1,0 +1,281 @@
+"""Data terms for the iterative solvers: ``l2``, ``l1``, ``huber`` and ``sorted-l1``.
+
+Every loss maps the residuals of one global batch, ``r = A x - b`` (real-space pixels of the
+projected particles minus the observed ones), to a number. The batch value is a sum over pixels and
+particles divided by ``normalizer`` (the number of particles in the global batch), so that the
+objective is the mean per-particle data term whatever the batch size.
+
+In a distributed run each process holds a shard of the global batch. :meth:`DataLoss.__call__`
+returns the process's *share* of the batch loss: summed over processes (``all_reduce_sum_``) the
+shares give the value for the whole batch, and so do their gradients. For the separable losses the
+share is simply the local sum; for ``sorted-l1``, whose weights depend on the rank of each residual
+in the whole batch, the absolute residuals are gathered (through ``all_reduce_sum_``) to rank them.
+
+``sorted-l1`` is the ordered weighted ℓ1 norm ``Σ_j λ_j |r|_(j)`` with ``|r|_(1) ≥ |r|_(2) ≥ …``
+and a non-increasing sequence ``λ`` from :func:`lambda_sequence` (``bh``, ``linear``, ``equal``, or
+an explicit array), normalised to mean 1 so that its scale is that of ``l1``. With ``equal`` weights
+it is exactly ``l1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "LOSSES",
+    "DataLoss",
+    "L2Loss",
+    "L1Loss",
+    "HuberLoss",
+    "SortedL1Loss",
+    "lambda_sequence",
+    "sorted_l1_weights",
+    "make_loss",
+]
+
+LOSSES = ("l2", "l1", "huber", "sorted-l1")
+LAMBDA_KINDS = ("bh", "linear", "equal")
+
+
+def lambda_sequence(
+    n: int,
+    kind: str | Sequence[float] | np.ndarray | torch.Tensor = "bh",
+    *,
+    q: float = 0.1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """A non-increasing weight sequence ``λ_1 ≥ … ≥ λ_n ≥ 0`` with mean 1.
+
+    Parameters
+    ----------
+    n
+        Length of the sequence (number of sorted entries).
+    kind
+        ``"bh"``: Benjamini–Hochberg-style ``λ_j = Φ⁻¹(1 − q·j / (2n))`` (Bogdan et al. 2015);
+        ``"linear"``: ``λ_j ∝ n − j + 1``; ``"equal"``: all ones (the sorted norm is then ℓ1);
+        or an explicit non-increasing array of length ``m``, linearly resampled to length ``n``
+        when ``m != n``.
+    q
+        Target false discovery rate of the ``bh`` sequence, in (0, 1).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n,)`` non-increasing, non-negative, mean 1 (all zeros only if given so).
+    """
+    if n <= 0:
+        return torch.zeros(0, device=device, dtype=dtype)
+    if isinstance(kind, str):
+        if kind == "equal":
+            return torch.ones(n, device=device, dtype=dtype)
+        j = torch.arange(1, n + 1, device=device, dtype=torch.float64)
+        if kind == "bh":
+            if not 0.0 < q < 1.0:
+                raise ValueError(f"the BH sequence needs 0 < q < 1, got {q}")
+            lam = torch.special.ndtri(1.0 - q * j / (2.0 * n))
+        elif kind == "linear":
+            lam = n - j + 1.0
+        else:
+            raise ValueError(f"unknown lambda sequence {kind!r}; use one of {LAMBDA_KINDS}")
+    else:
+        given = torch.as_tensor(np.asarray(kind, dtype=np.float64)).to(device)
+        if given.ndim != 1 or given.numel() == 0:
+            raise ValueError("an explicit lambda sequence must be a non-empty 1D array")
+        if torch.any(given[1:] > given[:-1]) or torch.any(given < 0):
+            raise ValueError("an explicit lambda sequence must be non-negative and non-increasing")
+        if given.numel() == n:
+            lam = given
+        else:  # resample onto n points, keeping monotonicity
+            pos = torch.linspace(0, given.numel() - 1, n, device=device, dtype=torch.float64)
+            lo = pos.floor().long().clamp(max=given.numel() - 1)
+            hi = (lo + 1).clamp(max=given.numel() - 1)
+            frac = pos - lo
+            lam = given[lo] * (1 - frac) + given[hi] * frac
+    lam = lam.clamp_min(0.0)
+    mean = lam.mean()
+    if mean > 0:
+        lam = lam / mean
+    return lam.to(dtype)
+
+
+def sorted_l1_weights(abs_local: torch.Tensor, abs_global_sorted: torch.Tensor,
+                      lambdas: torch.Tensor) -> torch.Tensor:
+    """Weight of each local entry in the ordered weighted ℓ1 norm of the global set.
+
+    The entry ranked ``j`` (descending) among all entries gets ``λ_j``; tied entries share the mean
+    of the ``λ`` over their tied positions, so ``Σ w_i |r_i|`` equals ``Σ_j λ_j |r|_(j)`` exactly and
+    ``w_i · sign(r_i)`` is a subgradient.
+
+    Parameters
+    ----------
+    abs_local
+        ``(m,)`` absolute values of this process's entries.
+    abs_global_sorted
+        ``(n,)`` absolute values of all entries, sorted ascending.
+    lambdas
+        ``(n,)`` non-increasing weights.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(m,)`` weights.
+    """
+    n = abs_global_sorted.numel()
+    # number of global entries strictly greater / greater-or-equal than each local one
+    n_le = torch.searchsorted(abs_global_sorted, abs_local, right=True)
+    n_lt = torch.searchsorted(abs_global_sorted, abs_local, right=False)
+    first = n - n_le  # descending positions [first, last) hold the ties
+    last = n - n_lt
+    cum = torch.zeros(n + 1, device=lambdas.device, dtype=torch.float64)
+    cum[1:] = torch.cumsum(lambdas.to(torch.float64), 0)
+    count = (last - first).clamp_min(1)
+    return ((cum[last] - cum[first]) / count).to(abs_local.dtype)
+
+
+class DataLoss:
+    """Base class: ``loss(residuals, normalizer=B, comm=comm)`` is this process's share.
+
+    Subclasses implement :meth:`pointwise` (``ρ(r)`` per pixel) or override :meth:`__call__`.
+    """
+
+    name = "base"
+
+    def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, residuals: torch.Tensor, *, normalizer: float, comm=None) -> torch.Tensor:
+        """Share of the batch loss: ``Σ ρ(r) / normalizer`` over this process's residuals.
+
+        Parameters
+        ----------
+        residuals
+            ``(b, ...)`` residuals of this process's particles.
+        normalizer
+            Number of particles in the global batch.
+        comm
+            :class:`cryograd.distributed.Communicator` (unused by separable losses).
+        """
+        return self.pointwise(residuals).sum() / normalizer
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class L2Loss(DataLoss):
+    """``ρ(r) = r²`` (the negative log-likelihood of white Gaussian noise, up to scale)."""
+
+    name = "l2"
+
+    def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:
+        return residuals.square()
+
+
+class L1Loss(DataLoss):
+    """``ρ(r) = |r|``."""
+
+    name = "l1"
+
+    def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:
+        return residuals.abs()
+
+
+class HuberLoss(DataLoss):
+    """``ρ(r) = r²/2`` for ``|r| ≤ δ``, else ``δ(|r| − δ/2)``, with ``δ`` in image intensity units."""
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0) -> None:
+        if not delta > 0:
+            raise ValueError(f"the Huber threshold must be positive, got {delta}")
+        self.delta = float(delta)
+
+    def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.huber_loss(
+            residuals, torch.zeros_like(residuals), reduction="none", delta=self.delta
+        )
+
+    def __repr__(self) -> str:
+        return f"HuberLoss(delta={self.delta})"
+
+
+class SortedL1Loss(DataLoss):
+    """Ordered weighted ℓ1 norm ``Σ_j λ_j |r|_(j)`` of all residual pixels of the global batch.
+
+    Parameters
+    ----------
+    sequence
+        ``"bh"``, ``"linear"``, ``"equal"`` or an explicit non-increasing array (see
+        :func:`lambda_sequence`); the sequence is built for the number of entries of each batch.
+    q
+        FDR parameter of the ``bh`` sequence.
+    """
+
+    name = "sorted-l1"
+
+    def __init__(self, sequence: str | Sequence[float] | np.ndarray = "bh", q: float = 0.1) -> None:
+        if isinstance(sequence, str) and sequence not in LAMBDA_KINDS:
+            raise ValueError(f"unknown lambda sequence {sequence!r}; use one of {LAMBDA_KINDS}")
+        self.sequence = sequence
+        self.q = float(q)
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def lambdas(self, n: int, device) -> torch.Tensor:
+        key = (n, str(device))
+        if key not in self._cache:
+            self._cache = {key: lambda_sequence(n, self.sequence, q=self.q, device=device)}
+        return self._cache[key]
+
+    def __call__(self, residuals: torch.Tensor, *, normalizer: float, comm=None) -> torch.Tensor:
+        abs_local = residuals.detach().abs().reshape(-1).to(torch.float64)
+        m = abs_local.numel()
+        if comm is None or comm.world_size == 1:
+            gathered = abs_local
+        else:
+            gathered = _all_gather_1d(abs_local, comm)
+        n = gathered.numel()
+        if n == 0:
+            return residuals.sum() * 0.0
+        lam = self.lambdas(n, residuals.device)
+        weights = sorted_l1_weights(abs_local, torch.sort(gathered).values, lam)
+        weights = weights.to(residuals.dtype).reshape(residuals.shape)
+        assert weights.numel() == m
+        return (weights * residuals.abs()).sum() / normalizer
+
+    def __repr__(self) -> str:
+        seq = self.sequence if isinstance(self.sequence, str) else "custom"
+        return f"SortedL1Loss(sequence={seq!r}, q={self.q})"
+
+
+def _all_gather_1d(values: torch.Tensor, comm) -> torch.Tensor:
+    """Concatenate every process's ``(m_r,)`` vector in rank order using only ``all_reduce_sum_``."""
+    counts = torch.zeros(comm.world_size, dtype=torch.float64, device=values.device)
+    counts[comm.rank] = values.numel()
+    comm.all_reduce_sum_(counts)
+    counts_int = [int(c) for c in counts.tolist()]
+    offset = sum(counts_int[: comm.rank])
+    buffer = torch.zeros(sum(counts_int), dtype=values.dtype, device=values.device)
+    buffer[offset : offset + values.numel()] = values
+    return comm.all_reduce_sum_(buffer)
+
+
+def make_loss(
+    name: str,
+    *,
+    huber_delta: float = 1.0,
+    sequence: str | Sequence[float] | np.ndarray = "bh",
+    q: float = 0.1,
+) -> DataLoss:
+    """The data term called ``name`` (one of :data:`LOSSES`)."""
+    if name == "l2":
+        return L2Loss()
+    if name == "l1":
+        return L1Loss()
+    if name == "huber":
+        return HuberLoss(huber_delta)
+    if name == "sorted-l1":
+        return SortedL1Loss(sequence, q)
+    raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")

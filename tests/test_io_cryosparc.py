@@ -1,0 +1,106 @@
+"""cryoSPARC .cs reading: poses, shifts, CTF, half sets, image paths, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from cryograd.errors import CryogradError
+from cryograd.particles import read_particles
+from tests.conftest import shared_file
+
+CS_FILES = [  # (file, particles, pixel size Å, box) from PROVENANCE.md
+    ("cryodrgn/cryosparc_P12_J24_001_particles.cs", 2019, 2.95, 180),
+    ("cryodrgn/cryosparc_J2_particles_exported.cs", 22, 1.345, 300),
+    ("cryodrgn/empiar_10076_7.cs", 7, 1.31, 320),
+]
+
+
+@pytest.mark.parametrize("name,count,pixel,box", CS_FILES)
+def test_every_cs_reads(name, count, pixel, box):
+    ps = read_particles(shared_file(name))
+    assert len(ps) == count
+    assert ps.pixel_size_angstrom == pytest.approx(pixel, abs=1e-3)
+    assert ps.box_size == box
+    assert ps.has_ctf
+
+
+def test_p12_conventions_against_scipy_and_raw_fields():
+    path = shared_file("cryodrgn/cryosparc_P12_J24_001_particles.cs")
+    raw = np.load(path)
+    ps = read_particles(path)
+    pose = raw["alignments3D/pose"].astype(np.float64)
+    np.testing.assert_allclose(
+        ps.rotations, Rotation.from_rotvec(pose).as_matrix().transpose(0, 2, 1), atol=1e-12
+    )
+    np.testing.assert_array_equal(ps.shifts_px, raw["alignments3D/shift"].astype(np.float64))
+    np.testing.assert_allclose(ps.ctf[:, 2], np.rad2deg(raw["ctf/df_angle_rad"].astype(np.float64)))
+    np.testing.assert_array_equal(ps.ctf[:, 0], raw["ctf/df1_A"].astype(np.float64))
+    np.testing.assert_array_equal(ps.ctf[:, 3], 200.0)
+    np.testing.assert_array_equal(ps.half_set, raw["alignments3D/split"] + 1)
+    assert set(np.unique(ps.half_set)) == {1, 2}
+    assert ps.check_images() == ps.missing_stacks()  # images absent, reported
+
+
+def test_alignments2d_only_has_no_3d_poses():
+    ps = read_particles(shared_file("cryodrgn/cryosparc_J2_particles_exported.cs"))
+    assert ps.rotations is None
+    assert any("alignments2D" in n for n in ps.notes)
+
+
+def test_blob_paths_with_particles_dir(tmp_path):
+    cs = tmp_path / "x.cs"
+    cs.write_bytes(shared_file("cryodrgn/empiar_10076_7.cs").read_bytes())
+    ps = read_particles(cs)
+    assert len(ps.missing_stacks()) == 1
+    ps = read_particles(cs, datadir=shared_file("cryodrgn/empiar_10076_7.mrc").parent)
+    assert ps.missing_stacks() == []
+    np.testing.assert_array_equal(ps.stack_indices, np.load(cs)["blob/idx"])
+
+
+def _save_cs(path, arr):
+    with open(path, "wb") as fh:
+        np.save(fh, arr)
+    return path
+
+
+def _tiny(n=3):
+    dt = [
+        ("blob/path", "S10"),
+        ("blob/idx", "<u4"),
+        ("blob/shape", "<u4", (2,)),
+        ("blob/psize_A", "<f4"),
+        ("alignments3D/pose", "<f4", (3,)),
+        ("alignments3D/shift", "<f4", (2,)),
+    ]
+    a = np.zeros(n, dtype=dt)
+    a["blob/path"] = b">s.mrcs"
+    a["blob/idx"] = np.arange(n)
+    a["blob/shape"] = 32
+    a["blob/psize_A"] = 1.5
+    return a
+
+
+def test_leading_marker_stripped_from_blob_path(tmp_path):
+    ps = read_particles(_save_cs(tmp_path / "t.cs", _tiny()))
+    assert ps.stack_files[0].name == "s.mrcs"
+    assert ps.ctf is None and ps.rotations.shape == (3, 3, 3)
+
+
+def test_bad_cs_inputs(tmp_path):
+    a = _tiny()
+    a["alignments3D/pose"][1, 0] = np.nan
+    with pytest.raises(CryogradError, match=r"row 2, field alignments3D/pose"):
+        read_particles(_save_cs(tmp_path / "nan.cs", a))
+    a = _tiny()
+    a["blob/shape"][2] = (32, 40)
+    with pytest.raises(CryogradError, match="not square"):
+        read_particles(_save_cs(tmp_path / "rect.cs", a))
+    text = tmp_path / "text.cs"
+    text.write_text("not numpy")
+    with pytest.raises(CryogradError, match="text.cs"):
+        read_particles(text)
+    plain = _save_cs(tmp_path / "plain.cs", np.zeros(4))
+    with pytest.raises(CryogradError, match="structured"):
+        read_particles(plain)

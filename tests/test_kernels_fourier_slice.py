@@ -1,0 +1,323 @@
+"""Triton Fourier-slice extraction/insertion (CTF and shift fused) against the torch reference.
+
+As in ``test_kernels_real_space.py``, the CPU comparisons run the kernels through Triton's
+interpreter in a fresh process (this file run as a script with ``--interpreter-checks``, with
+``TRITON_INTERPRET=1`` set before Triton is imported) and the tests assert on the JSON it prints.
+The reference is the torch path: ``extract_slices(volume_spectrum, slice_geometry)`` times the
+forward model's filter ``ramp(-origin) · CTF`` (``ctf_2d``, ``phase_ramp``), and its transpose.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+INTERPRETER_CASES = [(16, 3, "float32"), (17, 2, "float32"), (16, 1, "float32"), (16, 3, "float64")]
+REL_TOL_FLOAT32 = 1e-5
+PIXEL_SIZE = 3.5
+
+
+def _random_rotations(n: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """Uniform random rotations from normalised quaternions, ``(n, 3, 3)``."""
+    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=1,
+    ).reshape(n, 3, 3)
+    return rot.to(dtype)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _inputs(box: int, n: int, dtype: torch.dtype, device: str):
+    from cryograd.ctf import CTFParams
+
+    g = torch.Generator().manual_seed(box * 10 + n)
+    volume = torch.randn(box, box, box, generator=g, dtype=dtype)
+    rotations = _random_rotations(n, g, dtype)
+    if n > 1:
+        rotations[0] = torch.eye(3, dtype=dtype)  # samples exactly on grid planes, q_x = 0 edge
+    shifts = 3.0 * torch.randn(n, 2, generator=g, dtype=dtype)
+    ctf = CTFParams.create(
+        defocus_u_angstrom=torch.linspace(6000.0, 15000.0, n),
+        defocus_v_angstrom=torch.linspace(5500.0, 14000.0, n),
+        defocus_angle_degrees=torch.linspace(10.0, 300.0, n),
+        amplitude_contrast=0.07,
+        phase_shift_degrees=torch.linspace(0.0, 30.0, n),
+        b_factor=torch.linspace(0.0, 50.0, n),
+        scale=torch.linspace(1.0, 0.8, n),
+        dtype=dtype,
+    )
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    slices = torch.randn(n, box, box // 2 + 1, generator=g, dtype=cdtype)
+    images = torch.randn(n, box, box, generator=g, dtype=dtype)
+    return (volume.to(device), rotations.to(device), shifts.to(device), ctf.to(device=device),
+            slices.to(device), images.to(device))
+
+
+def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
+    """Every kernel entry point against the torch reference, plus dot-product tests."""
+    from cryograd.ctf import ctf_2d
+    from cryograd.kernels import fourier_slice as kernel
+    from cryograd.projectors import fourier_slice as fs
+    from cryograd.shift import phase_ramp
+
+    old = os.environ.get("CRYOGRAD_KERNELS")
+    os.environ["CRYOGRAD_KERNELS"] = "torch"  # the reference functions must not dispatch
+    try:
+        volume, rot, shifts, ctf, slices, images = _inputs(box, n, dtype, device)
+        p = fs.padded_size(box, 2.0)
+        spec = fs.volume_spectrum(volume, p)
+        ext = fs.ExtendedSpectrum.from_spectrum(spec)
+        geom = fs.slice_geometry(rot, box, p)
+        ctf_values = ctf_2d(ctf, box, PIXEL_SIZE, device=device, dtype=dtype)
+        filt = ctf_values * phase_ramp(-shifts, box, dtype=dtype)
+        plain = fs.extract_slices(spec, geom)
+        ref_extract = plain * filt
+        ref_insert = fs.insert_slices(slices * torch.conj(filt), geom)
+        ref_weights = fs.insert_slices((ctf_values**2).to(slices.dtype), geom).real
+        premult = torch.arange(n, device=device) % 2 == 0
+        pre_filt = torch.where(premult[:, None, None], filt / ctf_values, filt)
+        ref_insert_pre = fs.insert_slices(slices * torch.conj(pre_filt), geom)
+        pixel_sizes = torch.linspace(PIXEL_SIZE, 1.3 * PIXEL_SIZE, n, dtype=torch.float64)
+        ctf_pp = torch.cat([ctf_2d(ctf[i : i + 1], box, float(pixel_sizes[i]), device=device,
+                                   dtype=dtype) for i in range(n)])
+        filt_pp = ctf_pp * phase_ramp(-shifts, box, dtype=dtype)
+        sample_w = torch.rand(box, box // 2 + 1, generator=torch.Generator().manual_seed(3),
+                              dtype=dtype).to(device)
+        ref_insert_sw = fs.insert_slices(slices * torch.conj(filt_pp) * sample_w, geom)
+        ref_weights_sw = fs.insert_slices((ctf_pp**2 * sample_w).to(slices.dtype), geom).real
+        p_15 = fs.padded_size(box, 1.5)
+        spec_15 = fs.volume_spectrum(volume, p_15)
+        geom_15 = fs.slice_geometry(rot, box, p_15)
+        ref_extract_15 = fs.extract_slices(spec_15, geom_15)
+        ref_insert_15 = fs.insert_slices(slices, geom_15)
+        ref_project = fs.project(volume, rot)
+        ref_backproject = fs.backproject(images, rot)
+        # float64 truth for the float32 accuracy check
+        spec64 = fs.volume_spectrum(volume.double(), p)
+        geom64 = fs.slice_geometry(rot.double(), box, p)
+        filt64 = ctf_2d(ctf.to(dtype=torch.float64), box, PIXEL_SIZE, device=device,
+                        dtype=torch.float64) * phase_ramp(-shifts.double(), box)
+        truth_extract = fs.extract_slices(spec64, geom64) * filt64
+    finally:
+        if old is None:
+            os.environ.pop("CRYOGRAD_KERNELS")
+        else:
+            os.environ["CRYOGRAD_KERNELS"] = old
+
+    kw = {"ctf": ctf, "shifts_px": shifts, "pixel_size_angstrom": PIXEL_SIZE}
+    res: dict[str, float] = {}
+    out = kernel.extract_slices(spec, rot, box, **kw)
+    res["extract"] = _rel(out, ref_extract)
+    res["extract_vs_float64"] = _rel(out.to(truth_extract.dtype), truth_extract)
+    res["extract_extended"] = _rel(kernel.extract_slices(ext, rot, box, **kw), ref_extract)
+    res["extract_ctf_array"] = _rel(
+        kernel.extract_slices(spec, rot, box, ctf=ctf_values, shifts_px=shifts), ref_extract
+    )
+    res["extract_plain"] = _rel(kernel.extract_slices(spec, rot, box), plain)
+    res["extract_shape_ok"] = tuple(out.shape) == (n, box, box // 2 + 1) and out.dtype == spec.dtype
+
+    acc = torch.zeros_like(spec)
+    wgt = torch.zeros(spec.shape, device=device, dtype=dtype)
+    kernel.insert_slices(slices, rot, acc, weights=wgt, **kw)
+    res["insert"] = _rel(acc, ref_insert)
+    res["insert_weights"] = _rel(wgt, ref_weights)
+    acc_x = fs.ExtendedSpectrum.zeros(p, device=device, dtype=spec.dtype)
+    wgt_x = torch.zeros(acc_x.shape, device=device, dtype=dtype)
+    kernel.insert_slices(slices, rot, acc_x, weights=wgt_x, **kw)
+    res["insert_extended"] = _rel(fs.ExtendedSpectrum.fold(acc_x, p), ref_insert)
+    res["insert_extended_weights"] = _rel(fs.ExtendedSpectrum.fold(wgt_x, p), ref_weights)
+    acc_p = torch.zeros_like(spec)
+    kernel.insert_slices(slices, rot, acc_p, premultiplied=premult, **kw)
+    res["insert_premultiplied"] = _rel(acc_p, ref_insert_pre)
+    packed = kernel.packed_accumulator(p, device=device, dtype=dtype)
+    kernel.insert_slices(slices, rot, packed, **kw)
+    packed_values, packed_weights = kernel.unpack_accumulator(packed)
+    res["insert_packed"] = _rel(packed_values, ref_insert)
+    res["insert_packed_weights"] = _rel(packed_weights, ref_weights)
+    # direct-reconstruction style: shared per-sample factors, per-particle pixel sizes
+    acc_s = torch.zeros_like(spec)
+    wgt_s = torch.zeros(spec.shape, device=device, dtype=dtype)
+    kernel.insert_slices(slices, rot, acc_s, weights=wgt_s, ctf=ctf, shifts_px=shifts,
+                         pixel_size_angstrom=pixel_sizes, sample_weights=sample_w)
+    res["insert_sample_weights"] = _rel(acc_s, ref_insert_sw)
+    res["insert_sample_weights_w"] = _rel(wgt_s, ref_weights_sw)
+    # another padding: P / D not an integer
+    res["extract_pad_1.5"] = _rel(kernel.extract_slices(spec_15, rot, box), ref_extract_15)
+    acc_15 = torch.zeros_like(spec_15)
+    kernel.insert_slices(slices, rot, acc_15)
+    res["insert_pad_1.5"] = _rel(acc_15, ref_insert_15)
+    # <E x, y> = <x, Eᵀ y> in the real inner product Re Σ conj(a) b, kernels only
+    lhs = float((torch.conj(out) * slices).real.double().sum())
+    rhs = float((torch.conj(spec) * acc).real.double().sum())
+    norm = float(out.abs().double().norm() * slices.abs().double().norm())
+    res["dot_slices"] = abs(lhs - rhs) / norm
+    proj = kernel.project(volume, rot)
+    back = kernel.backproject(images, rot)
+    res["project"] = _rel(proj, ref_project)
+    res["backproject"] = _rel(back, ref_backproject)
+    lhs = float((proj.double() * images.double()).sum())
+    rhs = float((volume.double() * back.double()).sum())
+    res["dot_project"] = abs(lhs - rhs) / float(proj.double().norm() * images.double().norm())
+    return res
+
+
+def _interpreter_checks() -> dict[str, dict[str, float]]:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    return {
+        f"{box}-{n}-{dt}": _compare(box, n, getattr(torch, dt), "cpu")
+        for box, n, dt in INTERPRETER_CASES
+    }
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, dict[str, float]]:
+    """Run the comparisons in a fresh interpreter-mode process; its JSON results."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, TRITON_INTERPRET="1", CRYOGRAD_KERNELS="torch")
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+CASES = [f"{b}-{n}-{d}" for b, n, d in INTERPRETER_CASES]
+COMPARISONS = [
+    "extract", "extract_extended", "extract_ctf_array", "extract_plain", "insert",
+    "insert_weights", "insert_extended", "insert_extended_weights", "insert_premultiplied",
+    "insert_packed", "insert_packed_weights", "extract_pad_1.5", "insert_pad_1.5",
+    "insert_sample_weights", "insert_sample_weights_w",
+    "project", "backproject",
+]
+
+
+def _tol(case: str) -> float:
+    return REL_TOL_FLOAT32 if case.endswith("float32") else 1e-12
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("what", COMPARISONS)
+def test_interpreted_kernels_match_torch(interpreted, case, what):
+    assert interpreted[case][what] <= _tol(case), (what, interpreted[case])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_interpreted_output_shapes(interpreted, case):
+    assert interpreted[case]["extract_shape_ok"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_interpreted_fused_ctf_is_accurate(interpreted, case):
+    # The in-kernel CTF against the float64 torch path: float32 rounding only.
+    assert interpreted[case]["extract_vs_float64"] <= _tol(case), interpreted[case]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_interpreted_kernels_are_adjoint(interpreted, case):
+    tol = 1e-6 if case.endswith("float32") else 1e-13
+    assert interpreted[case]["dot_slices"] < tol, interpreted[case]
+    assert interpreted[case]["dot_project"] < tol, interpreted[case]
+
+
+def test_ctf_coefficients_reproduce_relion_ctf():
+    """The kernels' CTF rewrite (no atan2) equals :func:`ctf_2d` in float64 (no Triton needed)."""
+    from cryograd.ctf import ctf_2d
+    from cryograd.fourier import frequency_grid_2d
+    from cryograd.kernels.fourier_slice import ctf_coefficients
+
+    _, _, _, ctf, _, _ = _inputs(20, 4, torch.float64, "cpu")
+    coef = ctf_coefficients(ctf, 20, PIXEL_SIZE)
+    kx, ky = frequency_grid_2d(20, dtype=torch.float64)
+    c_mean, c_cos, c_sin, c4, c0, cb, scale = (x[:, None, None] for x in coef.unbind(1))
+    k2 = kx**2 + ky**2
+    gamma = c4 * k2**2 - (c_mean * k2 + c_cos * (kx**2 - ky**2) + c_sin * 2 * kx * ky) - c0
+    mine = -torch.sin(gamma) * torch.exp(-cb * k2) * scale
+    torch.testing.assert_close(mine, ctf_2d(ctf, 20, PIXEL_SIZE, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    # one pixel size per particle
+    px = torch.tensor([1.0, 2.0, 3.0, 4.5], dtype=torch.float64)
+    coef = ctf_coefficients(ctf, 20, px)
+    for i in range(4):
+        c_mean, c_cos, c_sin, c4, c0, cb, scale = coef[i]
+        gamma = c4 * k2**2 - (c_mean * k2 + c_cos * (kx**2 - ky**2) + c_sin * 2 * kx * ky) - c0
+        mine = -torch.sin(gamma) * torch.exp(-cb * k2) * scale
+        ref = ctf_2d(ctf[i : i + 1], 20, float(px[i]), dtype=torch.float64)[0]
+        torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+
+
+def test_mismatched_inputs_raise_cryograd_error():
+    from cryograd.errors import CryogradError
+    from cryograd.kernels import fourier_slice as kernel
+
+    rot = torch.eye(3)[None].repeat(2, 1, 1)
+    slices = torch.zeros(2, 8, 5, dtype=torch.complex64)
+    with pytest.raises(CryogradError, match="dtype mismatch"):
+        kernel.insert_slices(slices, rot, torch.zeros(16, 16, 9, dtype=torch.complex128))
+    with pytest.raises(CryogradError, match="device mismatch"):
+        kernel.insert_slices(slices, rot, torch.zeros(16, 16, 9, dtype=torch.complex64,
+                                                      device="meta"))
+    acc = torch.zeros(16, 16, 9, dtype=torch.complex64)
+    with pytest.raises(CryogradError, match="weights"):
+        kernel.insert_slices(slices, rot, acc, weights=torch.zeros(16, 16, 8))
+    with pytest.raises(CryogradError, match="dtype mismatch"):
+        kernel.insert_slices(slices, rot, acc, weights=torch.zeros(16, 16, 9, dtype=torch.float64))
+    with pytest.raises(CryogradError, match="contiguous"):
+        kernel.insert_slices(slices, rot, torch.zeros(16, 16, 18, dtype=torch.complex64)[..., ::2])
+    with pytest.raises(CryogradError, match="rotations"):
+        kernel.insert_slices(slices, rot[:1], acc)
+    packed = kernel.packed_accumulator(16)
+    with pytest.raises(CryogradError, match="holds the weights"):
+        kernel.insert_slices(slices, rot, packed, weights=torch.zeros(16, 16, 9, 4))
+    with pytest.raises(CryogradError, match="complex"):
+        kernel.extract_slices(torch.zeros(16, 16, 9), rot, 8)
+    with pytest.raises(CryogradError, match="sample_weights"):
+        kernel.insert_slices(slices, rot, acc, sample_weights=torch.ones(8, 8))
+    with pytest.raises(CryogradError, match="pixel_size_angstrom"):
+        _, _, _, ctf, _, _ = _inputs(8, 2, torch.float32, "cpu")
+        kernel.extract_slices(acc, rot, 8, ctf=ctf)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("box,n", [(64, 32), (128, 8), (97, 4)])
+def test_gpu_kernels_match_torch(box, n):
+    res = _compare(box, n, torch.float32, "cuda")
+    for what in COMPARISONS + ["extract_vs_float64"]:
+        assert res[what] <= REL_TOL_FLOAT32, (what, res)
+    assert res["dot_slices"] < 1e-6 and res["dot_project"] < 1e-6, res
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_kernels_float64():
+    res = _compare(64, 4, torch.float64, "cuda")
+    for what in COMPARISONS:
+        assert res[what] <= 1e-12, (what, res)
+    assert res["dot_slices"] < 1e-13 and res["dot_project"] < 1e-13, res
+
+
+if __name__ == "__main__" and "--interpreter-checks" in sys.argv:
+    print(json.dumps(_interpreter_checks()))

@@ -1,0 +1,93 @@
+"""Data terms: each against its formula, computed independently with numpy/scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from cryograd.solvers.losses import (
+    HuberLoss,
+    L1Loss,
+    L2Loss,
+    SortedL1Loss,
+    lambda_sequence,
+    make_loss,
+    sorted_l1_weights,
+)
+
+
+@pytest.fixture
+def residuals(rng) -> torch.Tensor:
+    return torch.randn(6, 5, 5, generator=rng, dtype=torch.float64)
+
+
+def test_l2_l1_huber_match_formulas(residuals):
+    r = residuals.numpy()
+    assert float(L2Loss()(residuals, normalizer=6)) == pytest.approx((r**2).sum() / 6)
+    assert float(L1Loss()(residuals, normalizer=6)) == pytest.approx(np.abs(r).sum() / 6)
+    delta = 0.7
+    a = np.abs(r)
+    huber = np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta)).sum() / 6
+    assert float(HuberLoss(delta)(residuals, normalizer=6)) == pytest.approx(huber)
+
+
+def test_lambda_sequences():
+    n = 50
+    j = np.arange(1, n + 1)
+    bh = norm.ppf(1 - 0.1 * j / (2 * n))
+    np.testing.assert_allclose(lambda_sequence(n, "bh", q=0.1).numpy(), bh / bh.mean(), rtol=1e-10)
+    lin = (n - j + 1.0) / (n - j + 1.0).mean()
+    np.testing.assert_allclose(lambda_sequence(n, "linear").numpy(), lin, rtol=1e-12)
+    np.testing.assert_array_equal(lambda_sequence(n, "equal").numpy(), np.ones(n))
+    given = lambda_sequence(7, [3.0, 2.0, 2.0, 1.0, 0.5, 0.0, 0.0]).numpy()
+    assert np.all(np.diff(given) <= 0) and given.mean() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        lambda_sequence(3, [1.0, 2.0, 0.0])
+
+
+def test_sorted_l1_equal_weights_is_l1(residuals):
+    a = residuals.clone().requires_grad_(True)
+    b = residuals.clone().requires_grad_(True)
+    la = SortedL1Loss("equal")(a, normalizer=6)
+    lb = L1Loss()(b, normalizer=6)
+    la.backward()
+    lb.backward()
+    assert float(la.detach()) == pytest.approx(float(lb.detach()), rel=1e-12)
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("kind", ["bh", "linear"])
+def test_sorted_l1_value_and_gradient(residuals, kind):
+    r = residuals.clone().requires_grad_(True)
+    loss = SortedL1Loss(kind, q=0.2)(r, normalizer=6)
+    loss.backward()
+    flat = residuals.numpy().ravel()
+    lam = lambda_sequence(flat.size, kind, q=0.2).numpy()
+    order = np.argsort(-np.abs(flat))
+    expected = (lam * np.abs(flat)[order]).sum() / 6
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-12)
+    grad = np.empty_like(flat)
+    grad[order] = lam * np.sign(flat[order]) / 6
+    np.testing.assert_allclose(r.grad.numpy().ravel(), grad, rtol=1e-12)
+
+
+def test_sorted_l1_ties_and_shards():
+    """Tied entries share weights; shares of a sharded batch add up to the whole batch's value."""
+    values = torch.tensor([3.0, -1.0, 1.0, 2.0, -3.0, 0.5, 1.0, 2.0, 0.0], dtype=torch.float64)
+    lam = lambda_sequence(values.numel(), "linear")
+    expected = float((torch.sort(values.abs(), descending=True).values * lam).sum())
+    sorted_all = torch.sort(values.abs()).values
+    total = 0.0
+    for shard in (values[:4], values[4:7], values[7:]):
+        w = sorted_l1_weights(shard.abs(), sorted_all, lam)
+        total += float((w * shard.abs()).sum())
+    assert total == pytest.approx(expected, rel=1e-12)
+
+
+def test_make_loss_names():
+    for name in ("l2", "l1", "huber", "sorted-l1"):
+        assert make_loss(name).name == name
+    with pytest.raises(ValueError):
+        make_loss("l3")
