@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             rot = random_rotations(b, gen).to(device)
             model = ForwardModel(d, 1.0, name)
             images = model.project(volume, rot)
-            tp = timed(lambda m=model, r=rot: m.project(volume, r), device, args.repeats)
+            tp = timed(lambda m=model, r=rot, v=volume: m.project(v, r), device, args.repeats)
             tb = timed(lambda m=model, r=rot, i=images: m.backproject(i, r), device, args.repeats)
             rows.append((f"cryograd {name}", d, b, b / tp, b / tb))
         if peer is not None:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             # torch-fourier-slice rotates xyz column vectors: RELION's Aᵀ gives the same views.
             rot = random_rotations(b, gen).to(device).transpose(-1, -2).contiguous()
             images = peer.project_3d_to_2d(volume, rot, pad_factor=2.0)
-            tp = timed(lambda r=rot: peer.project_3d_to_2d(volume, r, pad_factor=2.0),
+            tp = timed(lambda r=rot, v=volume: peer.project_3d_to_2d(v, r, pad_factor=2.0),
                        device, args.repeats)
             tb = timed(lambda r=rot, i=images: peer.backproject_2d_to_3d(i, r, pad_factor=2.0),
                        device, args.repeats)

@@ -80,7 +80,8 @@ def test_gridding_operator(n, rng):
     c = np.arange(n) - n // 2
     w = 1.0 / np.sinc(c / p) ** 2
     ref = w[:, None, None] * w[None, :, None] * w[None, None, :]
-    np.testing.assert_allclose(fs.gridding_weights(n, p, dtype=torch.float64).numpy(), ref, rtol=1e-12)
+    got = fs.gridding_weights(n, p, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
 def test_padded_size():

@@ -37,7 +37,8 @@ def test_identity_is_sum_along_z(n, rng):
 
 @pytest.mark.parametrize("n", [12, 13])
 def test_quarter_turn_is_rot90(n, rng):
-    """A = Rz(psi=90°): image(x, y) = ∫ V(Aᵀ(x, y, z)) dz, so img[y, x] = sum_z V[z, x', y'] rotated."""
+    """A = Rz(psi=90°): image(x, y) = ∫ V(Aᵀ(x, y, z)) dz, so img[y, x] = sum_z V[z, x', y']
+    rotated."""
     x = torch.randn(n, n, n, generator=rng, dtype=torch.float64)
     rot = euler_to_matrix(*torch.tensor([0.0, 0.0, 90.0], dtype=torch.float64))[None]
     img = rs.project(x, rot)[0].numpy()

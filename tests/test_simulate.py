@@ -172,6 +172,7 @@ def test_cli_project_reproduces_relion(tmp_path, capsys):
     assert min(_ncc(o, r) for o, r in zip(ours, relion)) > 0.99
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")
 def test_cli_bad_input(tmp_path, capsys):
     vol = _blob_volume(16)
     good = _map(tmp_path / "good.mrc", vol)
@@ -197,10 +198,13 @@ def test_cli_bad_input(tmp_path, capsys):
         ["project", wrong_px, star, "-o", str(tmp_path / "o7.mrcs")],
         ["project", str(nanmap), star, "-o", str(tmp_path / "o8.mrcs")],
     ]
+    messages = []
     for argv in cases:
         code, err = _run_cli(argv, capsys)
+        messages.append(err.strip())
         assert code == 2, argv
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("cryograd: error: "), err
+    print("\n".join(messages))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["good.mrc", "s", "nonsq.mrc", "nan.mrc", "big.mrc", "px.mrc"])

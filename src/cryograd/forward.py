@@ -1,16 +1,20 @@
 """The image formation model ``b_i = T_i C_i P_i x`` and its exact adjoint.
 
 ``P_i`` is a projector (:mod:`cryograd.projectors`, ``"fourier"`` with its gridding correction, or
-``"real"``), ``C_i`` the particle's CTF (RELION sign, :func:`cryograd.ctf.ctf_2d`) and ``T_i`` the shift
-by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels, :attr:`ParticleSet.shifts_px`): the forward model
+``"real"``), ``C_i`` the particle's CTF (RELION sign, :func:`cryograd.ctf.ctf_2d`) and ``T_i`` the
+shift
+by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels, :attr:`ParticleSet.shifts_px`): the forward
+model
 moves the centred projection by ``-origin``; back-projection moves the image by ``+origin``.
 
 ``C`` and ``T`` are diagonal on the 2D half spectrum. As real-linear maps on images,
-``image -> irfft2(herm(d · rfft2(image)))``, their transposes multiply by ``conj(d)`` (the CTF is real,
+``image -> irfft2(herm(d · rfft2(image)))``, their transposes multiply by ``conj(d)`` (the CTF is
+real,
 so ``C`` is self-adjoint). With the Fourier-slice projector they are applied to the slice directly,
 before its single inverse FFT.
 
-:meth:`ForwardModel.project` is a :class:`torch.autograd.Function` when the volume requires a gradient:
+:meth:`ForwardModel.project` is a :class:`torch.autograd.Function` when the volume requires a
+gradient:
 its backward is one call of :meth:`ForwardModel.backproject`, not autograd through the scatter.
 All public methods accept torch tensors, NumPy arrays and CuPy arrays and return the kind they were
 given (:mod:`cryograd.arrays`).
@@ -34,7 +38,8 @@ __all__ = ["ForwardModel", "fourier_filter", "apply_ctf", "apply_shift"]
 
 
 def fourier_filter(images: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
-    """``irfft2(herm(filt · rfft2(images)))`` for ``(b, N, N)`` images and ``(b, N, N // 2 + 1)`` filters.
+    """``irfft2(herm(filt · rfft2(images)))`` for ``(b, N, N)`` images and ``(b, N, N // 2 + 1)``
+    filters.
 
     Its exact transpose is ``fourier_filter(images, conj(filt))``.
     """
@@ -58,7 +63,8 @@ def apply_ctf(
 def apply_shift(
     images: torch.Tensor, shifts_px: torch.Tensor, *, adjoint: bool = False
 ) -> torch.Tensor:
-    """Shift ``(b, N, N)`` images by ``shifts_px`` ``(b, 2)`` (``(tx, ty)``, content moves by ``+t``).
+    """Shift ``(b, N, N)`` images by ``shifts_px`` ``(b, 2)`` (``(tx, ty)``, content moves by
+    ``+t``).
 
     With ``adjoint=True`` the exact transpose (the shift by ``-t``).
     """
@@ -89,7 +95,8 @@ class ForwardModel:
     Parameters
     ----------
     box_size
-        ``D``: volumes are ``(D, D, D)`` ``[z, y, x]``, images ``(D, D)`` ``[y, x]``, centres at ``D // 2``.
+        ``D``: volumes are ``(D, D, D)`` ``[z, y, x]``, images ``(D, D)`` ``[y, x]``, centres at
+        ``D // 2``.
     pixel_size_angstrom
         Pixel size in Å (for the CTF).
     projector
@@ -104,9 +111,12 @@ class ForwardModel:
 
     Notes
     -----
-    Both projectors give line integrals in voxel units. ``rotations`` are RELION ``A`` ``(B, 3, 3)``,
-    ``shifts_px`` RELION origins ``(B, 2)`` in pixels, ``ctf`` a :class:`CTFParams` of ``B`` particles or
-    precomputed half-grid CTFs ``(B, D, D // 2 + 1)``. Computation runs on the device and in the dtype
+    Both projectors give line integrals in voxel units. ``rotations`` are RELION ``A`` ``(B, 3,
+    3)``,
+    ``shifts_px`` RELION origins ``(B, 2)`` in pixels, ``ctf`` a :class:`CTFParams` of ``B``
+    particles or
+    precomputed half-grid CTFs ``(B, D, D // 2 + 1)``. Computation runs on the device and in the
+    dtype
     (float32 or float64) of the volume (``project``, ``data_gradient``) or images (``backproject``).
     """
 
@@ -142,8 +152,8 @@ class ForwardModel:
 
     def __repr__(self) -> str:
         return (
-            f"ForwardModel(box_size={self.box_size}, pixel_size_angstrom={self.pixel_size_angstrom}, "
-            f"projector={self.projector!r}, pad={self.pad})"
+            f"ForwardModel(box_size={self.box_size}, "
+            f"pixel_size_angstrom={self.pixel_size_angstrom}, projector={self.projector!r}, pad={self.pad})"
         )
 
     # ------------------------------------------------------------------ public API
@@ -196,7 +206,8 @@ class ForwardModel:
         """``Aᵀ (A x − b)``, the gradient of ``½ ||A x − b||²``, chunk by chunk.
 
         The projection geometry of each chunk is computed once and used by both directions.
-        With ``return_loss=True`` returns ``(gradient, loss)`` with ``loss = ½ ||A x − b||²`` (float).
+        With ``return_loss=True`` returns ``(gradient, loss)`` with ``loss = ½ ||A x − b||²``
+        (float).
         """
         kind = array_kind(volume)
         vol = self._as_volume(volume).detach()

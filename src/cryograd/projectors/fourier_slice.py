@@ -2,13 +2,15 @@
 
 Sampling and normalisation (the contract other modules rely on)
 ----------------------------------------------------------------
-* The ``(D, D, D)`` volume is zero-padded to ``P ≈ pad · D`` (even, :func:`padded_size`) with its centre
+* The ``(D, D, D)`` volume is zero-padded to ``P ≈ pad · D`` (even, :func:`padded_size`) with its
+  centre
   voxel ``D // 2`` at ``P // 2``, and transformed once: ``F = rfftn_centered(padded)``, shape
   ``(P, P, P // 2 + 1)`` in torch's unshifted layout ``[kz, ky, kx]``, unnormalised
   (``F(q) = Σ_r x(r) e^{-2πi q·r / P}``). This is :func:`volume_spectrum`.
 * Images are made on the ``D`` grid (RELION's choice): the half-grid sample ``(kx, ky)`` (integers,
   ``D × (D // 2 + 1)``, :func:`cryograd.fourier.frequency_grid_2d`) takes the value of ``F`` at
-  ``q = (P / D) · Aᵀ (kx, ky, 0)`` by trilinear interpolation. Samples with ``|k| > D // 2`` (beyond the
+  ``q = (P / D) · Aᵀ (kx, ky, 0)`` by trilinear interpolation. Samples with ``|k| > D // 2``
+  (beyond the
   Nyquist circle) are zero. A sample with ``q_x < 0`` takes ``conj F(-q)`` (Friedel symmetry); the
   ``ky``/``kz`` axes wrap periodically. This is :func:`extract_slices`.
 * The image is ``irfft2_centered`` of the slice on the ``D`` grid (after the ``kx = 0`` and Nyquist
@@ -23,12 +25,14 @@ Sampling and normalisation (the contract other modules rely on)
 Transposes (exact, in the real inner product ``<a, b> = Re Σ conj(a) b``)
 ------------------------------------------------------------------------
 * :func:`insert_slices` scatters with the same 8 weights (conjugated values for mirrored samples).
-* :func:`images_to_spectra_adjoint` is ``(c / D²) · rfft2_centered`` with ``c = 1`` on the ``kx = 0``
+* :func:`images_to_spectra_adjoint` is ``(c / D²) · rfft2_centered`` with ``c = 1`` on the ``kx =
+  0``
   (and Nyquist) column and ``2`` elsewhere: the transpose of :func:`spectra_to_images`.
 * :func:`volume_spectrum_adjoint` is ``crop(P³ · irfftn_centered(herm(G / c)))``: the transpose of
   :func:`volume_spectrum`.
 
-So ``project = spectra_to_images ∘ extract ∘ volume_spectrum (∘ gridding)`` and ``backproject`` is its
+So ``project = spectra_to_images ∘ extract ∘ volume_spectrum (∘ gridding)`` and ``backproject`` is
+its
 transpose; the dot-product test holds to rounding in float64.
 """
 
@@ -73,7 +77,8 @@ def default_batch_size(box_size: int) -> int:
 
 
 def padded_size(box_size: int, pad: float = 2.0) -> int:
-    """Side ``P`` of the zero-padded volume: ``pad · D`` rounded to an even integer, at least ``D``."""
+    """Side ``P`` of the zero-padded volume: ``pad · D`` rounded to an even integer, at least
+    ``D``."""
     p = 2 * int(round(pad * box_size / 2.0))
     return p if p >= box_size else box_size + box_size % 2
 
@@ -106,7 +111,8 @@ def _flip_mod(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def hermitian_part_rfft(spectra: torch.Tensor, last_size: int, ndim: int) -> torch.Tensor:
     """Make the ``kx = 0`` (and, for even sizes, Nyquist) planes of half spectra Hermitian.
 
-    ``(Y(k) + conj Y(-k)) / 2`` on those planes. The real part of the inverse transform is unchanged,
+    ``(Y(k) + conj Y(-k)) / 2`` on those planes. The real part of the inverse transform is
+    unchanged,
     and every FFT backend then computes the same ``irfft``.
 
     Parameters
@@ -138,7 +144,8 @@ def _column_weights(size: int, device, dtype) -> torch.Tensor:
 
 
 def volume_spectrum(volume: torch.Tensor, padded: int) -> torch.Tensor:
-    """``rfftn_centered`` of the zero-padded volume: ``(D, D, D)`` -> ``(P, P, P // 2 + 1)`` complex."""
+    """``rfftn_centered`` of the zero-padded volume: ``(D, D, D)`` -> ``(P, P, P // 2 + 1)``
+    complex."""
     return rfftn_centered(pad_volume(volume, padded))
 
 
@@ -153,7 +160,8 @@ def volume_spectrum_adjoint(spectrum: torch.Tensor, box_size: int) -> torch.Tens
 def gridding_weights(
     box_size: int, padded: int, *, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """``1 / (sinc²(x/P) sinc²(y/P) sinc²(z/P))`` on the ``(D, D, D)`` grid (trilinear correction)."""
+    """``1 / (sinc²(x/P) sinc²(y/P) sinc²(z/P))`` on the ``(D, D, D)`` grid (trilinear
+    correction)."""
     c = torch.arange(box_size, device=device, dtype=torch.float64) - box_size // 2
     w = 1.0 / torch.sinc(c / padded) ** 2
     return (w[:, None, None] * w[None, :, None] * w[None, None, :]).to(dtype)
@@ -296,7 +304,8 @@ def slice_geometry(
 class ExtendedSpectrum:
     """The half spectrum laid out so that the 8 corners of any sample are plain flat offsets.
 
-    ``ext[z, y, x]`` (shape ``(P + 2, P + 2, P // 2 + 2)``) holds ``F[(z - P//2) mod P, (y - P//2) mod P,
+    ``ext[z, y, x]`` (shape ``(P + 2, P + 2, P // 2 + 2)``) holds ``F[(z - P//2) mod P, (y - P//2)
+    mod P,
     x]`` for ``x <= P // 2`` and 0 in the extra ``x`` column. :meth:`fold` is the exact transpose of
     :meth:`from_spectrum` (wrapped entries are summed back).
     """
@@ -386,7 +395,8 @@ def insert_slices(
     geom
         The geometry they were (or would be) extracted with.
     accumulator
-        Optional flat extended accumulator (:meth:`ExtendedSpectrum.zeros`) to add into; then nothing
+        Optional flat extended accumulator (:meth:`ExtendedSpectrum.zeros`) to add into; then
+        nothing
         is returned and :meth:`ExtendedSpectrum.fold` gives the spectrum once all chunks are in.
 
     Returns

@@ -1,16 +1,20 @@
 """Voxel-driven real-space projector and its exact transpose.
 
-Voxel ``(i, j, k)`` of a ``(D, D, D)`` volume ``[z, y, x]`` sits at ``r = (x, y, z) = (k, j, i) - D // 2``.
+Voxel ``(i, j, k)`` of a ``(D, D, D)`` volume ``[z, y, x]`` sits at ``r = (x, y, z) = (k, j, i) - D
+// 2``.
 For a particle with RELION matrix ``A`` the voxel lands on the image at ``p = (A r)[:2] + D // 2``
-(``p = (x, y)`` in pixel units, image ``[y, x]``) and its value is spread over the 4 neighbouring pixels
+(``p = (x, y)`` in pixel units, image ``[y, x]``) and its value is spread over the 4 neighbouring
+pixels
 with bilinear weights (which sum to 1). The image is therefore the line integral
 ``img(x, y) = ∫ V(Aᵀ (x, y, z)) dz`` in voxel units, the same normalisation as the Fourier-slice
 projector.
 
-The back-projector is the exact transpose: every voxel gathers the same 4 pixels with the same weights.
+The back-projector is the exact transpose: every voxel gathers the same 4 pixels with the same
+weights.
 Voxels are splatted into an enlarged image buffer (side ``E > √3 D``) that holds every voxel's
 projection, so there are no bounds tests; the buffer is then cropped to ``D × D`` (and the transpose
-zero-pads). Particles are processed in chunks so that memory grows as ``chunk · D³``, never ``N · D³``.
+zero-pads). Particles are processed in chunks so that memory grows as ``chunk · D³``, never ``N ·
+D³``.
 """
 
 from __future__ import annotations
@@ -120,7 +124,8 @@ def _crop_slice(geom: RealSpaceGeometry) -> slice:
 
 
 def project_geometry(volume: torch.Tensor, geom: RealSpaceGeometry) -> torch.Tensor:
-    """Splat ``volume`` ``(D, D, D)`` onto ``b`` images ``(b, D, D)`` with a precomputed geometry."""
+    """Splat ``volume`` ``(D, D, D)`` onto ``b`` images ``(b, D, D)`` with a precomputed
+    geometry."""
     b, side = geom.batch, geom.buffer_size
     v = volume.reshape(1, -1).expand(b, -1).reshape(-1)
     vy1 = v * geom.fy
@@ -138,7 +143,8 @@ def project_geometry(volume: torch.Tensor, geom: RealSpaceGeometry) -> torch.Ten
 
 
 def backproject_geometry(images: torch.Tensor, geom: RealSpaceGeometry) -> torch.Tensor:
-    """Exact transpose of :func:`project_geometry`: ``(b, D, D)`` images to a ``(D, D, D)`` volume."""
+    """Exact transpose of :func:`project_geometry`: ``(b, D, D)`` images to a ``(D, D, D)``
+    volume."""
     b, side, n = geom.batch, geom.buffer_size, geom.box_size
     buf = torch.zeros(b * side * side + side + 2, dtype=images.dtype, device=images.device)
     s = _crop_slice(geom)

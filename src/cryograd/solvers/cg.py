@@ -3,14 +3,18 @@
 ``A`` is the forward model of :class:`cryograd.forward.ForwardModel` (shift, CTF, projector). Two
 ways to apply ``AᵀA``:
 
-* Fourier projector — a Toeplitz (convolution) operator, built once from the data as ASPIRE does:
-  ``AᵀA x = crop(irfftn(K · rfftn(pad(x))))`` on the ``M = 2D`` grid, whose kernel
-  ``k(d) = (1/D²) Σ_i Σ_k c_ik² exp(2πi (A_iᵀ k)·d / D)`` (``d`` a voxel offset, ``k`` the image
-  samples, ``c`` the CTF) is the non-uniform DFT of the CTF² weights. The weights are inserted onto
-  the ``M`` grid by the Fourier-slice back-projector's scatter (positions ``q = (M/D) Aᵀk``), inverse
-  transformed, and divided by the trilinear window ``sinc²(d/M)``. Every iteration then costs two
-  FFTs of ``M³``, whatever the number of particles. ``Aᵀb`` comes from the same insertion sums as
-  the direct method (:func:`cryograd.solvers.direct.insert_particles`).
+* Fourier projector — a Toeplitz (convolution) operator built once from the data, as ASPIRE does:
+  ``AᵀA x ≈ (P³ / D²) · crop(irfftn(W · rfftn(pad(x))))`` on the padded grid (``P ≈ pad · D``, at
+  least ``2D`` for a true Toeplitz form), where ``W = Σ c²`` are the CTF² weights inserted by the
+  Fourier-slice back-projector's scatter at ``q = (P/D) Aᵀk`` — the same insertion the direct method
+  makes (:func:`cryograd.solvers.direct.insert_particles`), whose numerator also gives ``Aᵀb``
+  exactly. Every iteration costs two FFTs of ``P³``, whatever the number of particles. The kernel
+  is that of the continuous operator ``k(d) = (1/D²) Σ_i Σ_k c_ik² exp(2πi (A_iᵀ k)·d / D)`` seen
+  through the trilinear window (its tails are damped by ``sinc²(d/P)``), which makes it positive
+  semi-definite; compared with the exact ``AᵀA`` of the discrete projector it differs by the
+  gridding window (a few per cent on a map). Where the support constraint (``crop ∘ pad``) does
+  not matter this system is solved by the direct method's division ``N / (W + λ D²/P³)``; CG also
+  honours the box, which fixes the low-frequency deficit of the division.
 * Real-space projector — ``A`` and ``Aᵀ`` applied particle by particle in every iteration.
 
 Each process contributes its shard of the particles to ``Aᵀb`` and to the kernel (or to each
@@ -36,7 +40,6 @@ __all__ = [
     "CGResult",
     "conjugate_gradient",
     "ToeplitzNormalOperator",
-    "toeplitz_from_weights",
     "normal_rhs_from_insertion",
     "RealSpaceNormalOperator",
     "solve_cg",
@@ -135,30 +138,24 @@ def conjugate_gradient(
     return CGResult(x.to(rhs.dtype), it, converged, residuals)
 
 
-def _sinc2_window(size: int, box: int, device, dtype) -> torch.Tensor:
-    """``sinc²(d_x/M) sinc²(d_y/M) sinc²(d_z/M)`` on the unshifted ``(M, M, M)`` offset grid."""
-    d = torch.fft.fftfreq(size, d=1.0 / size, device=device, dtype=torch.float64)
-    w = torch.sinc(d / size) ** 2
-    return (w.view(-1, 1, 1) * w.view(1, -1, 1) * w.view(1, 1, -1)).to(dtype)
-
-
 class ToeplitzNormalOperator:
-    """``x -> AᵀA x + λ x`` as a convolution on the ``M = 2D`` grid (see module doc).
+    """``x -> AᵀA x + λ x`` as a convolution on the padded grid (see module doc).
 
     Parameters
     ----------
-    kernel_spectrum
-        ``(M, M, M // 2 + 1)`` real spectrum ``K`` of the kernel (unshifted offsets).
+    weights
+        ``(P, P, P // 2 + 1)`` real CTF² weight sums of :func:`insert_particles` (full-grid sums).
     box_size
         ``D``.
     lam
         ``λ``.
     """
 
-    def __init__(self, kernel_spectrum: torch.Tensor, box_size: int, lam: float = 0.0) -> None:
-        self.kernel_spectrum = kernel_spectrum
+    def __init__(self, weights: torch.Tensor, box_size: int, lam: float = 0.0) -> None:
         self.box_size = int(box_size)
-        self.size = kernel_spectrum.shape[0]
+        self.size = int(weights.shape[0])
+        # unnormalised inverse FFT: (P³/D²) · irfftn = (1/D²) · Σ_q
+        self.kernel_spectrum = weights * (self.size**3 / self.box_size**2)
         self.lam = float(lam)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,33 +170,8 @@ class ToeplitzNormalOperator:
         return self.normal(x) + self.lam * x
 
 
-def toeplitz_from_weights(weights: torch.Tensor, box_size: int) -> torch.Tensor:
-    """Kernel spectrum ``K`` of ``AᵀA`` from the CTF² weights inserted on the ``M = 2D`` grid.
-
-    Parameters
-    ----------
-    weights
-        ``(M, M, M // 2 + 1)`` real full-grid weight sums of :func:`insert_particles` with
-        ``pad=2`` (samples at ``q = (M/D) Aᵀk``, ``kx = 0`` column at ½, planes symmetrised).
-    box_size
-        ``D``; ``M`` must be ``2D``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(M, M, M // 2 + 1)`` real.
-    """
-    m = weights.shape[0]
-    if m != 2 * box_size:
-        raise ValueError(f"the Toeplitz grid must be 2D = {2 * box_size}, got {m}")
-    w = weights.to(torch.float64)
-    kernel = torch.fft.irfftn(w.to(torch.complex128), s=(m, m, m)) * (m**3 / box_size**2)
-    kernel = kernel / _sinc2_window(m, box_size, kernel.device, kernel.dtype)
-    return torch.fft.rfftn(kernel).real.to(weights.dtype)
-
-
 def normal_rhs_from_insertion(insertion: FourierInsertion, *, gridding: bool = True) -> torch.Tensor:
-    """``Aᵀb`` of the Fourier forward model from the insertion numerator (see direct's doc).
+    """``Aᵀb`` of the Fourier forward model from the insertion numerator (exact, see direct's doc).
 
     ``Aᵀb = (P³ / D²) · G · crop(irfftn_centered(N))``.
     """
@@ -309,11 +281,11 @@ def solve_cg(
     lam
         ``λ`` (operator units; ``cryograd.solvers.direct.lam_to_wiener`` gives direct's equivalent).
     projector, pad
-        Forward model (``"fourier"`` uses the Toeplitz operator; ``pad`` applies to ``Aᵀb``).
+        Forward model (``"fourier"`` uses the Toeplitz operator on the ``pad``-padded grid).
     tol, max_iter
         Relative-residual tolerance and iteration limit.
     insertion
-        Reuse an insertion of these particles made with ``pad=2`` (Fourier projector only).
+        Reuse an insertion of these particles made with the same ``pad`` (Fourier projector).
 
     Returns
     -------
@@ -326,16 +298,11 @@ def solve_cg(
     d = int(particles.box_size)
     common = dict(device=device, dtype=dtype, use_ctf=use_ctf, symmetry=symmetry, comm=comm)
     if projector == "fourier":
-        if insertion is None or insertion.padded != 2 * d:
-            insertion = insert_particles(particles, indices, pad=2.0, batch_size=batch_size,
+        if insertion is None or insertion.padded != fs.padded_size(d, pad):
+            insertion = insert_particles(particles, indices, pad=pad, batch_size=batch_size,
                                          progress=progress, desc="insert", **common)
-        if fs.padded_size(d, pad) == insertion.padded:
-            rhs = normal_rhs_from_insertion(insertion)
-        else:
-            model = ForwardModel(d, particles.pixel_size_angstrom, "fourier", pad)
-            rhs = backproject_data(model, particles, indices, batch_size=batch_size or 256,
-                                   progress=progress, **common)
-        operator = ToeplitzNormalOperator(toeplitz_from_weights(insertion.weights, d), d, lam)
+        rhs = normal_rhs_from_insertion(insertion)
+        operator = ToeplitzNormalOperator(insertion.weights, d, lam)
     else:
         model = ForwardModel(d, particles.pixel_size_angstrom, projector, pad)
         bs = batch_size or model.batch_size
