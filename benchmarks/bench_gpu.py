@@ -39,6 +39,7 @@ import torch
 
 ROWS: list[dict] = []
 _DEADLINE = math.inf
+_SMOKE = False
 
 
 def _log(msg: str) -> None:
@@ -297,6 +298,18 @@ def _cli(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
+def _subcommand_options(name: str) -> set[str] | None:
+    """Option strings of a ``cryograd`` subcommand, or None when it is not built in."""
+    import argparse as _argparse
+
+    from cryograd.cli.main import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, _argparse._SubParsersAction) and name in action.choices:
+            return {o for a in action.choices[name]._actions for o in a.option_strings}
+    return None
+
+
 def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list[str]) -> None:
     section, op = "e2e", f"reconstruct --method direct ({n_particles} particles)"
     if time.monotonic() > _DEADLINE:
@@ -304,6 +317,9 @@ def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list
         return
     from cryograd.io.mrc import write_map
 
+    if _subcommand_options("simulate") is None:
+        _row(section, op, "cryograd", box, rate="skipped: cryograd simulate not built in")
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     # a smooth synthetic map: a few Gaussian blobs inside the sphere
     g = torch.Generator().manual_seed(0)
@@ -319,7 +335,7 @@ def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list
     sim_dir = workdir / "sim"
     t0 = time.perf_counter()
     rc = _cli(["simulate", str(map_path), "-n", str(n_particles), "-o", str(sim_dir),
-               "--snr", "1", "--seed", "1"])
+               "--snr", "1", "--seed", "1", "--batch-size", "1024"])
     t_sim = time.perf_counter() - t0
     star = sim_dir / "particles.star"
     if rc != 0 or not star.exists():
@@ -335,6 +351,12 @@ def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list
     note = f"{size / 1e9:.2f} GB on {workdir}; page cache {'dropped' if cold else 'NOT dropped'}"
     _row(section, "read the stack from disk", "os read", box, rate=n_particles / t_read,
          unit="particles/s", seconds=t_read, gb_per_s=nbytes / t_read / 1e9, note=note)
+    rec_options = _subcommand_options("reconstruct")
+    if rec_options is None:
+        _row(section, op, "cryograd", box, rate="skipped: cryograd reconstruct not built in")
+        return
+    if "--device" in rec_options and "--device" not in extra_args:
+        extra_args = [*extra_args, "--device", "cpu" if _SMOKE else "cuda"]
     _drop_cache(stacks)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -357,9 +379,12 @@ def _format_table() -> str:
     lines = [head, "-" * len(head)]
     for r in ROWS:
         rate = r.get("rate")
+        note = r.get("note", "")
         if isinstance(rate, (int, float)):
             rate = f"{rate:,.1f} {r.get('unit', '')}" if rate < 100 else \
                 f"{rate:,.0f} {r.get('unit', '')}"
+        else:
+            rate, note = "-", f"{rate}; {note}" if note else str(rate)
         ms = r.get("ms_per_call") or r.get("seconds", 0) * 1e3
         ms = f"{ms:9.2f}" if ms else " " * 9
         counted = "/s" in str(r.get("unit")) and r.get("unit", "").split("/")[0] in (
@@ -367,7 +392,7 @@ def _format_table() -> str:
         batch = f"{r['batch']:7.0f}" if counted and r.get("batch") else " " * 7
         peak = f"{r['peak_gib']:8.2f}" if r.get("peak_gib") is not None else " " * 8
         lines.append(f"{r['section']:9s} {r['op'][:33]:33s} {r['impl']:20s} {str(r['box']):>4s} "
-                     f"{str(rate)[:26]:>26s} {ms} {batch} {peak}  {r.get('note', '')}")
+                     f"{str(rate)[:26]:>26s} {ms} {batch} {peak}  {note}")
     # speed-ups of the kernels over the torch path, same op and box
     by_key = {(r["op"], r["box"], r["impl"]): r.get("rate") for r in ROWS}
     ratios = []
@@ -448,7 +473,7 @@ def _environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _DEADLINE
+    global _DEADLINE, _SMOKE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write bench.txt and bench.json here")
     parser.add_argument("--boxes", type=int, nargs="+", default=[128, 256])
@@ -467,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     smoke = args.cpu_smoke_test
     if smoke:
+        _SMOKE = True
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
         _use_cpu_timers()
         args.boxes = [16]

@@ -328,6 +328,24 @@ def test_collectives_match_sums(tmp_path):
     codes, _, errs = _wait_all(procs, 60)
     assert codes == [0] * world_size, errs
     _check_collectives(tmp_path, world_size)
+    assert json.loads((tmp_path / "rank0.json").read_text())["hosts_store"]
+
+
+def test_torchrun_launch(tmp_path):
+    """Under torchrun its agent hosts the rendezvous store; every rank is a client."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += [f"--master-port={cd.find_free_port()}", "-m", "tests.test_distributed"]
+    done = subprocess.run(
+        [*cmd, "collectives", str(tmp_path)],
+        env=_base_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    _check_collectives(tmp_path, 2)
+    assert not json.loads((tmp_path / "rank0.json").read_text())["hosts_store"]
 
 
 def _free_port_in(low: int, high: int) -> int:
@@ -485,6 +503,7 @@ def _collectives(comm: cd.Communicator, mode: str, outdir: Path) -> int:
         "object": obj,
         "gathered": gathered,
         "stats": comm.stats(),
+        "hosts_store": comm._hosts_store,
     }
     (outdir / f"rank{comm.rank}.json").write_text(json.dumps(meta))
     return 0

@@ -142,10 +142,10 @@ def test_projectors_agree_on_band_limited_volume(rng):
     Measured (n = 48, 16 random views, this seed): FRC >= 0.993 up to 0.75 Nyquist, 0.9875 at
     0.79 Nyquist; other draws of views gave 0.989-0.991 at 0.7 Nyquist and 0.982 at 0.79. The
     assertion is what holds for every draw we tried: >= 0.99 up to 0.65 and >= 0.98 up to 0.8
-    Nyquist.
-    Against a pad-6 Fourier reference the Fourier pair stays >= 0.998 in every shell while the
-    bilinear splat falls to ~0.989 at 0.75 Nyquist: the residual is the splat's aliasing (the voxel
-    lattice's spectral replicas folded by the 4-pixel kernel), a property of the voxel-driven model.
+    Nyquist. Against a pad-6 Fourier reference the Fourier pair stays >= 0.998 in every shell while
+    the bilinear splat falls to ~0.989 at 0.75 Nyquist: the residual is the splat's aliasing (the
+    voxel lattice's spectral replicas folded by the 4-pixel kernel), a property of the voxel-driven
+    model.
     """
     n = 48
     vol = _band_limited_volume(n, 0.8, rng)

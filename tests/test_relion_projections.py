@@ -3,17 +3,14 @@
 Data: ``../shared/data/aspire/rln_proj_65*`` (5 Å/px, from ``clean70SRibosome_vol_65p.mrc``) and
 ``rln_proj_64_centered`` / ``_shifted`` (from that map Fourier-cropped to 64 px: centred 3D FFT,
 keep the central 64³ frequencies (``k = -32 .. 31``), inverse FFT, real part; this reproduces
-ASPIRE's
-``vol.downsample(64)`` up to a global scale, which the NCC ignores).
+ASPIRE's ``vol.downsample(64)`` up to a global scale, which the NCC ignores).
 
 For the odd box RELION puts the image content one pixel further along +x and +y than the ``N // 2``
 centre; the test shifts our images by (+1, +1) pixel to compare, the convention itself stays ``N //
-2``.
-``rln_proj_64.mrcs`` is not used (not part of the requirement): against the Fourier-cropped map it
-reaches only NCC 0.95–0.99, with a different best whole-pixel offset per image, while the
+2``. ``rln_proj_64.mrcs`` is not used (not part of the requirement): against the Fourier-cropped
+map it reaches only NCC 0.95–0.99, with a different best whole-pixel offset per image, while the
 ``_centered``/``_shifted`` sets reach 1.0000; it was probably made from another 64-px volume (cause
-not
-established).
+not established).
 """
 
 from __future__ import annotations

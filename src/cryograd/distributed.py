@@ -603,6 +603,8 @@ class Communicator:
         rank; otherwise the message is ``"rank R failed: <cause>"`` with R this rank.
         """
         code = exc.exit_code if isinstance(exc, CryogradError) else EXIT_ABORTED
+        if isinstance(exc, KeyboardInterrupt):
+            code = 130
         if isinstance(exc, SystemExit):
             code = exc.code if isinstance(exc.code, int) and exc.code else EXIT_ABORTED
         cause = _describe(exc)
@@ -888,7 +890,7 @@ def init_communicator(
     use_agent_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     hosts_store = launch.rank == 0 and not use_agent_store
     where = f"{launch.master_addr}:{launch.master_port}"
-    logger.info(
+    (logger.info if launch.rank == 0 else logger.debug)(
         "rank %d of %d (local rank %d, %s launch): joining %s on %s with %s",
         launch.rank,
         launch.world_size,

@@ -2,20 +2,18 @@
 
 ``P_i`` is a projector (:mod:`cryograd.projectors`, ``"fourier"`` with its gridding correction, or
 ``"real"``), ``C_i`` the particle's CTF (RELION sign, :func:`cryograd.ctf.ctf_2d`) and ``T_i`` the
-shift
-by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels, :attr:`ParticleSet.shifts_px`): the forward
-model
-moves the centred projection by ``-origin``; back-projection moves the image by ``+origin``.
+shift by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels, :attr:`ParticleSet.shifts_px`): the
+forward model moves the centred projection by ``-origin``; back-projection moves the image by
+``+origin``.
 
 ``C`` and ``T`` are diagonal on the 2D half spectrum. As real-linear maps on images,
 ``image -> irfft2(herm(d · rfft2(image)))``, their transposes multiply by ``conj(d)`` (the CTF is
-real,
-so ``C`` is self-adjoint). With the Fourier-slice projector they are applied to the slice directly,
-before its single inverse FFT.
+real, so ``C`` is self-adjoint). With the Fourier-slice projector they are applied to the slice
+directly, before its single inverse FFT.
 
 :meth:`ForwardModel.project` is a :class:`torch.autograd.Function` when the volume requires a
-gradient:
-its backward is one call of :meth:`ForwardModel.backproject`, not autograd through the scatter.
+gradient: its backward is one call of :meth:`ForwardModel.backproject`, not autograd through the
+scatter.
 All public methods accept torch tensors, NumPy arrays and CuPy arrays and return the kind they were
 given (:mod:`cryograd.arrays`).
 """
@@ -112,12 +110,10 @@ class ForwardModel:
     Notes
     -----
     Both projectors give line integrals in voxel units. ``rotations`` are RELION ``A`` ``(B, 3,
-    3)``,
-    ``shifts_px`` RELION origins ``(B, 2)`` in pixels, ``ctf`` a :class:`CTFParams` of ``B``
-    particles or
-    precomputed half-grid CTFs ``(B, D, D // 2 + 1)``. Computation runs on the device and in the
-    dtype
-    (float32 or float64) of the volume (``project``, ``data_gradient``) or images (``backproject``).
+    3)``, ``shifts_px`` RELION origins ``(B, 2)`` in pixels, ``ctf`` a :class:`CTFParams` of ``B``
+    particles or precomputed half-grid CTFs ``(B, D, D // 2 + 1)``. Computation runs on the device
+    and in the dtype (float32 or float64) of the volume (``project``, ``data_gradient``) or images
+    (``backproject``).
     """
 
     def __init__(
@@ -153,7 +149,8 @@ class ForwardModel:
     def __repr__(self) -> str:
         return (
             f"ForwardModel(box_size={self.box_size}, "
-            f"pixel_size_angstrom={self.pixel_size_angstrom}, projector={self.projector!r}, pad={self.pad})"
+            f"pixel_size_angstrom={self.pixel_size_angstrom}, "
+            f"projector={self.projector!r}, pad={self.pad})"
         )
 
     # ------------------------------------------------------------------ public API

@@ -2,12 +2,9 @@
 
 For each particle: an orientation uniform on SO(3) (a random unit quaternion), an origin uniform in
 ``[-shift_max, shift_max]²`` pixels, a RELION CTF (300 kV, Cs 2.7 mm, Q0 0.1, mean defocus uniform
-in
-the given range, astigmatism ``dU − dV`` uniform in [0, 1000] Å at a uniform angle). The clean
-image is
-``T C P x`` (:class:`cryograd.forward.ForwardModel`, the shift by ``−origin``); white Gaussian
-noise is
-added with variance ``σ² = var(signal) / snr``.
+in the given range, astigmatism ``dU − dV`` uniform in [0, 1000] Å at a uniform angle). The clean
+image is ``T C P x`` (:class:`cryograd.forward.ForwardModel`, the shift by ``−origin``); white
+Gaussian noise is added with variance ``σ² = var(signal) / snr``.
 
 SNR definition: ``var(signal)`` is the variance of the clean images' pixels over the whole box,
 pooled over all particles (around their common mean); the noise variance is ``σ²`` per pixel. The
@@ -15,8 +12,8 @@ signal variance is measured on the clean images of the first ``min(n, 1024)`` pa
 before the noisy images are made (exact for sets of up to 1024 particles).
 
 Output (``out_dir``): ``particles.mrcs`` (or ``particles_001.mrcs``, ``particles_002.mrcs``, ...
-when
-there are more than ``images_per_stack`` particles), streamed batch by batch; ``particles.star``
+when there are more than ``images_per_stack`` particles), streamed batch by batch;
+``particles.star``
 (RELION 3.1, ``rlnRandomSubset`` alternating 1, 2, 1, ...); ``ground_truth.mrc``, a copy of the map.
 The STAR file is written last, so a folder with a STAR file holds a complete set.
 """

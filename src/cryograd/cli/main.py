@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryograd``; returns the exit status (0, or 2 for bad input)."""
     parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, for run.json and for spawning processes
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -28,6 +28,7 @@ ExtendedSpectrum` (``((P + 2)² (P // 2 + 2),)``), which the torch reference acc
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -35,7 +36,7 @@ import triton.language as tl
 
 from cryograd.ctf import CTFParams, electron_wavelength_angstrom
 from cryograd.errors import CryogradError
-from cryograd.kernels import check_inputs, device_guard, ensure_runnable
+from cryograd.kernels import check_inputs, device_guard, ensure_runnable, interpreter_enabled
 
 __all__ = [
     "ctf_coefficients",
@@ -137,6 +138,30 @@ def _filter_values(kx, ky, b, inside, ctfc_ptr, ctfa_ptr, shift_ptr, offs, DW, D
     return ctf, ramp_re, ramp_im
 
 
+@triton.jit
+def _red_v2(ptr, a, b, mask):
+    """``ptr[0] += a; ptr[1] += b`` as one 8-byte vector reduction (sm_90+, float32, aligned)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $4, 0; "
+        "@p red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3}; mov.u32 $0, 0; }",
+        "=r,l,f,f,r",
+        [ptr.to(tl.uint64, bitcast=True), a, b, mask.to(tl.int32)],
+        dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
+@triton.jit
+def _red_v4(ptr, a, b, c, mask):
+    """``ptr[0:3] += (a, b, c)`` (and ``ptr[3] += 0``) as one 16-byte vector reduction (sm_90+)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .f32 z; mov.f32 z, 0f00000000; setp.ne.b32 p, $5, 0; "
+        "@p red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, z}; mov.u32 $0, 0; }",
+        "=r,l,f,f,f,r",
+        [ptr.to(tl.uint64, bitcast=True), a, b, c, mask.to(tl.int32)],
+        dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
 @triton.jit(do_not_specialize=["D", "W", "P", "W3"])
 def _extract_kernel(
     spec_ptr,  # volume spectrum as interleaved floats (plain or extended layout)
@@ -207,6 +232,7 @@ def _insert_kernel(
     HAS_SAMPLE_W: tl.constexpr,
     EXTENDED: tl.constexpr,
     PACKED: tl.constexpr,
+    VEC_ATOMICS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -245,17 +271,22 @@ def _insert_kernel(
                 idx, ok = _corner_index(x0, y0, z0, dx, dy, dz, P, W3, EXTENDED)
                 m = inside & ok
                 if PACKED:
-                    # one 16-byte (re, im, weight, 0) record per voxel: one vector atomic where
-                    # the hardware has them (sm_90), else four adds to one sector
-                    ch = tl.arange(0, 4)[None, :]
-                    rec = tl.where(ch == 2, (w * c2)[:, None], 0.0)
-                    rec = tl.where(ch == 1, (w * u_im)[:, None], rec)
-                    rec = tl.where(ch == 0, (w * u_re)[:, None], rec)
-                    tl.atomic_add(acc_ptr + (4 * idx)[:, None] + ch, rec,
-                                  mask=m[:, None] & (ch >= 0), sem="relaxed")
+                    # one 16-byte (re, im, weight, 0) record per voxel
+                    if VEC_ATOMICS:
+                        _red_v4(acc_ptr + 4 * idx, w * u_re, w * u_im, w * c2, m)
+                    else:
+                        ch = tl.arange(0, 4)[None, :]
+                        rec = tl.where(ch == 2, (w * c2)[:, None], 0.0)
+                        rec = tl.where(ch == 1, (w * u_im)[:, None], rec)
+                        rec = tl.where(ch == 0, (w * u_re)[:, None], rec)
+                        tl.atomic_add(acc_ptr + (4 * idx)[:, None] + ch, rec,
+                                      mask=m[:, None] & (ch >= 0), sem="relaxed")
                 else:
-                    tl.atomic_add(acc_ptr + 2 * idx, w * u_re, mask=m, sem="relaxed")
-                    tl.atomic_add(acc_ptr + 2 * idx + 1, w * u_im, mask=m, sem="relaxed")
+                    if VEC_ATOMICS:
+                        _red_v2(acc_ptr + 2 * idx, w * u_re, w * u_im, m)
+                    else:
+                        tl.atomic_add(acc_ptr + 2 * idx, w * u_re, mask=m, sem="relaxed")
+                        tl.atomic_add(acc_ptr + 2 * idx + 1, w * u_im, mask=m, sem="relaxed")
                     if HAS_WEIGHTS:
                         tl.atomic_add(wgt_ptr + idx, w * c2, mask=m, sem="relaxed")
 
@@ -309,6 +340,21 @@ def ctf_coefficients(
     c_cos = c_diff * torch.cos(two_ang)
     c_sin = c_diff * torch.sin(two_ang)
     return torch.stack([c_mean, c_cos, c_sin, c4, c0, cb, scale], dim=1)
+
+
+def vector_atomics(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether insertion uses PTX vector reductions (``red.global.add.v2/v4.f32``).
+
+    NVIDIA sm_90 and newer, float32, compiled (not interpreted) kernels;
+    ``CRYOGRAD_VECTOR_ATOMICS=0`` turns them off (scalar ``tl.atomic_add`` instead).
+    """
+    if os.environ.get("CRYOGRAD_VECTOR_ATOMICS", "1").strip() == "0":
+        return False
+    if device.type != "cuda" or dtype != torch.float32 or interpreter_enabled():
+        return False
+    if getattr(torch.version, "hip", None):
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def ctf_device(ctf: CTFParams | torch.Tensor) -> torch.device:
@@ -491,8 +537,8 @@ def insert_slices(
         None or ``(b,)`` bool: those particles' slices already carry their CTF; their values are not
         multiplied by it again (their weight is still CTF²).
     sample_weights
-        None or ``(D, D // 2 + 1)`` real factors shared by all particles, applied to values and
-        weights alike (e.g. ½ on the ``kx = 0`` column, or a resolution mask).
+        None or real factors broadcastable to ``(D, D // 2 + 1)``, shared by all particles and
+        applied to values and weights alike (e.g. ½ on the ``kx = 0`` column, a resolution mask).
     """
     op = "Fourier slice insertion"
     packed = (
@@ -542,9 +588,14 @@ def insert_slices(
     sw = None
     if sample_weights is not None:
         sw = torch.as_tensor(sample_weights)
-        if sw.is_complex() or tuple(sw.shape) != (d, w):
-            raise CryogradError(f"{op}: sample_weights must be real (D, D // 2 + 1) = {(d, w)}, "
-                                f"got {sw.dtype} {tuple(sw.shape)}")
+        try:
+            if sw.is_complex():
+                raise RuntimeError("complex")
+            sw = torch.broadcast_to(sw, (d, w))
+        except RuntimeError:
+            raise CryogradError(f"{op}: sample_weights must be real and broadcast to "
+                                f"(D, D // 2 + 1) = {(d, w)}, got {sw.dtype} "
+                                f"{tuple(sw.shape)}") from None
         sw = sw.to(device=device, dtype=dtype).contiguous()
     if b == 0:
         return
@@ -560,7 +611,7 @@ def insert_slices(
             d, w, p, p // 2 + 1,
             CTF_MODE=mode, HAS_SHIFT=shifts is not None, HAS_WEIGHTS=weights is not None,
             HAS_PREMULT=premult is not None, HAS_SAMPLE_W=sw is not None, EXTENDED=extended,
-            PACKED=packed, BLOCK=_BLOCK,
+            PACKED=packed, VEC_ATOMICS=vector_atomics(device, dtype), BLOCK=_BLOCK,
         )
 
 

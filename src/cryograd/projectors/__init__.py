@@ -2,8 +2,7 @@
 
 - :mod:`cryograd.projectors.real_space`: voxel-driven bilinear splatting and its exact transpose.
 - :mod:`cryograd.projectors.fourier_slice`: padded 3D FFT, trilinear central slices on the half
-  grid,
-  inverse 2D FFT; its exact transpose; the gridding correction.
+  grid, inverse 2D FFT; its exact transpose; the gridding correction.
 
 Both make line integrals in voxel units, so their images agree;
 :class:`cryograd.forward.ForwardModel`

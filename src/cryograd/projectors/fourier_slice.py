@@ -3,16 +3,14 @@
 Sampling and normalisation (the contract other modules rely on)
 ----------------------------------------------------------------
 * The ``(D, D, D)`` volume is zero-padded to ``P ≈ pad · D`` (even, :func:`padded_size`) with its
-  centre
-  voxel ``D // 2`` at ``P // 2``, and transformed once: ``F = rfftn_centered(padded)``, shape
+  centre voxel ``D // 2`` at ``P // 2``, and transformed once: ``F = rfftn_centered(padded)``, shape
   ``(P, P, P // 2 + 1)`` in torch's unshifted layout ``[kz, ky, kx]``, unnormalised
   (``F(q) = Σ_r x(r) e^{-2πi q·r / P}``). This is :func:`volume_spectrum`.
 * Images are made on the ``D`` grid (RELION's choice): the half-grid sample ``(kx, ky)`` (integers,
   ``D × (D // 2 + 1)``, :func:`cryograd.fourier.frequency_grid_2d`) takes the value of ``F`` at
   ``q = (P / D) · Aᵀ (kx, ky, 0)`` by trilinear interpolation. Samples with ``|k| > D // 2``
-  (beyond the
-  Nyquist circle) are zero. A sample with ``q_x < 0`` takes ``conj F(-q)`` (Friedel symmetry); the
-  ``ky``/``kz`` axes wrap periodically. This is :func:`extract_slices`.
+  (beyond the Nyquist circle) are zero. A sample with ``q_x < 0`` takes ``conj F(-q)`` (Friedel
+  symmetry); the ``ky``/``kz`` axes wrap periodically. This is :func:`extract_slices`.
 * The image is ``irfft2_centered`` of the slice on the ``D`` grid (after the ``kx = 0`` and Nyquist
   columns are made Hermitian, so that every FFT backend gives the same real-linear map). With these
   scalings the image is the line integral ``∫ V(Aᵀ (x, y, z)) dz`` in voxel units, exactly as the
@@ -26,14 +24,12 @@ Transposes (exact, in the real inner product ``<a, b> = Re Σ conj(a) b``)
 ------------------------------------------------------------------------
 * :func:`insert_slices` scatters with the same 8 weights (conjugated values for mirrored samples).
 * :func:`images_to_spectra_adjoint` is ``(c / D²) · rfft2_centered`` with ``c = 1`` on the ``kx =
-  0``
-  (and Nyquist) column and ``2`` elsewhere: the transpose of :func:`spectra_to_images`.
+  0`` (and Nyquist) column and ``2`` elsewhere: the transpose of :func:`spectra_to_images`.
 * :func:`volume_spectrum_adjoint` is ``crop(P³ · irfftn_centered(herm(G / c)))``: the transpose of
   :func:`volume_spectrum`.
 
 So ``project = spectra_to_images ∘ extract ∘ volume_spectrum (∘ gridding)`` and ``backproject`` is
-its
-transpose; the dot-product test holds to rounding in float64.
+its transpose; the dot-product test holds to rounding in float64.
 """
 
 from __future__ import annotations
@@ -112,8 +108,7 @@ def hermitian_part_rfft(spectra: torch.Tensor, last_size: int, ndim: int) -> tor
     """Make the ``kx = 0`` (and, for even sizes, Nyquist) planes of half spectra Hermitian.
 
     ``(Y(k) + conj Y(-k)) / 2`` on those planes. The real part of the inverse transform is
-    unchanged,
-    and every FFT backend then computes the same ``irfft``.
+    unchanged, and every FFT backend then computes the same ``irfft``.
 
     Parameters
     ----------
@@ -305,9 +300,8 @@ class ExtendedSpectrum:
     """The half spectrum laid out so that the 8 corners of any sample are plain flat offsets.
 
     ``ext[z, y, x]`` (shape ``(P + 2, P + 2, P // 2 + 2)``) holds ``F[(z - P//2) mod P, (y - P//2)
-    mod P,
-    x]`` for ``x <= P // 2`` and 0 in the extra ``x`` column. :meth:`fold` is the exact transpose of
-    :meth:`from_spectrum` (wrapped entries are summed back).
+    mod P, x]`` for ``x <= P // 2`` and 0 in the extra ``x`` column. :meth:`fold` is the exact
+    transpose of :meth:`from_spectrum` (wrapped entries are summed back).
     """
 
     @staticmethod
@@ -396,8 +390,8 @@ def insert_slices(
         The geometry they were (or would be) extracted with.
     accumulator
         Optional flat extended accumulator (:meth:`ExtendedSpectrum.zeros`) to add into; then
-        nothing
-        is returned and :meth:`ExtendedSpectrum.fold` gives the spectrum once all chunks are in.
+        nothing is returned and :meth:`ExtendedSpectrum.fold` gives the spectrum once all chunks
+        are in.
 
     Returns
     -------

@@ -1,20 +1,17 @@
 """Voxel-driven real-space projector and its exact transpose.
 
 Voxel ``(i, j, k)`` of a ``(D, D, D)`` volume ``[z, y, x]`` sits at ``r = (x, y, z) = (k, j, i) - D
-// 2``.
-For a particle with RELION matrix ``A`` the voxel lands on the image at ``p = (A r)[:2] + D // 2``
-(``p = (x, y)`` in pixel units, image ``[y, x]``) and its value is spread over the 4 neighbouring
-pixels
-with bilinear weights (which sum to 1). The image is therefore the line integral
+// 2``. For a particle with RELION matrix ``A`` the voxel lands on the image at ``p = (A r)[:2] + D
+// 2`` (``p = (x, y)`` in pixel units, image ``[y, x]``) and its value is spread over the 4
+neighbouring pixels with bilinear weights (which sum to 1). The image is therefore the line integral
 ``img(x, y) = ∫ V(Aᵀ (x, y, z)) dz`` in voxel units, the same normalisation as the Fourier-slice
 projector.
 
 The back-projector is the exact transpose: every voxel gathers the same 4 pixels with the same
-weights.
-Voxels are splatted into an enlarged image buffer (side ``E > √3 D``) that holds every voxel's
-projection, so there are no bounds tests; the buffer is then cropped to ``D × D`` (and the transpose
-zero-pads). Particles are processed in chunks so that memory grows as ``chunk · D³``, never ``N ·
-D³``.
+weights. Voxels are splatted into an enlarged image buffer (side ``E > √3 D``) that holds every
+voxel's projection, so there are no bounds tests; the buffer is then cropped to ``D × D`` (and the
+transpose zero-pads). Particles are processed in chunks so that memory grows as ``chunk · D³``,
+never ``N · D³``.
 """
 
 from __future__ import annotations
@@ -57,7 +54,8 @@ class RealSpaceGeometry:
     Attributes
     ----------
     base
-        ``(b * D³,)`` int64 flat index of the lower-left pixel in the ``(b, E, E)`` buffer.
+        ``(b * D³,)`` flat index (int32, or int64 for huge chunks) of the lower-left pixel in the
+        ``(b, E, E)`` buffer.
     fx, fy
         ``(b * D³,)`` bilinear fractions along x and y.
     batch
@@ -97,24 +95,24 @@ def real_space_geometry(
     n = box_size
     centre, side = _buffer_layout(n)
     c = torch.arange(n, device=rot.device, dtype=dtype) - n // 2  # (D,)
-    # p[b, i, j, k] = A[:2, 0] c[k] + A[:2, 1] c[j] + A[:2, 2] c[i] + centre
-    a = rot[:, :2, :]  # (b, 2, 3)
-    px = (
-        a[:, 0, 2, None, None, None] * c[None, :, None, None]
-        + a[:, 0, 1, None, None, None] * c[None, None, :, None]
-        + (a[:, 0, 0, None, None, None] * c[None, None, None, :] + centre)
-    )
-    py = (
-        a[:, 1, 2, None, None, None] * c[None, :, None, None]
-        + a[:, 1, 1, None, None, None] * c[None, None, :, None]
-        + (a[:, 1, 0, None, None, None] * c[None, None, None, :] + centre)
-    )
-    x0 = torch.floor(px)
-    y0 = torch.floor(py)
-    fx = (px - x0).reshape(-1)
-    fy = (py - y0).reshape(-1)
-    offset = (torch.arange(b, device=rot.device) * (side * side)).view(b, 1, 1, 1)
-    base = (y0.long() * side + x0.long() + offset).reshape(-1)
+    # Buffer coordinates p[b, i, j, k] = A[:2, 0] c[k] + A[:2, 1] c[j] + A[:2, 2] c[i] + centre are
+    # >= 1 by construction of the buffer, so truncation is floor and frac() the bilinear fraction.
+    index_dtype = torch.int32 if b * side * side < 2**31 - 2 * side else torch.int64
+    fractions = []
+    base = None
+    for row in range(2):
+        a = rot[:, row, :]  # (b, 3)
+        zy = (a[:, 2, None, None] * c[:, None] + a[:, 1, None, None] * c[None, :] + centre)
+        p = zy[..., None] + (a[:, 0, None] * c)[:, None, None, :]  # (b, D, D, D)
+        cell = p.to(index_dtype)
+        fractions.append(torch.frac_(p).reshape(-1))
+        if base is None:
+            base = cell
+        else:  # base = y0 * side + x0 + particle offset
+            base = cell.mul_(side).add_(base)
+    offset = torch.arange(b, device=rot.device, dtype=index_dtype) * (side * side)
+    base = base.add_(offset.view(b, 1, 1, 1)).reshape(-1)
+    fx, fy = fractions
     return RealSpaceGeometry(base, fx, fy, b, n, centre, side)
 
 
@@ -127,15 +125,15 @@ def project_geometry(volume: torch.Tensor, geom: RealSpaceGeometry) -> torch.Ten
     """Splat ``volume`` ``(D, D, D)`` onto ``b`` images ``(b, D, D)`` with a precomputed
     geometry."""
     b, side = geom.batch, geom.buffer_size
-    v = volume.reshape(1, -1).expand(b, -1).reshape(-1)
-    vy1 = v * geom.fy
-    vy0 = v - vy1
+    v = volume.reshape(1, -1)
+    vy1 = (geom.fy.view(b, -1) * v).view(-1)
+    vy0 = (v - vy1.view(b, -1)).view(-1)
     v01 = vy0 * geom.fx
     v11 = vy1 * geom.fx
     buf = torch.zeros(b * side * side + side + 2, dtype=volume.dtype, device=volume.device)
-    buf.index_add_(0, geom.base, vy0 - v01)
+    buf.index_add_(0, geom.base, vy0.sub_(v01))
     buf[1:].index_add_(0, geom.base, v01)
-    buf[side:].index_add_(0, geom.base, vy1 - v11)
+    buf[side:].index_add_(0, geom.base, vy1.sub_(v11))
     buf[side + 1 :].index_add_(0, geom.base, v11)
     images = buf[: b * side * side].view(b, side, side)
     s = _crop_slice(geom)
@@ -153,9 +151,9 @@ def backproject_geometry(images: torch.Tensor, geom: RealSpaceGeometry) -> torch
     g01 = buf[1:].index_select(0, geom.base)
     g10 = buf[side:].index_select(0, geom.base)
     g11 = buf[side + 1 :].index_select(0, geom.base)
-    gy0 = g00 + geom.fx * (g01 - g00)
-    gy1 = g10 + geom.fx * (g11 - g10)
-    vals = gy0 + geom.fy * (gy1 - gy0)
+    gy0 = g01.sub_(g00).mul_(geom.fx).add_(g00)  # g00 + fx (g01 - g00)
+    gy1 = g11.sub_(g10).mul_(geom.fx).add_(g10)
+    vals = gy1.sub_(gy0).mul_(geom.fy).add_(gy0)  # gy0 + fy (gy1 - gy0)
     return vals.view(b, n, n, n).sum(0)
 
 
