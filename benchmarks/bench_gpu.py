@@ -7,7 +7,9 @@ Run on a machine with a CUDA GPU (it exits with a message otherwise)::
 Reports, in one run on one device, float32, with the images already on the GPU:
 
 - images per second for the fused Fourier slice insertion (CTF, shift, values and CTF² weights,
-  ``--pad 2``) and extraction (CTF, shift), real-space projection and back-projection, at each box,
+  ``--pad 2``; three variants: complex accumulator with 8-byte vector reductions, packed
+  (re, im, w) records with 16-byte vector reductions, and scalar atomics only) and extraction
+  (CTF, shift), real-space projection and back-projection, at each box,
   for the Triton kernels and for the torch path (the reference functions with
   ``CRYOGRAD_KERNELS=torch``); whole Fourier-slice projection / back-projection (FFTs included)
   for both and for ``torch-fourier-slice`` (``project_3d_to_2d``, ``backproject_2d_to_3d``)
@@ -176,6 +178,16 @@ def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float 
 
     _measure("fourier", "slice insertion (+CTF² weights)", "triton packed", box,
              k_insert_packed, batch, note=note + ", (re, im, w) records")
+    old = os.environ.get("CRYOGRAD_VECTOR_ATOMICS")
+    os.environ["CRYOGRAD_VECTOR_ATOMICS"] = "0"
+    try:
+        _measure("fourier", "slice insertion (+CTF² weights)", "triton scalar atomics", box,
+                 k_insert, batch, note=note + ", no vector reductions")
+    finally:
+        if old is None:
+            os.environ.pop("CRYOGRAD_VECTOR_ATOMICS")
+        else:
+            os.environ["CRYOGRAD_VECTOR_ATOMICS"] = old
     ext = fs.ExtendedSpectrum.zeros(p, device=device, dtype=torch.complex64)
     ext_w = fs.ExtendedSpectrum.zeros(p, device=device, dtype=torch.complex64)
 

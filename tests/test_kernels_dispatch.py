@@ -132,3 +132,14 @@ def test_cuda_tensors_choose_kernels_and_torch_overrides(monkeypatch):
     assert kernels.use_kernels(x) is True
     monkeypatch.setenv("CRYOGRAD_KERNELS", "torch")
     assert kernels.use_kernels(x) is False
+
+
+def test_out_of_memory_is_one_clear_line(monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "zeros", oom)
+    msg = r"out of GPU memory allocating 8\.00 GiB.*--batch-size"
+    with pytest.raises(CryogradError, match=msg):
+        kernels.allocate("op", (1024, 1024, 1024, 2), device=torch.device("cpu"),
+                         dtype=torch.float32)

@@ -321,3 +321,44 @@ def test_gpu_kernels_float64():
 
 if __name__ == "__main__" and "--interpreter-checks" in sys.argv:
     print(json.dumps(_interpreter_checks()))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on a GPU the kernels are compiled and run by the gpu tests")
+@pytest.mark.parametrize(
+    "kind,dtype,flags",
+    [
+        ("extract", "fp32", {"CTF_MODE": 1, "HAS_SHIFT": True, "EXTENDED": False}),
+        ("extract", "fp64", {"CTF_MODE": 2, "HAS_SHIFT": True, "EXTENDED": True}),
+        ("insert", "fp32", {"PACKED": True, "VEC_ATOMICS": True, "EXTENDED": False}),
+        ("insert", "fp32", {"PACKED": False, "VEC_ATOMICS": True, "EXTENDED": True}),
+        ("insert", "fp64", {"PACKED": False, "VEC_ATOMICS": False, "EXTENDED": False}),
+    ],
+)
+def test_kernels_compile_for_hopper(kind, dtype, flags):
+    """Compile the real kernels (vector reductions included) for sm_90 with the bundled ptxas."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process interprets Triton kernels")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from cryograd.kernels import fourier_slice as kernel
+
+    ptr = f"*{dtype}"
+    common = {"rot_ptr": ptr, "ctfc_ptr": ptr, "ctfa_ptr": ptr, "shift_ptr": ptr}
+    sizes = {"D": "i32", "W": "i32", "P": "i32", "W3": "i32"}
+    if kind == "extract":
+        sig = {"spec_ptr": ptr, **common, "out_ptr": ptr, **sizes}
+        fn, consts = kernel._extract_kernel, {**flags, "BLOCK": 256}
+    else:
+        sig = {"slice_ptr": ptr, **common, "premult_ptr": "*i8", "sw_ptr": ptr, "acc_ptr": ptr,
+               "wgt_ptr": ptr, **sizes}
+        consts = {"CTF_MODE": 1, "HAS_SHIFT": True, "HAS_WEIGHTS": not flags["PACKED"],
+                  "HAS_PREMULT": True, "HAS_SAMPLE_W": True, **flags, "BLOCK": 256}
+        fn = kernel._insert_kernel
+    compiled = compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
+    ptx = compiled.asm["ptx"]
+    if kind == "insert" and flags["VEC_ATOMICS"]:
+        vec = "v4" if flags["PACKED"] else "v2"
+        assert f"red.relaxed.gpu.global.add.{vec}.f32" in ptx
+    if kind == "extract":
+        assert "red." not in ptx and "atom." not in ptx

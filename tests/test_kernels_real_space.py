@@ -174,3 +174,25 @@ def test_gpu_kernels_float64_adjoint():
 
 if __name__ == "__main__" and "--interpreter-checks" in sys.argv:
     print(json.dumps(_interpreter_checks()))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on a GPU the kernels are compiled and run by the gpu tests")
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_kernels_compile_for_hopper(dtype):
+    """Compile the real (not interpreted) kernels for sm_90 with Triton's bundled ptxas, no GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process interprets Triton kernels")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from cryograd.kernels import real_space as kernel
+
+    ptr = f"*{dtype}"
+    target = GPUTarget("cuda", 90, 32)
+    sig = {"rot_ptr": ptr, "out_ptr": ptr, "n_particles": "i32", "D": "i32"}
+    proj = compile(ASTSource(kernel._project_kernel, {"vol_ptr": ptr, **sig},
+                             {"BLOCK": 256, "PARTICLES": 4}), target=target)
+    assert f"red.global.gpu.relaxed.add.{dtype.replace('fp', 'f')}" in proj.asm["ptx"]
+    back = compile(ASTSource(kernel._backproject_kernel, {"img_ptr": ptr, **sig}, {"BLOCK": 256}),
+                   target=target)
+    assert "red." not in back.asm["ptx"] and "atom." not in back.asm["ptx"]  # a pure gather

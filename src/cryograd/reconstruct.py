@@ -461,6 +461,10 @@ def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, progress, timin
     maps = [dr.wiener_reconstruct(i, r, max_shell=max_shell)
             for i, r in zip((ins[0], ins[1], full_ins), regs)]
     timings["divide"] = time.perf_counter() - t0
+    if history["wiener"]["kind"] == "tau2":
+        # the FSC (and the half maps written) come from the unfiltered halves, as in RELION;
+        # the τ² Wiener filter is for the full map
+        return pre[0], pre[1], maps[2]
     return maps[0], maps[1], maps[2]
 
 
@@ -491,7 +495,8 @@ def _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell, tol, max
         for name, i in (("half1", ins[0]), ("half2", ins[1]), ("full", ins[0] + ins[1])):
             op = cg.ToeplitzNormalOperator(i.weights, i.box_size, lam_used)
             res = cg.conjugate_gradient(op, cg.normal_rhs_from_insertion(i), tol=tol,
-                                        max_iter=max_iter, progress=False)
+                                        max_iter=max_iter, progress=False,
+                                        preconditioner=op.preconditioner)
             history[name] = {"iterations": res.iterations, "converged": res.converged,
                              "relative_residual": res.residuals[-1]}
             maps.append(res.x)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 from types import ModuleType
 
@@ -44,6 +45,7 @@ __all__ = [
     "check_inputs",
     "ensure_runnable",
     "device_guard",
+    "allocate",
 ]
 
 _ENV = "CRYOGRAD_KERNELS"
@@ -182,3 +184,18 @@ def device_guard(device: torch.device):
     if device.type == "cuda":
         return torch.cuda.device(device)
     return contextlib.nullcontext()
+
+
+def allocate(op: str, shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype,
+             zero: bool = True) -> torch.Tensor:
+    """``torch.zeros``/``empty`` that reports running out of GPU memory as one clear line."""
+    try:
+        if zero:
+            return torch.zeros(shape, device=device, dtype=dtype)
+        return torch.empty(shape, device=device, dtype=dtype)
+    except torch.OutOfMemoryError:
+        need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        raise CryogradError(
+            f"{op}: out of GPU memory allocating {need / 2**30:.2f} GiB for a {tuple(shape)} "
+            f"{dtype} array on {device}; use a smaller --batch-size or --pad 1"
+        ) from None

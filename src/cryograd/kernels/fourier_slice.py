@@ -36,7 +36,13 @@ import triton.language as tl
 
 from cryograd.ctf import CTFParams, electron_wavelength_angstrom
 from cryograd.errors import CryogradError
-from cryograd.kernels import check_inputs, device_guard, ensure_runnable, interpreter_enabled
+from cryograd.kernels import (
+    allocate,
+    check_inputs,
+    device_guard,
+    ensure_runnable,
+    interpreter_enabled,
+)
 
 __all__ = [
     "ctf_coefficients",
@@ -485,7 +491,7 @@ def extract_slices(
     mode, coef, values, shifts = _prepare_filters(
         op, b, d, device, dtype, ctf, shifts_px, pixel_size_angstrom
     )
-    out = torch.empty((b, d, w), device=device, dtype=spectrum.dtype)
+    out = allocate(op, (b, d, w), device=device, dtype=spectrum.dtype, zero=False)
     if b == 0:
         return out
     spec = _interleaved(spectrum.contiguous())
@@ -601,6 +607,8 @@ def insert_slices(
         return
     grid = (b, triton.cdiv(d * w, _BLOCK))
     ensure_runnable(op, device)
+    # vector reductions need 8-byte (complex) or 16-byte (packed) aligned records
+    vec = vector_atomics(device, dtype) and accumulator.data_ptr() % (16 if packed else 8) == 0
     with device_guard(device):
         _insert_kernel[grid](
             _interleaved(slices.contiguous()), rot, coef, values,
@@ -611,7 +619,7 @@ def insert_slices(
             d, w, p, p // 2 + 1,
             CTF_MODE=mode, HAS_SHIFT=shifts is not None, HAS_WEIGHTS=weights is not None,
             HAS_PREMULT=premult is not None, HAS_SAMPLE_W=sw is not None, EXTENDED=extended,
-            PACKED=packed, VEC_ATOMICS=vector_atomics(device, dtype), BLOCK=_BLOCK,
+            PACKED=packed, VEC_ATOMICS=vec, BLOCK=_BLOCK,
         )
 
 
@@ -708,7 +716,7 @@ def backproject(
     p = ref.padded_size(n, pad)
     rot = _as_rotations(op, rotations, images.shape[0], device, dtype)
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    acc = torch.zeros((p, p, p // 2 + 1), device=device, dtype=cdtype)
+    acc = allocate(op, (p, p, p // 2 + 1), device=device, dtype=cdtype)
     step = _chunk(n)
     for start in range(0, rot.shape[0], step):
         spectra = ref.images_to_spectra_adjoint(images[start : start + step])

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from cryograd.errors import CryogradError
-from cryograd.kernels import check_inputs, device_guard, ensure_runnable
+from cryograd.kernels import allocate, check_inputs, device_guard, ensure_runnable
 
 __all__ = ["project", "backproject"]
 
@@ -176,7 +176,7 @@ def project(
     device, dtype = check_inputs(op, {"volume": volume})
     d = int(volume.shape[-1])
     n = int(rotations.shape[0])
-    out = torch.zeros((n, d, d), device=device, dtype=dtype)
+    out = allocate(op, (n, d, d), device=device, dtype=dtype)
     if n == 0:
         return out
     vol = volume.contiguous()
@@ -221,7 +221,7 @@ def backproject(
     _check_rotations(op, rotations, n)
     device, dtype = check_inputs(op, {"images": images})
     d = int(images.shape[-1])
-    out = torch.empty((d, d, d), device=device, dtype=dtype)
+    out = allocate(op, (d, d, d), device=device, dtype=dtype, zero=False)
     if n == 0:
         return out.zero_()
     img = images.contiguous()

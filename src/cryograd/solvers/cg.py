@@ -78,6 +78,7 @@ def conjugate_gradient(
     tol: float = 1e-6,
     max_iter: int = 200,
     progress: bool = False,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> CGResult:
     """Solve ``H x = rhs`` for a symmetric positive definite ``H`` given as a function.
 
@@ -95,6 +96,8 @@ def conjugate_gradient(
         Iteration limit.
     progress
         Show a tqdm bar over iterations.
+    preconditioner
+        Optional symmetric positive definite ``r -> M⁻¹ r`` (preconditioned CG).
 
     Returns
     -------
@@ -107,9 +110,11 @@ def conjugate_gradient(
     b_norm = float(torch.linalg.vector_norm(b))
     if b_norm == 0:
         return CGResult(torch.zeros_like(b), 0, True, [0.0])
-    p = r.clone()
-    rs_old = float((r * r).sum())
-    residuals = [rs_old**0.5 / b_norm]
+    precond = preconditioner or (lambda v: v)
+    z = precond(r)
+    p = z.clone()
+    rz_old = float((r * z).sum())
+    residuals = [float(torch.linalg.vector_norm(r)) / b_norm]
     converged = residuals[0] <= tol
     it = 0
     bar = tqdm(total=max_iter, desc="cg", unit="it", disable=not progress, leave=False)
@@ -120,19 +125,20 @@ def conjugate_gradient(
             if denom <= 0:
                 logger.warning("CG: operator is not positive definite along a search direction")
                 break
-            alpha = rs_old / denom
+            alpha = rz_old / denom
             x = x + alpha * p
             r = r - alpha * hp
-            rs_new = float((r * r).sum())
             it += 1
-            residuals.append(rs_new**0.5 / b_norm)
+            residuals.append(float(torch.linalg.vector_norm(r)) / b_norm)
             bar.update(1)
             bar.set_postfix(residual=f"{residuals[-1]:.2e}")
             if residuals[-1] <= tol:
                 converged = True
                 break
-            p = r + (rs_new / rs_old) * p
-            rs_old = rs_new
+            z = precond(r)
+            rz_new = float((r * z).sum())
+            p = z + (rz_new / rz_old) * p
+            rz_old = rz_new
     finally:
         bar.close()
     return CGResult(x.to(rhs.dtype), it, converged, residuals)
@@ -168,6 +174,15 @@ class ToeplitzNormalOperator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.normal(x) + self.lam * x
+
+    def preconditioner(self, r: torch.Tensor) -> torch.Tensor:
+        """``crop(irfftn(rfftn(pad(r)) / (K + λ)))``: the direct method's division as ``M⁻¹``."""
+        d, m = self.box_size, self.size
+        padded = r.new_zeros((m, m, m))
+        padded[:d, :d, :d] = r
+        denom = self.kernel_spectrum.to(r.dtype) + max(self.lam, 1e-12)
+        spec = torch.fft.rfftn(padded) / denom
+        return torch.fft.irfftn(spec, s=(m, m, m))[:d, :d, :d].contiguous()
 
 
 def normal_rhs_from_insertion(insertion: FourierInsertion, *, gridding: bool = True) -> torch.Tensor:
@@ -310,7 +325,9 @@ def solve_cg(
                                **common)
         operator = RealSpaceNormalOperator(model, particles, indices, lam=lam, batch_size=bs,
                                            **common)
-    result = conjugate_gradient(operator, rhs, tol=tol, max_iter=max_iter, progress=progress)
+    precond = operator.preconditioner if isinstance(operator, ToeplitzNormalOperator) else None
+    result = conjugate_gradient(operator, rhs, tol=tol, max_iter=max_iter, progress=progress,
+                                preconditioner=precond)
     logger.info("CG: %d iterations, relative residual %.2e%s", result.iterations,
                 result.residuals[-1], "" if result.converged else " (not converged)")
     return result
