@@ -19,7 +19,7 @@
 # `scripts/gpu_check.sh --fetch-wheels` where pip reaches PyPI, carry .whl along (keep it out of
 # git: `echo /.whl/ >> .git/info/exclude`), and this script installs them into a private folder.
 # Each step is time-boxed so that the whole run stays under about 8 minutes.
-# Environment: GPU_CHECK_TEST_TIMEOUT (s, default 200), GPU_CHECK_BENCH_TIMEOUT (s, default 260),
+# Environment: GPU_CHECK_TEST_TIMEOUT (s, default 180), GPU_CHECK_BENCH_TIMEOUT (s, default 240),
 # GPU_CHECK_BENCH_ARGS (extra arguments for benchmarks/bench_gpu.py).
 
 set -u
@@ -43,8 +43,8 @@ LOG="$RESULTS_DIR/gpu_check.log"
 SUMMARY="$RESULTS_DIR/summary.txt"
 : >"$LOG"
 : >"$SUMMARY"
-TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-200}"
-BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-260}"
+TEST_TIMEOUT="${GPU_CHECK_TEST_TIMEOUT:-180}"
+BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-240}"
 export PYTHONUNBUFFERED=1
 
 say() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }

@@ -362,3 +362,25 @@ def test_kernels_compile_for_hopper(kind, dtype, flags):
         assert f"red.relaxed.gpu.global.add.{vec}.f32" in ptx
     if kind == "extract":
         assert "red." not in ptx and "atom." not in ptx
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_vector_reductions_match_scalar_atomics(monkeypatch):
+    from cryograd.kernels import fourier_slice as kernel
+
+    box, n = 128, 16
+    _, rot, shifts, ctf, slices, _ = _inputs(box, n, torch.float32, "cuda")
+    kw = {"ctf": ctf, "shifts_px": shifts, "pixel_size_angstrom": PIXEL_SIZE}
+    p = 2 * box
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CRYOGRAD_VECTOR_ATOMICS", flag)
+        acc = torch.zeros((p, p, p // 2 + 1), device="cuda", dtype=torch.complex64)
+        wgt = torch.zeros(acc.shape, device="cuda")
+        kernel.insert_slices(slices, rot, acc, weights=wgt, **kw)
+        packed = kernel.packed_accumulator(p, device="cuda")
+        kernel.insert_slices(slices, rot, packed, **kw)
+        results.append((acc, wgt, *kernel.unpack_accumulator(packed)))
+    for vec, scalar in zip(*results):
+        assert _rel(vec, scalar) <= REL_TOL_FLOAT32

@@ -75,10 +75,15 @@ def _numeric(
 ) -> np.ndarray:
     """A column as float64, every value finite, else an error naming row and column."""
     raw = df[column]
-    try:
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    except (TypeError, ValueError):
-        values = np.full(len(raw), np.nan)
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        values = raw.to_numpy(dtype=np.float64, na_value=np.nan)  # parsed as numbers already
+    else:
+        try:
+            values = pd.to_numeric(raw, errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+        except (TypeError, ValueError):
+            values = np.full(len(raw), np.nan)
     values = np.array(values, dtype=np.float64)  # writable copy
     bad = ~np.isfinite(values)
     if not allow_nan and bad.any():
@@ -251,7 +256,7 @@ def read_star(
     stack_ids = stack_indices = None
     if "rlnImageName" in df.columns:
         stack_files, stack_ids, stack_indices = parse_image_names(
-            df["rlnImageName"].to_numpy(dtype=object), path.parent, datadir, path
+            df["rlnImageName"], path.parent, datadir, path
         )
 
     # ---------------------------------------------------------------- box size

@@ -23,6 +23,12 @@ So ``extract_slices`` returns ``T C S(F)`` (``S`` the central-slice sampling) an
 accumulates ``Sᵀ(C Tᵀ y)`` (and ``Sᵀ(C²)``). Both accept the volume spectrum in the plain layout
 ``(P, P, P // 2 + 1)`` or the flat extended layout of :class:`~cryograd.projectors.fourier_slice.
 ExtendedSpectrum` (``((P + 2)² (P // 2 + 2),)``), which the torch reference accumulates into.
+
+Insertion issues 8 corners × (re, im, weight) atomic adds per sample. On sm_90 and newer (float32,
+compiled) the (re, im) pair goes out as one 8-byte vector reduction (``red.global.add.v2.f32``),
+and with a :func:`packed_accumulator` the whole (re, im, weight) record as one 16-byte reduction
+(``red.global.add.v4.f32``); elsewhere, and in the interpreter, plain ``tl.atomic_add``.
+``CRYOGRAD_VECTOR_ATOMICS=0`` turns the vector reductions off.
 """
 
 from __future__ import annotations
@@ -50,12 +56,12 @@ __all__ = [
     "insert_slices",
     "packed_accumulator",
     "unpack_accumulator",
+    "vector_atomics",
     "project",
     "backproject",
 ]
 
 _BLOCK = 256
-_N_CTF_COEF = 7
 _CTF_NONE, _CTF_PARAMS, _CTF_ARRAY = 0, 1, 2
 
 
@@ -363,7 +369,7 @@ def vector_atomics(device: torch.device, dtype: torch.dtype) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def ctf_device(ctf: CTFParams | torch.Tensor) -> torch.device:
+def _ctf_device(ctf: CTFParams | torch.Tensor) -> torch.device:
     """Device of a CTF parameter batch."""
     return ctf.defocus_u_angstrom.device if isinstance(ctf, CTFParams) else ctf.device
 
@@ -413,7 +419,7 @@ def _prepare_filters(
         apix = torch.as_tensor(pixel_size_angstrom, dtype=torch.float64)
         if apix.numel() not in (1, b):
             raise CryogradError(f"{op}: {apix.numel()} pixel sizes for {b} particles")
-        coef = ctf_coefficients(ctf, box_size, apix.to(ctf_device(ctf)))
+        coef = ctf_coefficients(ctf, box_size, apix.to(_ctf_device(ctf)))
         mode, coef, values = _CTF_PARAMS, coef.to(device=device, dtype=dtype).contiguous(), dummy
     else:
         if tuple(ctf.shape) != (b, box_size, w):
