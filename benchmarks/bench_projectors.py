@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     gpu = device.type == "cuda"
     peer, why = (None, "skipped (--no-peer)") if args.no_peer else ensure_peer()
     gen = torch.Generator().manual_seed(0)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if gpu else 'CPU'}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32")
+    print(
+        f"device: {device} ({torch.cuda.get_device_name(device) if gpu else 'CPU'}), "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32"
+    )
     rows = []
     for d in args.sizes:
         volume = torch.randn(d, d, d, generator=gen).to(device)
@@ -108,10 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             # torch-fourier-slice rotates xyz column vectors: RELION's Aᵀ gives the same views.
             rot = random_rotations(b, gen).to(device).transpose(-1, -2).contiguous()
             images = peer.project_3d_to_2d(volume, rot, pad_factor=2.0)
-            tp = timed(lambda r=rot, v=volume: peer.project_3d_to_2d(v, r, pad_factor=2.0),
-                       device, args.repeats)
-            tb = timed(lambda r=rot, i=images: peer.backproject_2d_to_3d(i, r, pad_factor=2.0),
-                       device, args.repeats)
+            tp = timed(
+                lambda r=rot, v=volume: peer.project_3d_to_2d(v, r, pad_factor=2.0),
+                device,
+                args.repeats,
+            )
+            tb = timed(
+                lambda r=rot, i=images: peer.backproject_2d_to_3d(i, r, pad_factor=2.0),
+                device,
+                args.repeats,
+            )
             rows.append(("torch-fourier-slice", d, b, b / tp, b / tb))
     print(f"{'method':<22}{'D':>5}{'images':>8}{'project img/s':>16}{'backproject img/s':>20}")
     for name, d, b, p, bp in rows:

@@ -25,8 +25,10 @@ def test_info_star_text_and_json(capsys):
     path = shared_file("cryodrgn/relion31.star")
     code, out, err = _run(capsys, "info", path)
     assert code == 0
-    assert "particles: 5" in out and "box size: 256 px" in out and "2.8060 A" in out
-    assert "present: poses, shifts, ctf, half_sets" in out
+    assert "particles: 5" in out and "box size: 256 px" in out and "pixel size: 2.806 A" in out
+    assert "present: poses, shifts, CTF, half sets" in out and "absent: none" in out
+    assert "half sets: 5 + 0" in out  # rlnRandomSubset is 1 for all five rows
+    assert "images: 5 particles in 1 stack files, all present" in out
     code, out, _ = _run(capsys, "info", path, "--json")
     s = json.loads(out)
     assert s["particles"] == 5 and s["box_size"] == 256 and s["pixel_size_angstrom"] == 2.806
@@ -57,7 +59,25 @@ def test_info_cs_and_mrc(capsys):
     assert code == 0 and s["shape"] == [20, 20, 20]
     assert s["voxel_size_angstrom"] == pytest.approx(11.4, abs=1e-4)
     code, out, _ = _run(capsys, "info", shared_file("cryodrgn/empiar_10076_7.mrc"))
-    assert code == 0 and "shape: (7, 320, 320)" in out.replace("[", "(").replace("]", ")")
+    assert code == 0 and "shape (z, y, x): (7, 320, 320)" in out
+    assert "voxel size: not set in the header" in out  # its header voxel is 0
+    code, out, _ = _run(capsys, "info", shared_file("cryodrgn/hand.mrcs"))
+    assert "format: MRC stack" in out and "100 images of 64 x 64 px" in out
+    code, out, _ = _run(capsys, "info", shared_file("mrcfile/EMD-3001.map"))
+    assert "73 x 43 x 25 voxels" in out and "anisotropic" in out
+    # a 30^3 volume whose header says ispg 0 (stack) is shown as a map
+    code, out, _ = _run(capsys, "info", shared_file("cryodrgn/toymodel_small_nocenter.mrc"))
+    assert "format: MRC map" in out and "30 x 30 x 30 voxels" in out
+
+
+def test_info_text_mixed_pixel_sizes_and_unknown_box(capsys):
+    code, out, _ = _run(capsys, "info", shared_file("cryodrgn/relion31.6opticsgroups.star"))
+    assert code == 0 and "pixel size: 1.24 to 1.25 A (per optics group)" in out
+    assert "139 missing (139 particles)" in out and "... and 134 more" in out
+    star = shared_file("cryodrgn/FinalRefinement-OriginalParticles-PfCRT.star")
+    code, out, _ = _run(capsys, "info", star)
+    assert code == 0 and "box size: unknown" in out and "box unknown" in out
+    assert "half sets: 1 + 4" in out and "pixel size: 1.035 A" in out
 
 
 def test_info_angpix_flag_for_unknown_pixel(capsys):
@@ -75,12 +95,19 @@ def test_convert_cs_to_star_round_trip(tmp_path, capsys):
     code, _, err = _run(capsys, "convert", src, out, "--particles-dir", tmp_path)
     assert code == 0, err
     a, b = read_particles(src), read_particles(out)
+    raw = np.load(src)
     assert len(b) == 2019 and b.box_size == 180
-    assert b.pixel_size_angstrom == pytest.approx(a.pixel_size_angstrom, rel=1e-9)
+    # the .cs holds float32: the STAR holds the same float32 values (shortest decimals)
+    assert np.float32(b.pixel_size_angstrom) == raw["blob/psize_A"][0]
+    assert "2.95 180 2 0" in out.read_text()  # not 2.950000048
     np.testing.assert_allclose(b.rotations, a.rotations, atol=1e-8)
-    np.testing.assert_allclose(b.shifts_px, a.shifts_px, atol=1e-8)
-    np.testing.assert_allclose(b.ctf, a.ctf, rtol=1e-9, atol=1e-9)
-    np.testing.assert_array_equal(b.half_set, a.half_set)
+    np.testing.assert_allclose(b.shifts_px, a.shifts_px, atol=1e-6)
+    np.testing.assert_array_equal(b.shifts_px.astype(np.float32), raw["alignments3D/shift"])
+    np.testing.assert_allclose(b.ctf, a.ctf, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(b.ctf[:, 0].astype(np.float32), raw["ctf/df1_A"])
+    np.testing.assert_array_equal(b.ctf[:, 1].astype(np.float32), raw["ctf/df2_A"])
+    np.testing.assert_array_equal(b.ctf[:, 4].astype(np.float32), raw["ctf/cs_mm"])
+    np.testing.assert_array_equal(b.half_set, raw["alignments3D/split"] + 1)
     names_a = [a.stack_files[i].name for i in a.stack_ids]
     assert [b.stack_files[i].name for i in b.stack_ids] == names_a
     np.testing.assert_array_equal(b.stack_indices, a.stack_indices)
@@ -125,7 +152,8 @@ def test_convert_cs_with_images_and_star30(tmp_path, capsys):
     )
     np.testing.assert_allclose(b.rotations, a.rotations, atol=1e-8)
     np.testing.assert_allclose(b.shifts_px, a.shifts_px, atol=1e-8)
-    np.testing.assert_allclose(b.ctf, a.ctf, rtol=1e-9)
+    np.testing.assert_allclose(b.ctf, a.ctf, rtol=1e-7)
+    np.testing.assert_array_equal(b.ctf.astype(np.float32), a.ctf.astype(np.float32))
     np.testing.assert_array_equal(b.images([0, 16]), a.images([0, 16]))
 
 

@@ -56,10 +56,22 @@ def test_ctf_matches_numpy_table(dtype: torch.dtype) -> None:
     sx, sy = gx / (box * apix), gy / (box * apix)
     for i in range(3):
         expected = _numpy_relion_ctf(
-            sx, sy, *[float(getattr(params, f)[i]) for f in (
-                "defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_degrees", "voltage_kv",
-                "spherical_aberration_mm", "amplitude_contrast", "phase_shift_degrees",
-                "b_factor", "scale")]
+            sx,
+            sy,
+            *[
+                float(getattr(params, f)[i])
+                for f in (
+                    "defocus_u_angstrom",
+                    "defocus_v_angstrom",
+                    "defocus_angle_degrees",
+                    "voltage_kv",
+                    "spherical_aberration_mm",
+                    "amplitude_contrast",
+                    "phase_shift_degrees",
+                    "b_factor",
+                    "scale",
+                )
+            ],
         )
         tol = 1e-10 if dtype == torch.float64 else 2e-4
         np.testing.assert_allclose(ctf[i], expected, atol=tol)
@@ -85,8 +97,9 @@ def test_zeros_without_cs_and_amplitude_contrast() -> None:
 
     for n in range(1, 6):
         s = math.sqrt(n / (lam * defocus))
-        at_zero = ctf_from_frequencies(params, torch.tensor([s], dtype=torch.float64),
-                                       torch.tensor([0.0], dtype=torch.float64))
+        at_zero = ctf_from_frequencies(
+            params, torch.tensor([s], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)
+        )
         assert abs(float(at_zero[0, 0])) < 1e-9
         # and the CTF changes sign across it
         before = ctf_from_frequencies(params, torch.tensor([s * 0.999]), torch.tensor([0.0]))

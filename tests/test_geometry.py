@@ -75,8 +75,9 @@ def test_axis_angle_matches_scipy() -> None:
     R = axis_angle_to_matrix(torch.from_numpy(rotvec)).numpy()
     np.testing.assert_allclose(R, Rotation.from_rotvec(rotvec).as_matrix(), atol=1e-12)
     A = cryosparc_pose_to_matrix(torch.from_numpy(rotvec)).numpy()
-    np.testing.assert_allclose(A, Rotation.from_rotvec(rotvec).as_matrix().transpose(0, 2, 1),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        A, Rotation.from_rotvec(rotvec).as_matrix().transpose(0, 2, 1), atol=1e-12
+    )
 
 
 def test_axis_angle_round_trip_including_pi() -> None:

@@ -104,3 +104,26 @@ def test_bad_cs_inputs(tmp_path):
     plain = _save_cs(tmp_path / "plain.cs", np.zeros(4))
     with pytest.raises(CryogradError, match="structured"):
         read_particles(plain)
+
+
+def test_class_numbers_from_one_as_relion():
+    path = shared_file("cryodrgn/cryosparc_P12_J24_001_particles.cs")
+    raw = np.load(path)
+    ps = read_particles(path)
+    np.testing.assert_array_equal(ps.class_number, raw["alignments3D/class"].astype(np.int64) + 1)
+    assert ps.class_number.min() >= 1
+
+
+def test_pixel_size_per_exposure_group(tmp_path):
+    a = _tiny(4)
+    full = np.zeros(4, dtype=a.dtype.descr + [("ctf/exp_group_id", "<u4")])
+    for name in a.dtype.names:
+        full[name] = a[name]
+    full["ctf/exp_group_id"] = [3, 3, 7, 7]
+    full["blob/psize_A"] = [1.5, 1.5, 1.25, 1.25]
+    ps = read_particles(_save_cs(tmp_path / "g.cs", full))
+    assert [g.name for g in ps.optics_groups] == ["exp_group_3", "exp_group_7"]
+    np.testing.assert_allclose(ps.pixel_sizes_angstrom, [1.5, 1.5, 1.25, 1.25])
+    full["blob/psize_A"] = [1.5, 1.4, 1.25, 1.25]  # two sizes inside one group
+    with pytest.raises(CryogradError, match="exp_group_3 have different pixel sizes"):
+        read_particles(_save_cs(tmp_path / "h.cs", full))

@@ -265,12 +265,16 @@ def test_missing_file(tmp_path):
 
 
 # ---------------------------------------------------------------------- writing
-def _assert_same(a: ParticleSet, b: ParticleSet, atol=1e-7):
+def _assert_same(a: ParticleSet, b: ParticleSet, atol=1e-6):
+    """Same metadata to float32 precision (values that were float32 are written as such)."""
     assert len(a) == len(b) and a.box_size == b.box_size
-    np.testing.assert_allclose(a.pixel_sizes_angstrom, b.pixel_sizes_angstrom, rtol=1e-9)
+    np.testing.assert_array_equal(
+        a.pixel_sizes_angstrom.astype(np.float32), b.pixel_sizes_angstrom.astype(np.float32)
+    )
     np.testing.assert_allclose(a.rotations, b.rotations, atol=atol)
     np.testing.assert_allclose(a.shifts_px, b.shifts_px, atol=atol)
-    np.testing.assert_allclose(a.ctf, b.ctf, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(a.ctf, b.ctf, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(a.ctf.astype(np.float32), b.ctf.astype(np.float32))
 
 
 def test_write_star_round_trip_relion31(tmp_path):
@@ -367,3 +371,196 @@ def test_large_star_opens_fast(tmp_path):
         )
     )
     assert nbytes < 200 * n
+
+
+# ---------------------------------------------------------------------- every STAR file covered
+# starfile's own test files that hold particle rows (rlnImageName) but no pixel size at all:
+# (file, rows in the first particle block, number of particle blocks)
+STARFILE_PARTICLE_ROWS = [
+    ("starfile/rln3.1_data_style.star", 2, 2),
+    ("starfile/single_line_end_of_multiblock.star", 2, 2),
+    ("starfile/single_line_middle_of_multiblock.star", 1, 2),
+]
+NON_PARTICLE_MORE = [
+    "starfile/basic_double_quote.star",
+    "starfile/basic_single_quote.star",
+    "starfile/empty_loop.star",
+    "starfile/loop_double_quote.star",
+    "starfile/loop_single_quote.star",
+    "starfile/two_basic_blocks.star",
+    "starfile/two_single_line_loop_blocks.star",
+    "starfile/relion_tutorial/run_it025_optimiser_2D.star",
+    "starfile/relion_tutorial/run_it025_optimiser_3D.star",
+    "starfile/relion_tutorial/run_it025_sampling_2D.star",
+]
+
+
+def test_every_star_file_in_shared_data_is_classified(shared_data):
+    listed = (
+        {name for name, *_ in PARTICLE_STARS}
+        | set(NON_PARTICLE)
+        | set(NON_PARTICLE_MORE)
+        | {name for name, *_ in STARFILE_PARTICLE_ROWS}
+    )
+    found = {p.relative_to(shared_data).as_posix() for p in shared_data.rglob("*.star")}
+    assert found - listed == set(), "STAR files no test reads"
+
+
+@pytest.mark.parametrize("name", NON_PARTICLE_MORE)
+def test_more_non_particle_stars_fail_naming_file(name):
+    path = shared_file(name)
+    with pytest.raises(CryogradError, match="no particle table") as info:
+        read_particles(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name,rows,blocks", STARFILE_PARTICLE_ROWS)
+def test_particle_rows_without_pixel_size(name, rows, blocks):
+    path = shared_file(name)
+    with pytest.raises(CryogradError, match="--angpix") as info:
+        read_particles(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    ps = read_particles(path, angpix=1.04)
+    raw = starfile.read(path, always_dict=True)
+    tables = [df for df in raw.values() if "rlnImageName" in getattr(df, "columns", [])]
+    assert len(tables) == blocks and len(ps) == len(tables[0]) == rows
+    assert ps.pixel_size_angstrom == 1.04 and ps.box_size is None
+    assert ps.rotations is None and ps.shifts_px is None and ps.ctf is None
+    # 000001@0001_sum_particles.mrcs: first image of that stack, next to the STAR file
+    assert ps.stack_files[0] == path.parent / "0001_sum_particles.mrcs"
+    np.testing.assert_array_equal(ps.stack_indices, np.zeros(rows))
+    if blocks > 1:
+        assert any("also hold particles" in n for n in ps.notes)
+
+
+# ---------------------------------------------------------------------- what RELION 3.1 reads
+OPTICS_REQUIRED = {  # RELION 3.1's ObservationModel needs these (plus the ones cryograd uses)
+    "rlnOpticsGroup",
+    "rlnOpticsGroupName",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnCtfDataAreCtfPremultiplied",
+}
+
+
+def _check_relion31_layout(path):
+    """The written file as RELION 3.1 expects it, read with starfile and as plain text."""
+    import re
+
+    text = path.read_text()
+    lines = text.splitlines()
+    blocks = [i for i, line in enumerate(lines) if line.startswith("data_")]
+    assert [lines[i] for i in blocks] == ["data_optics", "data_particles"]
+    for i in blocks:  # each block preceded by the version line RELION writes
+        assert "# version 30001" in lines[max(0, i - 3) : i]
+    raw = starfile.read(path, always_dict=True)
+    assert list(raw) == ["optics", "particles"]
+    optics, parts = raw["optics"], raw["particles"]
+    assert OPTICS_REQUIRED <= set(optics.columns)
+    assert set(parts["rlnOpticsGroup"]) <= set(optics["rlnOpticsGroup"])
+    assert (optics["rlnImageDimensionality"] == 2).all()
+    assert "rlnOriginX" not in parts.columns and "rlnOriginY" not in parts.columns
+    if "rlnImageName" in parts.columns:
+        assert all(re.fullmatch(r"\d{6,}@\S+", s) for s in parts["rlnImageName"])
+    return optics, parts
+
+
+def test_written_star_is_relion31(tmp_path):
+    src_path = shared_file("cryodrgn/relion31.6opticsgroups.star")
+    src_raw = starfile.read(src_path, always_dict=True)
+    ps = read_particles(src_path)
+    out = write_star(tmp_path / "six.star", ps)
+    optics, parts = _check_relion31_layout(out)
+    merged = src_raw["particles"].merge(src_raw["optics"], on="rlnOpticsGroup", how="left")
+    # values against starfile's reading of the source, not against cryograd's
+    np.testing.assert_allclose(
+        parts["rlnOriginXAngst"], src_raw["particles"]["rlnOriginXAngst"], atol=1e-9
+    )
+    np.testing.assert_allclose(parts["rlnDefocusU"], src_raw["particles"]["rlnDefocusU"])
+    np.testing.assert_array_equal(parts["rlnRandomSubset"], src_raw["particles"]["rlnRandomSubset"])
+    np.testing.assert_array_equal(parts["rlnOpticsGroup"], src_raw["particles"]["rlnOpticsGroup"])
+    by_group = optics.set_index("rlnOpticsGroup")
+    np.testing.assert_allclose(
+        by_group.loc[parts["rlnOpticsGroup"], "rlnImagePixelSize"], merged["rlnImagePixelSize"]
+    )
+    np.testing.assert_allclose(
+        by_group.loc[parts["rlnOpticsGroup"], "rlnSphericalAberration"],
+        merged["rlnSphericalAberration"],
+    )
+    # beam tilt, aberrations and magnification matrix copied through per group
+    src_optics = src_raw["optics"].set_index("rlnOpticsGroup")
+    for c in ("rlnBeamTiltX", "rlnMagMat00", "rlnOddZernike", "rlnMicrographPixelSize"):
+        assert list(by_group[c]) == list(src_optics.loc[by_group.index, c]), c
+    # image names: the source's own NNNNNN@ numbers, stack paths absolute (outside tmp_path)
+    src_names = src_raw["particles"]["rlnImageName"]
+    assert [int(s.split("@")[0]) for s in parts["rlnImageName"]] == [
+        int(s.split("@")[0]) for s in src_names
+    ]
+    assert all(s.split("@")[1].startswith("/") for s in parts["rlnImageName"])
+    assert all(
+        s.split("@")[1] == str(src_path.parent / t.split("@")[1])
+        for s, t in zip(parts["rlnImageName"], src_names)
+    )
+
+
+def test_written_star_without_ctf_still_has_optics_voltage(tmp_path):
+    ps = ParticleSet.from_arrays(
+        rotations=np.stack([np.eye(3)] * 3),
+        pixel_size_angstrom=2.5,
+        box_size=32,
+        half_set=np.array([1, 2, 1]),
+    )
+    optics, parts = _check_relion31_layout(write_star(tmp_path / "n.star", ps))
+    assert optics["rlnVoltage"].iloc[0] == 300 and optics["rlnSphericalAberration"].iloc[0] == 2.7
+    assert optics["rlnImagePixelSize"].iloc[0] == 2.5 and optics["rlnImageSize"].iloc[0] == 32
+    assert list(parts["rlnRandomSubset"]) == [1, 2, 1]
+    assert "rlnDefocusU" not in parts.columns
+    assert read_particles(tmp_path / "n.star").ctf is None  # still no CTF when read back
+    # a source optics table's voltage and Cs are kept when there is no defocus
+    src = read_particles(shared_file("aspire/rln_proj_64_centered.star"))
+    optics, _ = _check_relion31_layout(write_star(tmp_path / "c.star", src))
+    raw = starfile.read(shared_file("aspire/rln_proj_64_centered.star"), always_dict=True)
+    assert optics["rlnVoltage"].iloc[0] == raw["optics"]["rlnVoltage"].iloc[0]
+    assert (
+        optics["rlnSphericalAberration"].iloc[0] == raw["optics"]["rlnSphericalAberration"].iloc[0]
+    )
+
+
+def test_image_names_relative_inside_folder_absolute_outside(tmp_path):
+    import shutil
+
+    shutil.copy(shared_file("cryodrgn/relion31.mrcs"), tmp_path / "relion31.mrcs")
+    (tmp_path / "in.star").write_text(shared_file("cryodrgn/relion31.star").read_text())
+    ps = read_particles(tmp_path / "in.star")
+    _, parts = _check_relion31_layout(write_star(tmp_path / "same.star", ps))
+    assert list(parts["rlnImageName"]) == [f"{i:06d}@relion31.mrcs" for i in range(1, 6)]
+    (tmp_path / "sub").mkdir()
+    _, parts = _check_relion31_layout(write_star(tmp_path / "sub" / "deeper.star", ps))
+    expected = str((tmp_path / "relion31.mrcs").absolute())
+    assert list(parts["rlnImageName"]) == [f"{i:06d}@{expected}" for i in range(1, 6)]
+    np.testing.assert_array_equal(
+        read_particles(tmp_path / "sub" / "deeper.star").images([2]), ps.images([2])
+    )
+
+
+def test_uninterpreted_columns_passed_on(tmp_path):
+    """3.0 -> 3.1 keeps micrograph names, coordinates and groups (RELION's polishing, CTF
+    refinement and re-extraction need them), row for row, also through a subset."""
+    src_path = shared_file("cryodrgn/sta_testing_bin8.star")
+    src = starfile.read(src_path)
+    ps = read_particles(src_path)
+    out = write_star(tmp_path / "s.star", ps)
+    _, parts = _check_relion31_layout(out)
+    for c in ("rlnMicrographName", "rlnGroupName"):
+        assert list(parts[c]) == list(src[c]), c
+    np.testing.assert_allclose(parts["rlnCoordinateX"], src["rlnCoordinateX"], rtol=1e-7)
+    # 3.0-only columns are not copied (pixel size now lives in data_optics)
+    assert "rlnMagnification" not in parts.columns and "rlnDetectorPixelSize" not in parts.columns
+    rows = np.array([218, 3, 100])
+    _, sub = _check_relion31_layout(write_star(tmp_path / "sub.star", ps.subset(rows)))
+    assert list(sub["rlnMicrographName"]) == list(src["rlnMicrographName"].iloc[rows])
+    np.testing.assert_allclose(sub["rlnDefocusU"], src["rlnDefocusU"].iloc[rows])

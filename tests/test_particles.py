@@ -185,3 +185,15 @@ def test_pickles_for_worker_processes():
     copy = pickle.loads(pickle.dumps(ps))
     np.testing.assert_array_equal(copy.images([1]), first)
     np.testing.assert_array_equal(copy.rotations, ps.rotations)
+
+
+def test_truncated_stack_error_names_stack_and_star(tmp_path):
+    star = _copy_relion31(tmp_path)
+    data = (tmp_path / "relion31.mrcs").read_bytes()
+    (tmp_path / "relion31.mrcs").write_bytes(data[: len(data) // 2])
+    ps = read_particles(star)
+    for call in (ps.check_images, lambda: ps.images([0])):
+        with pytest.raises(CryogradError) as e:
+            call()
+        message = str(e.value)
+        assert "relion31.mrcs" in message and str(star) in message and "\n" not in message

@@ -29,8 +29,8 @@ def prox_by_enumeration(v: np.ndarray, lam: np.ndarray) -> np.ndarray:
     """Minimise the SLOPE prox objective over every grouping of the sorted magnitudes.
 
     The minimiser keeps the order and signs of ``v`` and is constant on contiguous groups of the
-    sorted magnitudes, each group at ``max(mean(|v|_g − λ_g), 0)``; the best candidate under the true
-    objective is the minimiser.
+    sorted magnitudes, each group at ``max(mean(|v|_g − λ_g), 0)``; the best candidate under the
+    true objective is the minimiser.
     """
     n = v.size
     order = np.argsort(-np.abs(v))
@@ -69,7 +69,9 @@ def prox_by_qp(v: np.ndarray, lam: np.ndarray) -> np.ndarray:
     for k in range(1, n + 1):
         for subset in itertools.combinations(range(n), k):
             idx = [n + i for i in subset]
-            cons.append({"type": "ineq", "fun": lambda z, k=k, idx=idx: z[2 * n + k - 1] - z[idx].sum()})
+            cons.append(
+                {"type": "ineq", "fun": lambda z, k=k, idx=idx: z[2 * n + k - 1] - z[idx].sum()}
+            )
     z0 = np.concatenate([v, np.abs(v) + 1, np.full(n, np.abs(v).sum() + 1)])
     res = minimize(f, z0, constraints=cons, method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
     # SLSQP may stop at its precision limit ("positive directional derivative") at the optimum

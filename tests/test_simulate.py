@@ -12,7 +12,7 @@ from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
 from cryograd.io.mrc import read_map, write_map
 from cryograd.particles import read_particles
-from cryograd.simulate import random_rotations, simulate
+from cryograd.simulate import default_stack_size, random_rotations, simulate
 from tests.conftest import shared_file
 
 
@@ -30,9 +30,20 @@ def _blob_volume(n: int = 24, seed: int = 0) -> np.ndarray:
 def simulated(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "set"
     vol = _blob_volume()
-    result = simulate(vol, 13, 2.0, snr=0.5, defocus_range_um=(1.0, 2.0), shift_max_px=3.0,
-                      seed=7, projector="fourier", out_dir=out, batch_size=4,
-                      images_per_stack=5, progress=False)
+    result = simulate(
+        vol,
+        13,
+        2.0,
+        snr=0.5,
+        defocus_range_um=(1.0, 2.0),
+        shift_max_px=3.0,
+        seed=7,
+        projector="fourier",
+        out_dir=out,
+        batch_size=4,
+        images_per_stack=5,
+        progress=False,
+    )
     return vol, result
 
 
@@ -40,7 +51,10 @@ def test_writes_stacks_star_and_map(simulated):
     vol, result = simulated
     out = result.star_path.parent
     assert [p.name for p in result.stack_paths] == [
-        "particles_001.mrcs", "particles_002.mrcs", "particles_003.mrcs"]
+        "particles_001.mrcs",
+        "particles_002.mrcs",
+        "particles_003.mrcs",
+    ]
     counts = [mrcfile.open(p).data.shape[0] for p in result.stack_paths]
     assert counts == [5, 5, 3]
     gt = read_map(out / "ground_truth.mrc")
@@ -72,8 +86,12 @@ def test_measured_snr_matches_request(simulated):
     ps = read_particles(result.star_path)
     images = torch.from_numpy(ps.images(np.arange(13)).astype(np.float64))
     model = ForwardModel(24, 2.0, "fourier")
-    clean = model.project(torch.from_numpy(vol).double(), torch.from_numpy(ps.rotations),
-                          torch.from_numpy(ps.shifts_px), ps.ctf_params(dtype=torch.float64))
+    clean = model.project(
+        torch.from_numpy(vol).double(),
+        torch.from_numpy(ps.rotations),
+        torch.from_numpy(ps.shifts_px),
+        ps.ctf_params(dtype=torch.float64),
+    )
     noise = images - clean
     snr = float(clean.var() / noise.var())
     assert snr == pytest.approx(0.5, rel=0.1)
@@ -84,26 +102,43 @@ def test_measured_snr_matches_request(simulated):
 
 def test_random_rotations_uniform():
     rot = random_rotations(20000, np.random.default_rng(0))
-    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-12
+    )
     np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-12)
     # Haar measure: E[R] = 0 and E[R_ij²] = 1/3.
     assert np.abs(rot.mean(0)).max() < 0.02
     np.testing.assert_allclose((rot**2).mean(0), 1 / 3, atol=0.02)
 
 
+def test_default_stack_size_caps_bytes():
+    """10000 images per stack, fewer when a float32 stack would exceed 512 MiB."""
+    assert default_stack_size(64) == 10000
+    assert default_stack_size(256) == 2048  # 2048 · 256² · 4 B = 512 MiB
+    assert default_stack_size(400) * 400 * 400 * 4 <= 512 * 2**20
+    assert (default_stack_size(400) + 1) * 400 * 400 * 4 > 512 * 2**20
+    assert default_stack_size(20000) == 1
+
+
 def test_same_seed_same_set(tmp_path):
     vol = _blob_volume(12)
     a = simulate(vol, 4, 1.0, snr=1.0, seed=3, out_dir=tmp_path / "a", progress=False)
     b = simulate(vol, 4, 1.0, snr=1.0, seed=3, out_dir=tmp_path / "b", progress=False)
-    np.testing.assert_array_equal(mrcfile.open(a.stack_paths[0]).data,
-                                  mrcfile.open(b.stack_paths[0]).data)
+    np.testing.assert_array_equal(
+        mrcfile.open(a.stack_paths[0]).data, mrcfile.open(b.stack_paths[0]).data
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(n=0), dict(snr=-0.1), dict(snr=0.0), dict(defocus_range_um=(2.0, 1.0)),
-     dict(shift_max_px=-1.0), dict(projector="nufft")],
+    [
+        dict(n=0),
+        dict(snr=-0.1),
+        dict(snr=0.0),
+        dict(defocus_range_um=(2.0, 1.0)),
+        dict(shift_max_px=-1.0),
+        dict(projector="nufft"),
+    ],
 )
 def test_bad_parameters_write_nothing(tmp_path, kwargs):
     args = dict(n=3, snr=0.1)
@@ -129,9 +164,29 @@ def _run_cli(argv, capsys):
 def test_cli_simulate_and_project(tmp_path, capsys):
     vol = _blob_volume(16)
     mp = _map(tmp_path / "m.mrc", vol)
-    code, _ = _run_cli(["simulate", mp, "-n", "6", "-o", str(tmp_path / "s"), "--snr", "2",
-                        "--defocus", "1.5:2.0", "--shift-max", "2", "--seed", "1",
-                        "--projector", "real", "--batch-size", "4"], capsys)
+    code, _ = _run_cli(
+        [
+            "simulate",
+            mp,
+            "-n",
+            "6",
+            "-o",
+            str(tmp_path / "s"),
+            "--snr",
+            "2",
+            "--defocus",
+            "1.5:2.0",
+            "--shift-max",
+            "2",
+            "--seed",
+            "1",
+            "--projector",
+            "real",
+            "--batch-size",
+            "4",
+        ],
+        capsys,
+    )
     assert code == 0
     star = tmp_path / "s" / "particles.star"
     ps = read_particles(star)
@@ -141,17 +196,25 @@ def test_cli_simulate_and_project(tmp_path, capsys):
     assert _run_cli(["project", mp, str(star), "-o", str(out), "--no-ctf"], capsys)[0] == 0
     got = mrcfile.open(out).data
     model = ForwardModel(16, 2.0)
-    ref = model.project(torch.from_numpy(vol), torch.from_numpy(ps.rotations).float(),
-                        torch.from_numpy(ps.shifts_px).float())
+    ref = model.project(
+        torch.from_numpy(vol),
+        torch.from_numpy(ps.rotations).float(),
+        torch.from_numpy(ps.shifts_px).float(),
+    )
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-5 * float(ref.abs().max()))
     out2 = tmp_path / "p2.mrcs"
-    assert _run_cli(["project", mp, str(star), "-o", str(out2), "--projector", "real"],
-                    capsys)[0] == 0
+    assert (
+        _run_cli(["project", mp, str(star), "-o", str(out2), "--projector", "real"], capsys)[0] == 0
+    )
     ref2 = ForwardModel(16, 2.0, "real").project(
-        torch.from_numpy(vol), torch.from_numpy(ps.rotations).float(),
-        torch.from_numpy(ps.shifts_px).float(), ps.ctf_params())
-    np.testing.assert_allclose(mrcfile.open(out2).data, ref2.numpy(),
-                               atol=1e-5 * float(ref2.abs().max()))
+        torch.from_numpy(vol),
+        torch.from_numpy(ps.rotations).float(),
+        torch.from_numpy(ps.shifts_px).float(),
+        ps.ctf_params(),
+    )
+    np.testing.assert_allclose(
+        mrcfile.open(out2).data, ref2.numpy(), atol=1e-5 * float(ref2.abs().max())
+    )
 
 
 def _ncc(a, b):
@@ -176,8 +239,10 @@ def test_cli_project_reproduces_relion(tmp_path, capsys):
 def test_cli_bad_input(tmp_path, capsys):
     vol = _blob_volume(16)
     good = _map(tmp_path / "good.mrc", vol)
-    assert _run_cli(["simulate", good, "-n", "4", "-o", str(tmp_path / "s"), "--seed", "2"],
-                    capsys)[0] == 0
+    assert (
+        _run_cli(["simulate", good, "-n", "4", "-o", str(tmp_path / "s"), "--seed", "2"], capsys)[0]
+        == 0
+    )
     star = str(tmp_path / "s" / "particles.star")
     nonsq = _map(tmp_path / "nonsq.mrc", np.zeros((16, 16, 14), np.float32) + 1)
     nan = vol.copy()
@@ -207,4 +272,5 @@ def test_cli_bad_input(tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("cryograd: error: "), err
     print("\n".join(messages))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["good.mrc", "s", "nonsq.mrc", "nan.mrc", "big.mrc", "px.mrc"])
+        ["good.mrc", "s", "nonsq.mrc", "nan.mrc", "big.mrc", "px.mrc"]
+    )

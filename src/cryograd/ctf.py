@@ -105,8 +105,9 @@ class CTFParams:
 
     def to(self, device=None, dtype=None) -> CTFParams:
         """Move every field to ``device`` / ``dtype``."""
-        return CTFParams(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype)
-                            for f in fields(self)})
+        return CTFParams(
+            **{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)}
+        )
 
     def __getitem__(self, index) -> CTFParams:
         return CTFParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})

@@ -71,6 +71,17 @@ def apply_shift(
     return fourier_filter(images, torch.conj(ramp) if adjoint else ramp)
 
 
+def _are_rotations(rot: torch.Tensor, tol: float = 1e-3) -> bool:
+    """Whether ``(B, 3, 3)`` matrices are finite and orthonormal within ``tol``.
+
+    Both projectors index their grids from ``A``; a matrix far from a rotation (or NaN) would
+    send samples outside them.
+    """
+    eye = torch.eye(3, device=rot.device, dtype=rot.dtype)
+    err = (rot @ rot.transpose(-1, -2) - eye).abs().amax()
+    return bool(err <= tol)  # False for NaN/inf
+
+
 class _ProjectFunction(torch.autograd.Function):
     """``project`` with ``backproject`` as its backward."""
 
@@ -271,6 +282,10 @@ class ForwardModel:
         if rot.dim() != 3 or tuple(rot.shape[1:]) != (3, 3):
             raise CryogradError(f"rotations have shape {tuple(rot.shape)}, expected (B, 3, 3)")
         b = rot.shape[0]
+        if b and not _are_rotations(rot):
+            raise CryogradError(
+                "rotations must be finite orthonormal 3×3 matrices (|A Aᵀ − I| <= 1e-3)"
+            )
         shifts = None
         if shifts_px is not None:
             shifts = to_tensor(shifts_px).to(device=ref.device, dtype=ref.dtype).reshape(-1, 2)
@@ -293,8 +308,11 @@ class ForwardModel:
         if ctf is not None:
             if isinstance(ctf, CTFParams):
                 filt = ctf_2d(
-                    ctf[sl], self.box_size, self.pixel_size_angstrom,
-                    device=ref.device, dtype=ref.dtype,
+                    ctf[sl],
+                    self.box_size,
+                    self.pixel_size_angstrom,
+                    device=ref.device,
+                    dtype=ref.dtype,
                 )
             else:
                 filt = ctf[sl]
@@ -314,8 +332,9 @@ class ForwardModel:
             yield sl, rs.real_space_geometry(rot[sl], self.box_size)
 
     def _fourier_finish(self, acc: torch.Tensor) -> torch.Tensor:
-        vol = fs.volume_spectrum_adjoint(fs.ExtendedSpectrum.fold(acc, self.padded_size),
-                                         self.box_size)
+        vol = fs.volume_spectrum_adjoint(
+            fs.ExtendedSpectrum.fold(acc, self.padded_size), self.box_size
+        )
         return fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
 
     def _project(self, vol, rot, shifts, ctf) -> torch.Tensor:
@@ -362,4 +381,3 @@ class ForwardModel:
                     part = fourier_filter(part, torch.conj(filt))
                 vol += rs.backproject_geometry(part, geom)
             return vol
-

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cryograd.ctf import CTFParams
@@ -149,6 +150,12 @@ class ParticleSet:
         Images held in memory instead (``(n, D, D)``), e.g. for simulated data; or None.
     notes
         Things worth telling the user (unused fields, defaults assumed).
+    source_format
+        What the set was read from (for ``info``).
+    extra_columns
+        Per-particle STAR columns cryograd does not interpret (``rlnMicrographName``,
+        ``rlnCoordinateX/Y``, ``rlnGroupName``, ...), ``n`` rows in particle order, kept so that
+        ``write_star`` passes them on; or None. Not sent to worker processes (pickling).
     """
 
     path: Path | None
@@ -168,6 +175,7 @@ class ParticleSet:
     image_array: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     source_format: str = "memory"
+    extra_columns: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         n = len(self.optics_group)
@@ -182,6 +190,7 @@ class ParticleSet:
         # open memory maps do not pickle (e.g. to DataLoader workers): each copy reopens its own
         state = dict(self.__dict__)
         state.pop("_cache", None)
+        state["extra_columns"] = None  # only write_star needs them; keep worker copies small
         state["_stack_checked"] = set()
         return state
 
@@ -279,7 +288,10 @@ class ParticleSet:
                     raise CryogradError(f"{self.path}: image stack {stack} not found")
                 missing.append(stack)
                 continue
-            shape = read_map_header(stack).shape
+            try:
+                shape = read_map_header(stack).shape
+            except CryogradError as exc:
+                raise CryogradError(f"{exc} (an image stack of {self.path})") from None
             n_images = 1 if len(shape) == 2 else shape[0]
             ny, nx = shape[-2:]
             if nx != ny:
@@ -351,7 +363,10 @@ class ParticleSet:
                 f"{self.path}: image stack {stack_path} not found (use --datadir to say where "
                 "the images are)"
             )
-        data = self._cache.get(stack_path)
+        try:
+            data = self._cache.get(stack_path)
+        except CryogradError as exc:
+            raise CryogradError(f"{exc} (an image stack of {self.path})") from None
         if sid not in self._stack_checked:
             if data.shape[1] != data.shape[2]:
                 raise CryogradError(
@@ -390,6 +405,9 @@ class ParticleSet:
             stack_indices=self.stack_indices[idx],
             image_array=take(self.image_array),
             notes=list(self.notes),
+            extra_columns=None
+            if self.extra_columns is None
+            else self.extra_columns.iloc[idx].reset_index(drop=True),
         )
 
     def shard(self, rank: int, world_size: int) -> np.ndarray:
@@ -601,8 +619,6 @@ def parse_image_names(
     file (index 0). Vectorised with pandas string methods (Arrow-backed under pandas 3 when
     pyarrow is installed), so a million names take well under a second.
     """
-    import pandas as pd
-
     s = names if isinstance(names, pd.Series) else pd.Series(np.asarray(names, dtype=object))
     s = s.reset_index(drop=True)
     if pd.api.types.infer_dtype(s, skipna=False) != "string":

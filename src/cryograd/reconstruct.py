@@ -9,9 +9,10 @@ reconstruction weighted per shell by ``sqrt(2·FSC / (1 + FSC))``.
 Methods (:mod:`cryograd.solvers`):
 
 - ``direct``: Fourier insertion and Wiener division. The Wiener term is ``(D/P)³ / snr`` with a
-  constant ``snr`` (per Fourier voxel of the unpadded grid), ``λ D²/P³`` for an operator ``lam``, or by
-  default RELION's ``1/τ²`` from the FSC of the half maps reconstructed first with a tiny term. The
-  full map's grids are the sum of the halves' (one pass over the data).
+  constant ``snr`` (per Fourier voxel of the unpadded grid), ``λ D²/P³`` for an operator ``lam``,
+  or by default RELION's ``1/τ²`` from the FSC of the half maps reconstructed first with a tiny
+  term (those unfiltered halves are the half maps reported). The full map's grids are the sum of
+  the halves' (one pass over the data).
 - ``cg``: ``(AᵀA + λI) x = Aᵀb`` per half and for the full set (Toeplitz operator from one
   insertion pass with the Fourier projector).
 - ``adam`` / ``sgd``: minibatch optimisation per half (:mod:`cryograd.solvers.gradient`); the full
@@ -296,6 +297,7 @@ def reconstruct(
     val_fraction: float = 0.05,
     patience: int = 3,
     init: str = "direct",
+    lr_schedule: str = "constant",
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     comm=None,
@@ -333,9 +335,9 @@ def reconstruct(
     cg_tol, cg_max_iter
         CG stopping rule.
     epochs, lr, loss, penalty, sorted_l1_sequence, sorted_l1_q, huber_delta, val_fraction,
-    patience, init
+    patience, init, lr_schedule
         Iterative methods (see :func:`cryograd.solvers.gradient.train`); ``init`` is ``"direct"``
-        or ``"zero"``.
+        or ``"zero"``; ``lr_schedule`` ``"constant"`` or ``"cosine"``.
     checkpoint_dir, resume
         Where adam/sgd checkpoint after every epoch, and whether to continue from there.
     comm
@@ -395,13 +397,15 @@ def reconstruct(
                                cg_tol, cg_max_iter, progress, timings, history, **common)
     else:
         params.update(epochs=epochs, lr=lr, loss=loss, penalty=penalty, init=init,
+                      lr_schedule=lr_schedule,
                       val_fraction=val_fraction, patience=patience)
         h1, h2, full, lr_used = _run_gradient(
             particles, halves, method=method, projector=projector, pad=pad, batch_size=bs,
             snr=snr, lam=lam, max_shell=max_shell, epochs=epochs, lr=lr, loss=loss,
             penalty=penalty, sorted_l1_sequence=sorted_l1_sequence, sorted_l1_q=sorted_l1_q,
             huber_delta=huber_delta, val_fraction=val_fraction, patience=patience, init=init,
-            seed=seed, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+            lr_schedule=lr_schedule, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+            progress=progress,
             timings=timings, history=history, **common)
         params["lr"] = lr_used
     result = _validate(h1, h2, full, px, mask_t, seed, method, len(idx), timings, history, params)
@@ -529,7 +533,8 @@ def _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell, tol, max
 
 def _run_gradient(particles, halves, *, method, projector, pad, batch_size, snr, lam, max_shell,
                   epochs, lr, loss, penalty, sorted_l1_sequence, sorted_l1_q, huber_delta,
-                  val_fraction, patience, init, seed, checkpoint_dir, resume, progress, timings,
+                  val_fraction, patience, init, lr_schedule, seed, checkpoint_dir, resume,
+                  progress, timings,
                   history, device, dtype, use_ctf, symmetry, comm):
     from cryograd.forward import ForwardModel
     from cryograd.solvers import direct as dr
@@ -559,8 +564,13 @@ def _run_gradient(particles, halves, *, method, projector, pad, batch_size, snr,
                 progress=progress, device=device, dtype=dtype, use_ctf=use_ctf,
                 symmetry=symmetry, comm=comm)
         if lr_used is None:
-            lr_used = _default_lr(method, init_vol, particles, half, model, use_ctf, device,
-                                  dtype)
+            scale_map = init_vol
+            if scale_map is None and method == "adam":
+                scale_map = dr.reconstruct_direct(
+                    particles, half, snr=snr, pad=pad, max_shell=max_shell, progress=False,
+                    device=device, dtype=dtype, use_ctf=use_ctf, symmetry=symmetry, comm=comm)
+            lr_used = _default_lr(method, scale_map, init, particles, half, model, use_ctf,
+                                  device, dtype)
         ckpt = None
         if checkpoint_dir is not None:
             ckpt = Path(checkpoint_dir) / f"checkpoint_{tag}.pt"
@@ -568,7 +578,8 @@ def _run_gradient(particles, halves, *, method, projector, pad, batch_size, snr,
                     epochs=epochs, lr=lr_used, batch_size=batch_size, val_fraction=val_fraction,
                     seed=seed + k, patience=patience, init_volume=init_vol, use_ctf=use_ctf,
                     symmetry=symmetry, device=device, dtype=dtype, comm=comm,
-                    progress=progress, checkpoint_path=ckpt, resume=resume, tag=tag)
+                    progress=progress, checkpoint_path=ckpt, resume=resume, tag=tag,
+                    lr_schedule=lr_schedule)
         history[tag] = {"train_loss": res.train_loss, "val_loss": res.val_loss,
                         "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                         "stopped_early": res.stopped_early}
@@ -578,14 +589,17 @@ def _run_gradient(particles, halves, *, method, projector, pad, batch_size, snr,
     return maps[0], maps[1], full, lr_used
 
 
-def _default_lr(method, init_vol, particles, half, model, use_ctf, device, dtype) -> float:
-    """A learning rate on the map's scale (Adam) or ``1/L`` of the first batch (SGD)."""
+def _default_lr(method, scale_map, init, particles, half, model, use_ctf, device,
+                dtype) -> float:
+    """Adam: a step on the map's scale (``0.1 ·`` the direct map's standard deviation from zero,
+    ``0.02 ·`` when refining the direct map). SGD: ``1/L`` of the first batch's ``(2/B) AᵀA``."""
     from cryograd.solvers.batches import load_batch
 
     batch = load_batch(particles, half[:64], device=device, dtype=dtype, use_ctf=use_ctf)
     if method == "adam":
-        if init_vol is not None and float(init_vol.std()) > 0:
-            return 0.02 * float(init_vol.std())
+        std = float(scale_map.std()) if scale_map is not None else 0.0
+        if std > 0:
+            return (0.02 if init == "direct" else 0.1) * std
         rms = float(batch.images.square().mean().sqrt())
         return 0.05 * rms / model.box_size
     # SGD: step 1/L with L the largest eigenvalue of the batch's (2/B) AᵀA (power iteration)

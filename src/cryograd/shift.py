@@ -46,9 +46,7 @@ def phase_ramp(
     dtype = dtype or (shifts_px.dtype if shifts_px.is_floating_point() else torch.float64)
     kx, ky = frequency_grid_2d(box_size, rfft=rfft, device=shifts_px.device, dtype=dtype)
     t = shifts_px.to(dtype)
-    phase = (-2 * math.pi / box_size) * (
-        kx * t[:, 0, None, None] + ky * t[:, 1, None, None]
-    )
+    phase = (-2 * math.pi / box_size) * (kx * t[:, 0, None, None] + ky * t[:, 1, None, None])
     return torch.polar(torch.ones_like(phase), phase)
 
 

@@ -13,9 +13,13 @@ before the noisy images are made (exact for sets of up to 1024 particles).
 
 Output (``out_dir``): ``particles.mrcs`` (or ``particles_001.mrcs``, ``particles_002.mrcs``, ...
 when there are more than ``images_per_stack`` particles), streamed batch by batch;
-``particles.star``
-(RELION 3.1, ``rlnRandomSubset`` alternating 1, 2, 1, ...); ``ground_truth.mrc``, a copy of the map.
-The STAR file is written last, so a folder with a STAR file holds a complete set.
+``particles.star`` (RELION 3.1, ``rlnRandomSubset`` alternating 1, 2, 1, ...); ``ground_truth.mrc``,
+a copy of the map. The STAR file is written last, so a folder with a STAR file holds a complete set.
+
+Memory: images are made and written ``batch_size`` at a time; only the per-particle parameters
+(``O(n)``) are held. Writing one stack maps it into memory and its header statistics take another
+pass of the same size, so peak memory grows with the stack (about twice its size), not with ``n``;
+by default a stack holds at most 10000 images and at most 512 MiB (:func:`default_stack_size`).
 """
 
 from __future__ import annotations
@@ -40,11 +44,14 @@ __all__ = [
     "project_particles",
     "random_rotations",
     "validate_volume",
+    "default_stack_size",
 ]
 
 logger = logging.getLogger(__name__)
 
 _PILOT = 1024
+_STACK_IMAGES = 10000
+_STACK_BYTES = 512 * 2**20
 _ASTIGMATISM_MAX_ANGSTROM = 1000.0
 
 
@@ -99,6 +106,11 @@ def validate_volume(volume: np.ndarray, source: str) -> None:
         raise CryogradError(f"{source}: map contains NaN or infinite values")
 
 
+def default_stack_size(box_size: int) -> int:
+    """Images per ``.mrcs`` stack: 10000, fewer when that would exceed 512 MiB (float32)."""
+    return max(1, min(_STACK_IMAGES, _STACK_BYTES // (4 * box_size * box_size)))
+
+
 def _stack_names(n: int, per_stack: int) -> list[tuple[str, int, int]]:
     """``(file name, first, stop)`` of each stack."""
     if n <= per_stack:
@@ -123,7 +135,7 @@ def simulate(
     out_dir: str | os.PathLike = "simulated",
     *,
     batch_size: int = 256,
-    images_per_stack: int = 10000,
+    images_per_stack: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> SimulationResult:
@@ -152,7 +164,8 @@ def simulate(
     batch_size
         Particles projected and written per batch (memory is ``O(batch_size · D²)``).
     images_per_stack
-        Images per ``.mrcs`` file.
+        Images per ``.mrcs`` file (default :func:`default_stack_size`: 10000, fewer for boxes
+        above 115 px so that a stack stays under 512 MiB).
     device
         Torch device for the projections (default: CPU).
 
@@ -174,8 +187,13 @@ def simulate(
         source = str(volume)
         mapdata = read_map(volume)
         vol = mapdata.data
+        header = float(mapdata.voxel_size_angstrom or 0.0)
         if pixel_size is None:
-            pixel_size = mapdata.voxel_size_angstrom or None
+            pixel_size = header or None
+        elif header > 0 and abs(header - pixel_size) > 0.01 * pixel_size:
+            logger.warning(
+                "%s: using pixel size %.4g Å, not the header's %.4g Å", source, pixel_size, header
+            )
     else:
         vol = to_tensor(volume).detach().cpu().numpy()
     vol = np.asarray(vol, dtype=np.float32)
@@ -193,10 +211,12 @@ def simulate(
         raise CryogradError(f"maximum shift must be >= 0 pixels, got {shift_max_px}")
     if projector not in ("fourier", "real"):
         raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
-    if batch_size < 1 or images_per_stack < 1:
-        raise CryogradError("batch size and images per stack must be at least 1")
     n = int(n)
     box = vol.shape[0]
+    if images_per_stack is None:
+        images_per_stack = default_stack_size(box)
+    if batch_size < 1 or images_per_stack < 1:
+        raise CryogradError("batch size and images per stack must be at least 1")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CryogradError(f"{out}: exists and is not a folder")
@@ -207,8 +227,15 @@ def simulate(
     mean_df = rng.uniform(dmin, dmax, size=n) * 1e4
     astig = rng.uniform(0.0, _ASTIGMATISM_MAX_ANGSTROM, size=n)
     ctf = CTFParams.create(
-        mean_df + astig / 2, mean_df - astig / 2, rng.uniform(0.0, 180.0, size=n),
-        300.0, 2.7, 0.1, 0.0, 0.0, 1.0,
+        mean_df + astig / 2,
+        mean_df - astig / 2,
+        rng.uniform(0.0, 180.0, size=n),
+        300.0,
+        2.7,
+        0.1,
+        0.0,
+        0.0,
+        1.0,
     )
     half_set = (np.arange(n) % 2) + 1
 
@@ -362,9 +389,10 @@ def project_particles(
     vol_t = torch.from_numpy(np.ascontiguousarray(vol)).to(device)
     n = len(ps)
     shifts = ps.shifts_px if ps.shifts_px is not None else np.zeros((n, 2))
-    with StackWriter(out, n, box, pixel) as writer, tqdm(
-        total=n, desc="project", unit="img", disable=not progress
-    ) as bar:
+    with (
+        StackWriter(out, n, box, pixel) as writer,
+        tqdm(total=n, desc="project", unit="img", disable=not progress) as bar,
+    ):
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(n, start + batch_size))
             rot = torch.from_numpy(ps.rotations[idx]).to(device=device, dtype=torch.float32)

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("cryograd-demo"), help="output folder")
     p.add_argument("-n", "--particles", type=int, default=3000, help="particles to simulate")
     p.add_argument("--snr", type=float, default=0.1, help="SNR of the simulated images")
-    p.add_argument("--epochs", type=int, default=4, help="Adam epochs")
+    p.add_argument("--epochs", type=int, default=3, help="Adam epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run_demo(out: Path, *, n: int = 3000, snr: float = 0.1, epochs: int = 4, seed: int = 0,
+def run_demo(out: Path, *, n: int = 3000, snr: float = 0.1, epochs: int = 3, seed: int = 0,
              device: str = "auto", progress: bool = True) -> list[dict]:
     """Simulate, reconstruct with direct and adam, and return one row per method."""
     from cryograd.data import demo_map_path
@@ -60,8 +60,7 @@ def run_demo(out: Path, *, n: int = 3000, snr: float = 0.1, epochs: int = 4, see
     rows = [{"method": "simulate", "time_s": t_sim}]
     runs = (
         ("direct", {}),
-        ("adam", {"epochs": epochs, "init": "zero", "penalty": "l2", "lam": 0.0,
-                  "batch_size": 256}),
+        ("adam", {"epochs": epochs, "init": "zero", "batch_size": 64}),
     )
     for method, kw in runs:
         t0 = time.perf_counter()
@@ -85,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                     device=args.device, progress=not args.no_progress)
     print(f"cryograd demo: {args.particles} particles, SNR {args.snr}, box 64 "
           f"(simulated in {rows[0]['time_s']:.1f} s), results in {args.out}/")
-    print(f"{'method':<8} {'time (s)':>9} {'half-map FSC 0.143 (Å)':>24} {'FSC to truth 0.5 (Å)':>22}")
+    header = ("method", "time (s)", "half-map FSC 0.143 (Å)", "FSC to truth 0.5 (Å)")
+    print(f"{header[0]:<8} {header[1]:>9} {header[2]:>24} {header[3]:>22}")
     for row in rows[1:]:
         print(f"{row['method']:<8} {row['time_s']:>9.1f} "
               f"{row['half_map_resolution_angstrom']:>24.2f} "

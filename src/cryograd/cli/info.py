@@ -60,39 +60,74 @@ def summarise(path: Path, *, datadir: Path | None = None, angpix: float | None =
     return read_particles(path, datadir=datadir, angpix=angpix).summary()
 
 
+def _fmt_float(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _mrc_text(s: dict) -> list[str]:
+    shape = s["shape"]
+    if len(shape) == 2:
+        dims = f"one image, {shape[1]} x {shape[0]} px (x, y)"
+    elif s["format"] == "MRC stack":
+        dims = f"{shape[0]} images of {shape[2]} x {shape[1]} px (x, y)"
+    else:
+        dims = f"{shape[2]} x {shape[1]} x {shape[0]} voxels (x, y, z)"
+    vx, vy, vz = s["voxel_size_xyz_angstrom"]
+    if not s["voxel_size_angstrom"] > 0:
+        voxel = "not set in the header (0): give the pixel size yourself"
+    elif len({round(v, 6) for v in (vx, vy, vz)}) == 1:
+        voxel = f"{_fmt_float(vx)} A"
+    else:
+        voxel = f"{_fmt_float(vx)} x {_fmt_float(vy)} x {_fmt_float(vz)} A (x, y, z; anisotropic)"
+    origin = ", ".join(_fmt_float(v) for v in s["origin_angstrom"])
+    lines = [
+        f"size: {dims}",
+        f"shape (z, y, x): {tuple(shape)}" if len(shape) == 3 else f"shape (y, x): {tuple(shape)}",
+        f"voxel size: {voxel}",
+        f"origin: ({origin}) A",
+    ]
+    if any(s["start_voxels"]):
+        lines.append(f"start index (nxstart, nystart, nzstart): {tuple(s['start_voxels'])}")
+    lines.append(f"data mode: {s['mode']}")
+    if s.get("header_permissive"):
+        lines.append("note: header is non-standard (read permissively)")
+    return lines
+
+
+_FLAGS = {"poses": "poses", "shifts": "shifts", "ctf": "CTF", "half_sets": "half sets"}
+
+
 def _format_text(s: dict) -> str:
     lines = [f"file: {s['file']}", f"format: {s['format']}"]
     if "particles" not in s:
-        for key in (
-            "shape",
-            "voxel_size_angstrom",
-            "voxel_size_xyz_angstrom",
-            "origin_angstrom",
-            "start_voxels",
-            "mode",
-        ):
-            lines.append(f"{key}: {s[key]}")
-        if s.get("header_permissive"):
-            lines.append("note: header is non-standard (read permissively)")
-        return "\n".join(lines)
+        return "\n".join(lines + _mrc_text(s))
+    box = s["box_size"]
+    pixels = sorted({g["pixel_size_angstrom"] for g in s["optics_groups"]})
+    if len(pixels) > 1:
+        pixel = f"{_fmt_float(pixels[0])} to {_fmt_float(pixels[-1])} A (per optics group)"
+    else:
+        pixel = f"{_fmt_float(s['pixel_size_angstrom'])} A"
     lines += [
         f"particles: {s['particles']}",
-        f"box size: {s['box_size'] if s['box_size'] is not None else 'unknown'} px",
-        f"pixel size: {s['pixel_size_angstrom']:.4f} A",
+        f"box size: {box} px"
+        if box is not None
+        else "box size: unknown (no rlnImageSize, no image stack at hand)",
+        f"pixel size: {pixel}",
         f"optics groups: {len(s['optics_groups'])}",
     ]
     for g in s["optics_groups"]:
+        gbox = f"box {g['box_size']}" if g["box_size"] is not None else "box unknown"
         lines.append(
             f"  {g['number']} {g['name']}: {g['particles']} particles, "
-            f"{g['pixel_size_angstrom']:.4f} A/px, box {g['box_size']}"
+            f"{_fmt_float(g['pixel_size_angstrom'])} A/px, {gbox}"
         )
-    present = [k for k in ("poses", "shifts", "ctf", "half_sets") if s[k]]
-    absent = [k for k in ("poses", "shifts", "ctf", "half_sets") if not s[k]]
+    present = [label for k, label in _FLAGS.items() if s[k]]
+    absent = [label for k, label in _FLAGS.items() if not s[k]]
     lines.append(f"present: {', '.join(present) or 'none'}")
     lines.append(f"absent: {', '.join(absent) or 'none'}")
     if "defocus_range_angstrom" in s:
         lo, hi = s["defocus_range_angstrom"]
-        lines.append(f"defocus range: {lo:.1f} - {hi:.1f} A")
+        lines.append(f"defocus range: {lo:.1f} to {hi:.1f} A")
         lines.append(f"voltages: {', '.join(f'{v:g}' for v in s['voltages_kv'])} kV")
     if s.get("ctf_premultiplied"):
         lines.append("CTF premultiplied: yes")
@@ -100,16 +135,25 @@ def _format_text(s: dict) -> str:
         lines.append(f"half sets: {s['half_set_sizes'][0]} + {s['half_set_sizes'][1]}")
     if s.get("classes") is not None:
         lines.append(f"classes: {s['classes']}")
+    if "max_abs_shift_px" in s:
+        lines.append(f"largest origin: {s['max_abs_shift_px']:.2f} px")
     img = s["images"]
     if img.get("in_memory"):
         lines.append("images: in memory")
     else:
+        n_missing = img["missing_stack_files"]
         lines.append(
             f"images: {img['with_image']} particles in {img['stack_files']} stack files, "
-            f"{img['missing_stack_files']} missing"
+            + (
+                f"{n_missing} missing ({img['particles_with_missing_image']} particles)"
+                if n_missing
+                else "all present"
+            )
         )
         for p in img["missing_examples"]:
             lines.append(f"  missing: {p}")
+        if n_missing > len(img["missing_examples"]):
+            lines.append(f"  ... and {n_missing - len(img['missing_examples'])} more")
     for note in s.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -26,8 +26,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("particles", type=Path, metavar="PARTICLES", help="STAR or .cs file")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.mrcs")
     parser.add_argument("--projector", choices=("fourier", "real"), default="fourier")
-    parser.add_argument("--ctf", action=argparse.BooleanOptionalAction, default=None,
-                        help="apply the CTFs (default: when the file has them)")
+    parser.add_argument(
+        "--ctf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply the CTFs (default: when the file has them)",
+    )
     parser.add_argument("--datadir", type=Path, help="folder the image paths are relative to")
     parser.add_argument("--angpix", type=float, help="pixel size in Å (overrides the file's)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")

@@ -31,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "maps, FSC (unmasked and masked, phase-randomisation corrected), resolution at 0.143, "
         "and the FSC-weighted full map.",
     )
-    p.add_argument("particles", type=Path, metavar="PARTICLES", help="RELION .star or cryoSPARC .cs")
+    p.add_argument("particles", type=Path, metavar="PARTICLES",
+                   help="RELION .star or cryoSPARC .cs")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--method", choices=("direct", "cg", "adam", "sgd"), default="direct")
     p.add_argument("--projector", choices=("fourier", "real"), default="fourier")
@@ -52,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mask", type=Path, default=None, help="mask for the masked FSC (MRC)")
     p.add_argument("--no-ctf", action="store_true", help="reconstruct without CTF correction")
     p.add_argument("--datadir", type=Path, default=None, help="folder of the image stacks")
-    p.add_argument("--angpix", type=float, default=None, help="pixel size in Å (overrides the file)")
+    p.add_argument("--angpix", type=float, default=None,
+                   help="pixel size in Å (overrides the file)")
     p.add_argument("--double", action="store_true", help="compute in float64")
     g = p.add_argument_group("cg")
     g.add_argument("--tol", type=float, default=1e-5, help="relative residual tolerance")
@@ -69,6 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction, (0, 0.5)")
     g.add_argument("--patience", type=int, default=3, help="epochs without improvement to stop")
     g.add_argument("--init", choices=("direct", "zero"), default="direct")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     g = p.add_argument_group("runs")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr, loss=args.loss, penalty=args.penalty,
             sorted_l1_sequence=args.sorted_l1_seq, sorted_l1_q=args.sorted_l1_q,
             huber_delta=args.huber_delta, val_fraction=args.val_fraction,
-            patience=args.patience, init=args.init, checkpoint_dir=out, resume=args.resume,
+            patience=args.patience, init=args.init, lr_schedule=args.lr_schedule,
+            checkpoint_dir=out, resume=args.resume,
             comm=comm, progress=not args.no_progress,
         )
         if comm.is_main:

@@ -37,14 +37,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("-n", "--number", type=int, required=True, help="number of particles")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
     parser.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio (0.1)")
-    parser.add_argument("--defocus", type=_range, default=(1.0, 2.5), metavar="MIN:MAX",
-                        help="mean defocus range in µm (1.0:2.5)")
+    parser.add_argument(
+        "--defocus",
+        type=_range,
+        default=(1.0, 2.5),
+        metavar="MIN:MAX",
+        help="mean defocus range in µm (1.0:2.5)",
+    )
     parser.add_argument("--shift-max", type=float, default=3.0, help="maximum origin in px (3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--projector", choices=("fourier", "real"), default="fourier")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
-    parser.add_argument("--stack-size", type=int, default=10000,
-                        help="images per .mrcs file (10000)")
+    parser.add_argument(
+        "--stack-size",
+        type=int,
+        default=None,
+        help="images per .mrcs file (default 10000, fewer for large boxes: at most 512 MiB)",
+    )
     parser.add_argument("--angpix", type=float, help="pixel size in Å (default: the map's)")
     parser.set_defaults(func=run)
     return parser
@@ -74,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         images_per_stack=args.stack_size,
         device=device,
     )
-    logger.info("wrote %s (%d particles, %d stack(s)), noise sigma %.4g",
-                result.star_path, len(result.particles), len(result.stack_paths),
-                result.noise_sigma)
+    logger.info(
+        "wrote %s (%d particles, %d stack(s)), noise sigma %.4g",
+        result.star_path,
+        len(result.particles),
+        len(result.stack_paths),
+        result.noise_sigma,
+    )
     return 0

@@ -9,7 +9,8 @@ Conventions (checked against cryoDRGN's reading of the same file, see the tests)
 * CTF: ``ctf/df1_A``, ``df2_A``, ``rad2deg(df_angle_rad)``, ``accel_kv``, ``cs_mm``,
   ``amp_contrast``, ``rad2deg(phase_shift_rad)``, and ``ctf/bfactor`` and ``ctf/scale``
   when present.
-* ``alignments3D/split`` (0/1) gives the half sets 1/2; ``ctf/exp_group_id`` the optics groups.
+* ``alignments3D/split`` (0/1) gives the half sets 1/2, ``alignments3D/class`` (from 0) the
+  class numbers (from 1, as ``rlnClassNumber``); ``ctf/exp_group_id`` the optics groups.
 * Images: ``blob/path`` (a leading ``>`` is dropped) and ``blob/idx`` (0-based); relative paths are
   taken relative to ``datadir`` (``--particles-dir``, the cryoSPARC project folder), trying the file
   name alone there too, or to the ``.cs`` file's folder.
@@ -71,15 +72,20 @@ def read_cs(
 
     # ---------------------------------------------------------------- pixel and box size
     if angpix is not None:
-        pixel = float(angpix)
+        pixels = np.full(n, float(angpix))
     elif "blob/psize_A" in names:
-        pixel = float(_field(path, data, "blob/psize_A")[0])
+        pixels = _field(path, data, "blob/psize_A")
     elif "alignments3D/psize_A" in names:
-        pixel = float(_field(path, data, "alignments3D/psize_A")[0])
+        pixels = _field(path, data, "alignments3D/psize_A")
     else:
         raise CryogradError(f"{path}: no blob/psize_A; give the pixel size with --angpix")
-    if not pixel > 0:
-        raise CryogradError(f"{path}: pixel size {pixel} is not positive; give it with --angpix")
+    if not np.all(pixels > 0):
+        row = int(np.argmax(~(pixels > 0)))
+        raise CryogradError(
+            f"{path}: row {row + 1}: pixel size {pixels[row]} is not positive; "
+            "give it with --angpix"
+        )
+    pixel = float(pixels[0])
     box = None
     if "blob/shape" in names:
         shape = np.asarray(data["blob/shape"]).reshape(n, -1)
@@ -105,8 +111,8 @@ def read_cs(
             shifts_px = _field(path, data, "alignments3D/shift", (2,))
             if "alignments3D/psize_A" in names:
                 align_pixel = _field(path, data, "alignments3D/psize_A")
-                if np.any(np.abs(align_pixel - pixel) > 1e-4 * pixel):
-                    shifts_px = shifts_px * (align_pixel / pixel)[:, None]
+                if np.any(np.abs(align_pixel - pixels) > 1e-4 * pixels):
+                    shifts_px = shifts_px * (align_pixel / pixels)[:, None]
                     notes.append(
                         "shifts rescaled from alignments3D/psize_A to the image pixel size"
                     )
@@ -115,7 +121,8 @@ def read_cs(
             if np.all(np.isin(split, (0, 1))):
                 half_set = split + 1
         if "alignments3D/class" in names:
-            class_number = np.asarray(data["alignments3D/class"]).astype(np.int64)
+            # cryoSPARC counts classes from 0, RELION's rlnClassNumber from 1
+            class_number = np.asarray(data["alignments3D/class"]).astype(np.int64) + 1
     elif "alignments2D/pose" in names:
         notes.append("alignments2D only (in-plane poses): no 3D poses")
 
@@ -164,10 +171,19 @@ def read_cs(
         exp = np.asarray(data["ctf/exp_group_id"]).astype(np.int64)
         uniq, inverse = np.unique(exp, return_inverse=True)
         optics_group = inverse.reshape(-1) + 1
-        groups = [OpticsGroup(i + 1, f"exp_group_{int(u)}", pixel, box) for i, u in enumerate(uniq)]
+        names_of = [f"exp_group_{int(u)}" for u in uniq]
     else:
         optics_group = np.ones(n, dtype=np.int64)
-        groups = [OpticsGroup(1, "opticsGroup1", pixel, box)]
+        names_of = ["opticsGroup1"]
+    groups = []
+    for g, name in enumerate(names_of, start=1):
+        group_pixels = pixels[optics_group == g]
+        if np.any(group_pixels != group_pixels[0]):
+            raise CryogradError(
+                f"{path}: field blob/psize_A: particles of {name} have different pixel sizes "
+                f"({group_pixels.min():g} to {group_pixels.max():g} A)"
+            )
+        groups.append(OpticsGroup(g, name, float(group_pixels[0]), box))
 
     # ---------------------------------------------------------------- images
     stack_files: list[Path] = []

@@ -58,8 +58,8 @@ class MapHeader:
     start_voxels
         ``(nxstart, nystart, nzstart)``.
     is_stack
-        True when the header marks an image stack (``ispg = 0`` with ``nz > 1``) or the file
-        ends ``.mrcs``.
+        True when the file ends ``.mrcs``, or the header marks an image stack (``ispg = 0``,
+        ``nz > 1``) and the data are not a cube (old tools write ``ispg = 0`` for volumes too).
     mode
         MRC data mode.
     permissive
@@ -162,7 +162,10 @@ def _header_of(path: Path, mrc, permissive: bool) -> MapHeader:
         origin = (start[0] * vxyz[0], start[1] * vxyz[1], start[2] * vxyz[2])
     nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
     shape = (ny, nx) if nz == 1 and int(h.ispg) == 0 else (nz, ny, nx)
-    is_stack = (int(h.ispg) == 0 and nz > 1) or path.suffix.lower() == ".mrcs"
+    # MRC2014 marks stacks with ispg 0, but many tools write ispg 0 for volumes too: a cube in a
+    # file not named .mrcs is taken as a volume
+    cube = nx == ny == nz
+    is_stack = path.suffix.lower() == ".mrcs" or (int(h.ispg) == 0 and nz > 1 and not cube)
     voxel = vxyz[0] if np.isfinite(vxyz[0]) and vxyz[0] > 0 else 0.0
     return MapHeader(
         path=path,

@@ -34,6 +34,37 @@ __all__ = ["read_star", "write_star", "read_star_blocks"]
 logger = logging.getLogger(__name__)
 
 _PARTICLE_MARKERS = ("rlnImageName", "rlnDefocusU")
+# Particle columns cryograd reads into ParticleSet fields, or that describe optics (moved to
+# data_optics when writing); every other particle column is kept in ``extra_columns``.
+_INTERPRETED = {
+    "rlnImageName",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnAnglePsi",
+    "rlnOriginX",
+    "rlnOriginY",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnPhaseShift",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
+    "rlnCtfDataAreCtfPremultiplied",
+    "rlnOpticsGroup",
+    "rlnOpticsGroupName",
+    "rlnRandomSubset",
+    "rlnClassNumber",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnDetectorPixelSize",
+    "rlnMagnification",
+}
 _POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 DEFAULT_AMPLITUDE_CONTRAST = 0.1
 
@@ -79,18 +110,18 @@ def _numeric(
         values = raw.to_numpy(dtype=np.float64, na_value=np.nan)  # parsed as numbers already
     else:
         try:
-            values = pd.to_numeric(raw, errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan
-            )
+            values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
             values = np.full(len(raw), np.nan)
     values = np.array(values, dtype=np.float64)  # writable copy
     bad = ~np.isfinite(values)
     if not allow_nan and bad.any():
         row = int(np.argmax(bad))
+        value = raw.iloc[row]
+        shown = repr(value) if isinstance(value, str) else str(value)
         raise CryogradError(
             f"{path}: data_{block} row {row + 1}, column {column}: "
-            f"value {raw.iloc[row]!r} is not a finite number"
+            f"value {shown} is not a finite number"
         )
     return values
 
@@ -133,6 +164,16 @@ def read_star(
         raise CryogradError(f"{path}: data_{name} has no particles")
     optics = _optics_table(path, blocks, name)
     notes: list[str] = []
+    others = [
+        k
+        for k, v in blocks.items()
+        if k != name and isinstance(v, pd.DataFrame) and "rlnImageName" in v.columns
+    ]
+    if others:
+        notes.append(
+            f"read data_{name} only; " + ", ".join(f"data_{k}" for k in others) + " also hold"
+            " particles"
+        )
 
     def col(column: str, *, table=df, block=name) -> np.ndarray:
         return _numeric(path, table, column, block=block)
@@ -358,6 +399,9 @@ def read_star(
         col("rlnClassNumber").astype(np.int64) if "rlnClassNumber" in df.columns else None
     )
 
+    extra_names = [c for c in df.columns if c not in _INTERPRETED]
+    extra_columns = df[extra_names].reset_index(drop=True) if extra_names else None
+
     first_group = groups[0]
     return ParticleSet(
         path=path,
@@ -376,6 +420,7 @@ def read_star(
         stack_indices=stack_indices,
         notes=notes,
         source_format="RELION 3.1+ STAR" if optics is not None else "RELION 3.0 STAR",
+        extra_columns=extra_columns,
     )
 
 
@@ -399,11 +444,64 @@ def _box_from_first_stack(stack_files: list[Path]) -> int | None:
 
 
 # ====================================================================== writing
+def _decimal_strings(values: np.ndarray) -> np.ndarray:
+    """float64 values as decimal strings of at most 12 significant digits, vectorised.
+
+    Each value is first rounded to 12 significant digits as ``integer / 10**k`` (both exact in
+    float64, so the quotient is the double nearest that decimal), then numpy's shortest
+    round-trip repr prints it: RELION's own ``%12.6f`` values come back unchanged and computed
+    ones lose only digits beyond the 12th.
+    """
+    x = np.asarray(values, dtype=np.float64).copy()
+    ax = np.abs(x)
+    ok = np.isfinite(x) & (ax >= 1e-10) & (ax < 1e11)
+    k = 11.0 - np.floor(np.log10(ax[ok]))  # decimals kept, 1..21 (10**k exact)
+    scale = 10.0**k
+    x[ok] = np.round(x[ok] * scale) / scale
+    return x.astype(str)
+
+
 def _fmt_table(df: pd.DataFrame) -> str:
+    """A STAR ``loop_`` of ``df``.
+
+    Floats are written with 12 significant digits (RELION's own ``%12.6f`` values survive
+    exactly), except columns whose every value is exactly a float32 (values from float32 files:
+    cryoSPARC ``.cs``, cryoDRGN pkl), which get the shortest decimal of that float32 (``1.035``,
+    not ``1.03499996662``): they read back as the same float32.
+    """
     lines = ["loop_"]
     lines += [f"_{c} #{i + 1}" for i, c in enumerate(df.columns)]
-    body = df.to_csv(sep=" ", header=False, index=False, float_format="%.10g", lineterminator="\n")
+    out = {}
+    for c in df.columns:
+        values = df[c].to_numpy()
+        if values.dtype.kind == "f":
+            as32 = values.astype(np.float32)
+            if np.array_equal(as32.astype(np.float64), values):
+                out[c] = as32.astype(str)
+            else:
+                out[c] = _decimal_strings(values)
+        else:
+            out[c] = values
+    body = pd.DataFrame(out).to_csv(sep=" ", header=False, index=False, lineterminator="\n")
     return "\n".join(lines) + "\n" + body
+
+
+# Optics fields written from the CTF table or computed; source optics fields with these names are
+# not copied through.
+_OPTICS_WRITTEN = {
+    "rlnOpticsGroup",
+    "rlnOpticsGroupName",
+    "rlnAmplitudeContrast",
+    "rlnSphericalAberration",
+    "rlnVoltage",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+    "rlnImageDimensionality",
+    "rlnCtfDataAreCtfPremultiplied",
+}
+# RELION's ObservationModel refuses an optics table without voltage and Cs, even for data with no
+# CTF; these stand in when the set has no CTF and the source optics table gave none.
+_NO_CTF_OPTICS = {"rlnVoltage": 300.0, "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1}
 
 
 def write_star(
@@ -422,10 +520,14 @@ def write_star(
         The set. Poses become ``rlnAngleRot/Tilt/Psi`` (RELION's ``Euler_matrix2angles``), origins
         ``rlnOriginXAngst/YAngst`` in Å, CTF the usual columns; voltage, Cs, Q0, pixel size, box
         and the premultiplied flag go to ``data_optics`` (a group is split where they differ
-        within it).
+        within it). Other optics fields read from a RELION 3.1+ file (beam tilt, aberrations,
+        magnification matrix) are copied through. A set without CTF still gets voltage, Cs and
+        Q0 in ``data_optics`` (RELION requires them): the source's, else 300 kV, 2.7 mm, 0.1.
+        Particle columns read from a STAR file but not interpreted (``extra_columns``:
+        micrograph names, coordinates, groups, ...) are written after cryograd's own.
     image_names
-        ``NNNNNN@path`` per particle; default: the set's own image locations (written as relative
-        to the destination folder when possible), or none.
+        ``NNNNNN@path`` per particle; default: the set's own image locations (stacks inside the
+        destination folder relative to it, others absolute), or none.
     """
     path = Path(path)
     n = len(particles)
@@ -454,6 +556,19 @@ def write_star(
     if keep_numbers:
         new_group = particles.optics_group.astype(np.int64)
     names_by_number = {g.number: g.name for g in particles.optics_groups}
+    extra_by_number = {g.number: g.extra for g in particles.optics_groups}
+    # other optics fields (beam tilt, aberrations, magnification matrix, ...) that every source
+    # group has, copied through
+    common_extra = None
+    for g in particles.optics_groups:
+        keys = {
+            k
+            for k, v in g.extra.items()
+            if k not in _OPTICS_WRITTEN
+            and not (isinstance(v, str) and (not v or any(ch.isspace() for ch in v)))
+        }
+        common_extra = keys if common_extra is None else common_extra & keys
+    common_extra = sorted(common_extra or ())
     optics_rows = []
     used_names: set[str] = set()
     for g in sorted(range(len(order)), key=lambda k: int(new_group[first[order[k]]])):
@@ -464,18 +579,24 @@ def write_star(
             name = f"opticsGroup{number}"
         used_names.add(name)
         row = {"rlnOpticsGroup": number, "rlnOpticsGroupName": name}
+        source_extra = extra_by_number.get(int(particles.optics_group[m]), {})
         if ctf is not None:
             row.update(
                 rlnAmplitudeContrast=ctf[m, 5],
                 rlnSphericalAberration=ctf[m, 4],
                 rlnVoltage=ctf[m, 3],
             )
+        else:
+            for key, default in _NO_CTF_OPTICS.items():
+                value = pd.to_numeric(pd.Series([source_extra.get(key)]), errors="coerce")[0]
+                row[key] = float(value) if np.isfinite(value) else default
         row.update(
             rlnImagePixelSize=pixel[m],
             rlnImageSize=int(particles.box_size),
             rlnImageDimensionality=2,
             rlnCtfDataAreCtfPremultiplied=int(particles.ctf_premultiplied[m]),
         )
+        row.update({k: source_extra[k] for k in common_extra})
         optics_rows.append(row)
     optics_df = pd.DataFrame(optics_rows)
 
@@ -489,8 +610,16 @@ def write_star(
         image_names = np.asarray(image_names, dtype=object)
         if len(image_names) != n:
             raise ValueError(f"image_names has {len(image_names)} entries, expected {n}")
-        if any((not isinstance(s, str)) or any(ch.isspace() for ch in s) for s in image_names):
-            raise CryogradError(f"{path}: image names must be non-empty and contain no spaces")
+        names = pd.Series(image_names, dtype=object)
+        is_str = names.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        text = names.where(is_str, "").astype(str)
+        bad = ~is_str | (text.str.len() == 0).to_numpy() | text.str.contains(r"\s").to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise CryogradError(
+                f"{path}: image name {image_names[row]!r} of particle {row + 1} is empty or "
+                "contains spaces"
+            )
         cols["rlnImageName"] = image_names
     if particles.rotations is not None:
         angles = matrix_to_euler(torch.from_numpy(np.asarray(particles.rotations, np.float64)))
@@ -511,6 +640,7 @@ def write_star(
         cols["rlnClassNumber"] = particles.class_number.astype(np.int64)
     if particles.half_set is not None:
         cols["rlnRandomSubset"] = particles.half_set.astype(np.int64)
+    cols.update(_passed_on_columns(particles, set(cols)))
     particles_df = pd.DataFrame(cols)
     for name, values in cols.items():
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
@@ -539,14 +669,49 @@ def write_star(
     return path
 
 
+def _passed_on_columns(particles: ParticleSet, written: set[str]) -> dict[str, np.ndarray]:
+    """The set's uninterpreted STAR columns that can be written as they are."""
+    extra = particles.extra_columns
+    if extra is None or len(extra) != len(particles):
+        return {}
+    out = {}
+    for name in extra.columns:
+        if name in written or name in _INTERPRETED or not str(name).startswith("rln"):
+            continue
+        column = extra[name]
+        if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(
+            column.dtype
+        ):
+            values = column.to_numpy()
+            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                logger.warning("column %s holds NaN or infinite values: not written", name)
+                continue
+        else:
+            text = column.astype(str)
+            if bool((text.str.len() == 0).any()) or bool(text.str.contains(r"\s").any()):
+                logger.warning("column %s holds empty values or spaces: not written", name)
+                continue
+            values = text.to_numpy(dtype=object)
+        out[name] = values
+    return out
+
+
 def _relative_names(particles: ParticleSet, folder: Path) -> np.ndarray:
-    """``NNNNNN@path`` for every particle, paths relative to ``folder`` when possible."""
+    """``NNNNNN@path`` for every particle.
+
+    A stack inside ``folder`` (the STAR file's) is written relative to it; any other stack by its
+    absolute path, which both cryograd and RELION (whose paths are relative to the project folder
+    it runs in) find wherever the STAR file is used from.
+    """
+    folder_abs = os.path.abspath(folder)
     rel = []
     for f in particles.stack_files:
+        f_abs = os.path.abspath(f)
         try:
-            rel.append(os.path.relpath(Path(f).resolve(), folder.resolve()))
+            inside = os.path.commonpath([f_abs, folder_abs]) == folder_abs
         except ValueError:  # another drive on Windows
-            rel.append(str(Path(f).resolve()))
+            inside = False
+        rel.append(os.path.relpath(f_abs, folder_abs) if inside else f_abs)
     rel_arr = np.asarray(rel + [""], dtype=object)
     numbers = pd.Series(particles.stack_indices + 1).map("{:06d}".format).to_numpy(dtype=object)
     files = rel_arr[particles.stack_ids]

@@ -28,6 +28,11 @@
   T qz = scale * (kx[s] * A[2] + ky[s] * A[5]);                                                   \
   T sgn = 1;                                                                                      \
   if (qx < 0) { qx = -qx; qy = -qy; qz = -qz; sgn = -1; }                                         \
+  /* Clamp to the Nyquist sphere's bounding box, as slice_geometry does (rounding can put a      \
+   * sample a hair outside it); fmin/fmax also map a NaN to a bound: no access leaves the grid */ \
+  qx = fmin(fmax(qx, (T)0), (T)h);                                                                \
+  qy = fmin(fmax(qy, (T)-h), (T)h);                                                               \
+  qz = fmin(fmax(qz, (T)-h), (T)h);                                                               \
   const T x0 = floor(qx), y0 = floor(qy), z0 = floor(qz);                                         \
   const T ax = qx - x0, ay = qy - y0, az = qz - z0;                                               \
   const int64_t b = ((int64_t)z0 + h) * sz + ((int64_t)y0 + h) * sy + (int64_t)x0;               \

@@ -230,6 +230,11 @@ class SliceGeometry:
         )
         mirror = q[..., 0] < 0
         q = torch.where(mirror[..., None], -q, q)
+        # |q| <= P / 2 for an orthonormal A; clamping keeps the 8 corners inside the extended
+        # layout when rounding (a row of A of norm 1 + 1 ulp, an axis-aligned view) puts a
+        # sample on the Nyquist sphere a hair outside it. The compiled loops clamp the same way.
+        half = float(self.padded // 2)
+        q = q.clamp(-half, half)
         sign = 1.0 - 2.0 * mirror.to(dtype)
         q0 = torch.floor(q)
         frac = q - q0

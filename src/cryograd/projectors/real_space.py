@@ -102,7 +102,7 @@ def real_space_geometry(
     base = None
     for row in range(2):
         a = rot[:, row, :]  # (b, 3)
-        zy = (a[:, 2, None, None] * c[:, None] + a[:, 1, None, None] * c[None, :] + centre)
+        zy = a[:, 2, None, None] * c[:, None] + a[:, 1, None, None] * c[None, :] + centre
         p = zy[..., None] + (a[:, 0, None] * c)[:, None, None, :]  # (b, D, D, D)
         cell = p.to(index_dtype)
         fractions.append(torch.frac_(p).reshape(-1))

@@ -185,7 +185,9 @@ class ToeplitzNormalOperator:
         return torch.fft.irfftn(spec, s=(m, m, m))[:d, :d, :d].contiguous()
 
 
-def normal_rhs_from_insertion(insertion: FourierInsertion, *, gridding: bool = True) -> torch.Tensor:
+def normal_rhs_from_insertion(
+    insertion: FourierInsertion, *, gridding: bool = True
+) -> torch.Tensor:
     """``Aᵀb`` of the Fourier forward model from the insertion numerator (exact, see direct's doc).
 
     ``Aᵀb = (P³ / D²) · G · crop(irfftn_centered(N))``.

@@ -1,9 +1,9 @@
 """Direct reconstruction: CTF-weighted Fourier insertion and Wiener division (RELION's ``--ctf``).
 
-For particles ``b_i`` with poses ``A_i``, origins ``t_i`` and CTFs ``c_i``, two sums are accumulated on
-the padded half grid (``P ≈ pad · D``, :func:`cryograd.projectors.fourier_slice.padded_size`) by the
-Fourier-slice back-projector's own scatter (:func:`~cryograd.projectors.fourier_slice.insert_slices`,
-trilinear, Friedel-mirrored)::
+For particles ``b_i`` with poses ``A_i``, origins ``t_i`` and CTFs ``c_i``, two sums are accumulated
+on the padded half grid (``P ≈ pad · D``, :func:`cryograd.projectors.fourier_slice.padded_size`) by
+the Fourier-slice back-projector's own scatter
+(:func:`~cryograd.projectors.fourier_slice.insert_slices`, trilinear, Friedel-mirrored)::
 
     N(q) = Σ_i insert( c_i · ramp(+t_i) · rfft2_centered(b_i) )        (numerator, complex)
     W(q) = Σ_i insert( c_i² )                                           (weights, real)
@@ -227,7 +227,7 @@ def insert_particles(
 
 
 def padded_shell_index(box_size: int, padded: int, *, device=None) -> torch.Tensor:
-    """Shell ``round(|q| · D / P)`` (in ``D``-grid units) of every sample of the padded half grid."""
+    """Shell ``round(|q| · D / P)`` (``D``-grid units) of every sample of the padded half grid."""
     k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
     kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
     r = torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
@@ -238,12 +238,13 @@ def weight_shell_sums(insertion: FourierInsertion) -> tuple[torch.Tensor, torch.
     """Sum and count of the ``Σ c²`` weights per shell ``0 .. D // 2`` (for RELION's ``τ²``)."""
     from cryograd.validation import shell_sums
 
-    shells = padded_shell_index(insertion.box_size, insertion.padded, device=insertion.weights.device)
+    shells = padded_shell_index(insertion.box_size, insertion.padded,
+                                device=insertion.weights.device)
     return shell_sums(insertion.weights, shells, insertion.box_size // 2 + 1)
 
 
 def lam_to_wiener(lam: float, box_size: int, padded: int) -> float:
-    """The Wiener term ``ρ = λ D² / P³`` equivalent to the operator regulariser ``λ`` (see module)."""
+    """The Wiener term ``ρ = λ D² / P³`` equal to the operator regulariser ``λ`` (see module)."""
     return float(lam) * box_size**2 / padded**3
 
 

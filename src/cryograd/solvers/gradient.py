@@ -1,8 +1,9 @@
 """Minibatch optimisation of the map with ``torch.optim`` (Adam or SGD).
 
 The objective is ``mean_i Σ_pixels ρ(A_i x − b_i) + R(x)`` with a data term ``ρ`` from
-:mod:`cryograd.solvers.losses` and a penalty ``R`` from :mod:`cryograd.solvers.penalties` (smooth part
-by autograd, the rest by its proximal operator after each step with the learning rate as the step).
+:mod:`cryograd.solvers.losses` and a penalty ``R`` from :mod:`cryograd.solvers.penalties` (smooth
+part by autograd, the rest by its proximal operator after each step with the learning rate as the
+step).
 With ``l2`` and the ``l2`` penalty ``lam ‖x‖²`` the minimiser solves ``(AᵀA + N·lam) x = Aᵀb``
 (``N`` training particles), so it can be compared with :mod:`cryograd.solvers.cg`.
 
@@ -149,6 +150,7 @@ def train(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     tag: str = "",
+    lr_schedule: str = "constant",
 ) -> TrainResult:
     """Fit a map to particles ``indices`` by minibatch Adam or SGD.
 
@@ -177,6 +179,9 @@ def train(
         training continues from it when it exists and belongs to the same ``tag``.
     tag
         Name of this run in the checkpoint (e.g. ``"half1"``).
+    lr_schedule
+        ``"constant"`` or ``"cosine"`` (the rate of epoch ``e`` is
+        ``lr · ½(1 + cos(π (e − 1) / epochs))``, a function of the epoch only).
 
     Returns
     -------
@@ -186,6 +191,8 @@ def train(
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use adam or sgd")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     comm = comm or single_process(device)
@@ -215,7 +222,6 @@ def train(
         history = state["history"]
         start_epoch = int(state["epoch"]) + 1
         torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
         logger.info("%s: resuming after epoch %d", tag or "train", start_epoch - 1)
     else:
         v0 = evaluate(model, volume.detach(), particles, val_idx, loss_fn, **eval_kw)
@@ -231,6 +237,11 @@ def train(
             if history["finished"]:
                 break
             order = train_idx[epoch_permutation(len(train_idx), seed, epoch)]
+            lr_epoch = lr
+            if lr_schedule == "cosine":
+                lr_epoch = lr * 0.5 * (1.0 + np.cos(np.pi * (epoch - 1) / epochs))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_epoch
             running = torch.zeros((), dtype=torch.float64, device=device)
             for global_batch in global_batches(order, batch_size):
                 optimizer.zero_grad(set_to_none=False)
@@ -247,7 +258,7 @@ def train(
                 total.backward()
                 comm.all_reduce_sum_(volume.grad)
                 optimizer.step()
-                penalty.prox_(volume.data, lr)
+                penalty.prox_(volume.data, lr_epoch)
                 running += (share.detach().to(torch.float64) * len(global_batch)
                             if share is not None else 0.0)
             comm.all_reduce_sum_(running)
@@ -276,7 +287,6 @@ def train(
                     "tag": tag, "epoch": epoch, "volume": volume.detach().cpu(),
                     "best_volume": best_volume.cpu(), "optimizer": optimizer.state_dict(),
                     "history": history, "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": np.random.get_state(),
                 })
             if history["finished"]:
                 break

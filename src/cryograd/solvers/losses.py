@@ -107,8 +107,8 @@ def sorted_l1_weights(abs_local: torch.Tensor, abs_global_sorted: torch.Tensor,
     """Weight of each local entry in the ordered weighted ℓ1 norm of the global set.
 
     The entry ranked ``j`` (descending) among all entries gets ``λ_j``; tied entries share the mean
-    of the ``λ`` over their tied positions, so ``Σ w_i |r_i|`` equals ``Σ_j λ_j |r|_(j)`` exactly and
-    ``w_i · sign(r_i)`` is a subgradient.
+    of the ``λ`` over their tied positions, so ``Σ w_i |r_i|`` equals ``Σ_j λ_j |r|_(j)`` exactly
+    and ``w_i · sign(r_i)`` is a subgradient.
 
     Parameters
     ----------
@@ -184,7 +184,7 @@ class L1Loss(DataLoss):
 
 
 class HuberLoss(DataLoss):
-    """``ρ(r) = r²/2`` for ``|r| ≤ δ``, else ``δ(|r| − δ/2)``, with ``δ`` in image intensity units."""
+    """``ρ(r) = r²/2`` for ``|r| ≤ δ``, else ``δ(|r| − δ/2)`` (``δ`` in image intensity units)."""
 
     name = "huber"
 
@@ -251,7 +251,7 @@ class SortedL1Loss(DataLoss):
 
 
 def _all_gather_1d(values: torch.Tensor, comm) -> torch.Tensor:
-    """Concatenate every process's ``(m_r,)`` vector in rank order using only ``all_reduce_sum_``."""
+    """Concatenate every process's ``(m_r,)`` vector in rank order with ``all_reduce_sum_`` only."""
     counts = torch.zeros(comm.world_size, dtype=torch.float64, device=values.device)
     counts[comm.rank] = values.numel()
     comm.all_reduce_sum_(counts)

@@ -5,8 +5,8 @@ to the loss and differentiated by autograd (:meth:`Penalty.smooth`), and its non
 applied after each optimiser step through its proximal operator (:meth:`Penalty.prox_`), i.e.
 ``x ← argmin_z ½‖z − x‖² + step · lam · R(z)``.
 
-The SLOPE norm ``J_λ(x) = Σ_j λ_j |x|_(j)`` (``|x|_(1) ≥ |x|_(2) ≥ …``, ``λ`` non-increasing) has the
-proximal operator of Bogdan et al. (2015, "SLOPE — adaptive variable selection via convex
+The SLOPE norm ``J_λ(x) = Σ_j λ_j |x|_(j)`` (``|x|_(1) ≥ |x|_(2) ≥ …``, ``λ`` non-increasing) has
+the proximal operator of Bogdan et al. (2015, "SLOPE — adaptive variable selection via convex
 optimization", Algorithm 3): sort ``|v|`` in decreasing order, subtract ``λ``, project onto the
 non-increasing cone (isotonic regression by pool-adjacent-violators), clip at zero, and restore the
 order and the signs. Their Algorithm 4 pools one violating pair at a time from a stack;
@@ -93,7 +93,8 @@ def _pava_stack(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor,
         stack_sum.append(s)
         stack_count.append(c)
         # pool while the block below has a smaller mean than the top one
-        while len(stack_sum) > 1 and stack_sum[-2] * stack_count[-1] < stack_sum[-1] * stack_count[-2]:
+        while (len(stack_sum) > 1
+               and stack_sum[-2] * stack_count[-1] < stack_sum[-1] * stack_count[-2]):
             top_sum = stack_sum.pop()
             top_count = stack_count.pop()
             stack_sum[-1] += top_sum
