@@ -127,3 +127,32 @@ def test_pixel_size_per_exposure_group(tmp_path):
     full["blob/psize_A"] = [1.5, 1.4, 1.25, 1.25]  # two sizes inside one group
     with pytest.raises(CryogradError, match="exp_group_3 have different pixel sizes"):
         read_particles(_save_cs(tmp_path / "h.cs", full))
+
+
+def test_micrograph_path_becomes_rlnmicrographname(tmp_path):
+    import starfile
+
+    from cryograd.io.star import write_star
+
+    a = _tiny(3)
+    full = np.zeros(3, dtype=a.dtype.descr + [("location/micrograph_path", "S40")])
+    for name in a.dtype.names:
+        full[name] = a[name]
+    full["location/micrograph_path"] = [
+        b">J1/imported/mic_a.mrc",
+        b"J1/imported/mic_b.mrc",
+        b">J1/imported/mic_a.mrc",
+    ]
+    ps = read_particles(_save_cs(tmp_path / "m.cs", full))
+    out = write_star(tmp_path / "m.star", ps)
+    parts = starfile.read(out, always_dict=True)["particles"]
+    assert list(parts["rlnMicrographName"]) == [
+        "J1/imported/mic_a.mrc",
+        "J1/imported/mic_b.mrc",
+        "J1/imported/mic_a.mrc",
+    ]
+    sub = ps.subset([2, 1])
+    assert list(sub.extra_columns["rlnMicrographName"]) == [
+        "J1/imported/mic_a.mrc",
+        "J1/imported/mic_b.mrc",
+    ]

@@ -564,3 +564,25 @@ def test_uninterpreted_columns_passed_on(tmp_path):
     _, sub = _check_relion31_layout(write_star(tmp_path / "sub.star", ps.subset(rows)))
     assert list(sub["rlnMicrographName"]) == list(src["rlnMicrographName"].iloc[rows])
     np.testing.assert_allclose(sub["rlnDefocusU"], src["rlnDefocusU"].iloc[rows])
+
+
+def test_write_star_rejects_image_names_with_spaces(tmp_path):
+    ps = ParticleSet.from_arrays(
+        rotations=np.stack([np.eye(3)] * 2), pixel_size_angstrom=1.0, box_size=8
+    )
+    with pytest.raises(CryogradError, match="particle 2"):
+        write_star(tmp_path / "x.star", ps, image_names=["000001@a.mrcs", "000002@a b.mrcs"])
+    assert list(tmp_path.iterdir()) == []
+    write_star(tmp_path / "x.star", ps, image_names=["000001@a.mrcs", "000002@a.mrcs"])
+    assert list(starfile.read(tmp_path / "x.star")["particles"]["rlnImageName"]) == [
+        "000001@a.mrcs",
+        "000002@a.mrcs",
+    ]
+
+
+def test_malformed_sample_star_names_the_line():
+    # aspire/sample.star: line 20 ("Mars 6794 0.38 2 extra") has 5 values in a 4-column loop
+    path = shared_file("aspire/sample.star")
+    assert path.read_text().splitlines()[19].split() == ["Mars", "6794", "0.38", "2", "extra"]
+    with pytest.raises(CryogradError, match="line 20 has 5 values but its loop_ has 4 columns"):
+        read_particles(path)

@@ -102,8 +102,9 @@ def test_cupy_in_cupy_out_without_copies(projector):
 
     d, n = 32, 4
     vol = cp.random.standard_normal((d, d, d), dtype=cp.float32)
-    rot = cp.asarray(torch.linalg.qr(torch.randn(n, 3, 3, dtype=torch.float64))[0].numpy(),
-                     dtype=cp.float32)
+    rot = cp.asarray(
+        torch.linalg.qr(torch.randn(n, 3, 3, dtype=torch.float64))[0].numpy(), dtype=cp.float32
+    )
     shifts = cp.asarray([[1.0, -2.0]] * n, dtype=cp.float32)
     ctf = CTFParams.create([12000.0] * n, device="cuda", dtype=torch.float32)
 
@@ -117,8 +118,12 @@ def test_cupy_in_cupy_out_without_copies(projector):
     images = model.project(vol, rot, shifts, ctf)
     assert isinstance(images, cp.ndarray) and images.shape == (n, d, d)
     assert images.device.id == torch.cuda.current_device()
-    ref = model.project(torch.as_tensor(vol, device="cuda"), torch.as_tensor(rot, device="cuda"),
-                        torch.as_tensor(shifts, device="cuda"), ctf)
+    ref = model.project(
+        torch.as_tensor(vol, device="cuda"),
+        torch.as_tensor(rot, device="cuda"),
+        torch.as_tensor(shifts, device="cuda"),
+        ctf,
+    )
     torch.testing.assert_close(torch.as_tensor(images, device="cuda"), ref)
     volume = model.backproject(images, rot, shifts, ctf)
     assert isinstance(volume, cp.ndarray) and volume.shape == (d, d, d)
@@ -141,5 +146,320 @@ def test_out_of_memory_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(torch, "zeros", oom)
     msg = r"out of GPU memory allocating 8\.00 GiB.*--batch-size"
     with pytest.raises(CryogradError, match=msg):
-        kernels.allocate("op", (1024, 1024, 1024, 2), device=torch.device("cpu"),
-                         dtype=torch.float32)
+        kernels.allocate(
+            "op", (1024, 1024, 1024, 2), device=torch.device("cpu"), dtype=torch.float32
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# ForwardModel and the projectors' module functions on the kernel path vs the torch path.
+# On the CPU the kernels run through Triton's interpreter, which must be switched on before Triton
+# is first imported: the comparisons run in a fresh process (this file as a script with
+# --interpreter-checks) and print JSON; the tests assert on it.
+
+PIXEL_SIZE = 2.5
+REL_TOL_FLOAT32 = 1e-5
+REL_TOL_FLOAT64 = 1e-12
+#: name -> (projector, box, particles, dtype, ctf kind, batch size); batch sizes below the
+#: particle count exercise the chunk loops of both paths.
+FORWARD_CASES = {
+    "fourier-13": ("fourier", 13, 3, "float32", "params", 2),
+    "fourier-16-ctf-array": ("fourier", 16, 2, "float32", "array", None),
+    "fourier-12-float64": ("fourier", 12, 2, "float64", "params", None),
+    "real-12": ("real", 12, 3, "float32", "params", 2),
+    "real-17": ("real", 17, 2, "float32", "params", None),
+}
+GPU_FORWARD_CASES = {
+    "fourier-128": ("fourier", 128, 16, "float32", "params", 6),
+    "fourier-97-ctf-array": ("fourier", 97, 8, "float32", "array", None),
+    "fourier-64-float64": ("fourier", 64, 8, "float64", "params", None),
+    "real-64": ("real", 64, 8, "float32", "params", 3),
+    "real-65": ("real", 65, 5, "float32", "params", None),
+}
+
+
+def _rotations(n: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """Random rotations (QR of Gaussian matrices, det +1); the first is the identity."""
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    q = q * torch.linalg.det(q)[:, None, None]
+    q[0] = torch.eye(3, dtype=torch.float64)  # samples on grid planes, q_x = 0 edge
+    return q.to(dtype)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute difference relative to the reference's largest magnitude."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _in_mode(mode: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ``CRYOGRAD_KERNELS=mode``."""
+    import os
+
+    old = os.environ.get("CRYOGRAD_KERNELS")
+    os.environ["CRYOGRAD_KERNELS"] = mode
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if old is None:
+            os.environ.pop("CRYOGRAD_KERNELS")
+        else:
+            os.environ["CRYOGRAD_KERNELS"] = old
+
+
+def _counting_kernel_calls(fn, *args):
+    """``(fn(*args), number of calls of the Triton entry points that it made)``."""
+    from cryograd.kernels import fourier_slice as kfs
+    from cryograd.kernels import real_space as krs
+
+    count = [0]
+    saved = []
+    for mod, names in (
+        (kfs, ("extract_slices", "insert_slices")),
+        (krs, ("project", "backproject")),
+    ):
+        for name in names:
+            original = getattr(mod, name)
+
+            def counted(*a, _original=original, **k):
+                count[0] += 1
+                return _original(*a, **k)
+
+            saved.append((mod, name, original))
+            setattr(mod, name, counted)
+    try:
+        return fn(*args), count[0]
+    finally:
+        for mod, name, original in saved:
+            setattr(mod, name, original)
+
+
+def _forward_compare(case: tuple, device: str, kernel_mode: str) -> dict[str, float]:
+    """ForwardModel (project, backproject, data_gradient, autograd) and the projector module
+    functions in ``kernel_mode`` against ``CRYOGRAD_KERNELS=torch``, plus the kernel path's
+    dot-product test."""
+    from cryograd.ctf import CTFParams, ctf_2d
+    from cryograd.forward import ForwardModel
+    from cryograd.projectors import fourier_slice as fs
+    from cryograd.projectors import real_space as rs
+
+    projector, box, n, dt, ctf_kind, batch = case
+    dtype = getattr(torch, dt)
+    g = torch.Generator().manual_seed(box * 10 + n)
+    vol = torch.randn(box, box, box, generator=g, dtype=dtype).to(device)
+    img = torch.randn(n, box, box, generator=g, dtype=dtype).to(device)
+    rot = _rotations(n, g, dtype).to(device)
+    shifts = (3.0 * torch.randn(n, 2, generator=g, dtype=dtype)).to(device)
+    ctf = CTFParams.create(
+        defocus_u_angstrom=torch.linspace(6000.0, 15000.0, n),
+        defocus_v_angstrom=torch.linspace(5500.0, 14000.0, n),
+        defocus_angle_degrees=torch.linspace(10.0, 300.0, n),
+        phase_shift_degrees=torch.linspace(0.0, 30.0, n),
+        b_factor=torch.linspace(0.0, 50.0, n),
+        dtype=dtype,
+    )
+    if ctf_kind == "array":
+        ctf = ctf_2d(ctf, box, PIXEL_SIZE, device=device, dtype=dtype)
+    model = ForwardModel(box, PIXEL_SIZE, projector, batch_size=batch)
+
+    def run_all():
+        proj = model.project(vol, rot, shifts, ctf)
+        back = model.backproject(img, rot, shifts, ctf)
+        grad, loss = model.data_gradient(vol, img, rot, shifts, ctf, return_loss=True)
+        v = vol.clone().requires_grad_(True)
+        (model.project(v, rot, shifts, ctf) * img).sum().backward()
+        mod = fs if projector == "fourier" else rs
+        return {
+            "project": proj,
+            "backproject": back,
+            "data_gradient": grad,
+            "loss": torch.tensor(loss, dtype=torch.float64),
+            "autograd": v.grad,
+            "module_project": mod.project(vol, rot),
+            "module_backproject": mod.backproject(img, rot),
+        }
+
+    ref, torch_calls = _counting_kernel_calls(_in_mode, "torch", run_all)
+    got, kernel_calls = _counting_kernel_calls(_in_mode, kernel_mode, run_all)
+    res = {k: _rel_err(got[k], ref[k]) for k in ref}
+    res["kernel_calls_torch_mode"] = torch_calls
+    res["kernel_calls"] = kernel_calls
+    # <A x, y> = <x, Aᵀ y> on the kernel path (float64 sums)
+    lhs = float((got["project"].double() * img.double()).sum())
+    rhs = float((vol.double() * got["backproject"].double()).sum())
+    res["dot"] = abs(lhs - rhs) / float(got["project"].double().norm() * img.double().norm())
+    # the autograd backward is one back-projection of the images
+    res["autograd_vs_backproject"] = _rel_err(got["autograd"], got["backproject"])
+
+    # Rotations with rows of norm 1 + 4e-4 (within ForwardModel's 1e-3 orthonormality check) put
+    # Nyquist samples past q = ±P/2: the kernels clamp as the torch geometry does.
+    views = torch.tensor(
+        [[[1.0, 0, 0], [0, 0, 1], [0, -1, 0]], [[0.0, 1, 0], [0, 0, 1], [1, 0, 0]]], dtype=dtype
+    ).to(device) * (1 + 4e-4)
+    ref_p = _in_mode("torch", model.project, vol, views)
+    got_p = _in_mode(kernel_mode, model.project, vol, views)
+    res["rounded_rotations_project"] = _rel_err(got_p, ref_p)
+    ref_b = _in_mode("torch", model.backproject, img[:1].expand(2, -1, -1), views)
+    got_b = _in_mode(kernel_mode, model.backproject, img[:1].expand(2, -1, -1), views)
+    res["rounded_rotations_backproject"] = _rel_err(got_b, ref_b)
+    return res
+
+
+FORWARD_KEYS = [
+    "project",
+    "backproject",
+    "data_gradient",
+    "loss",
+    "autograd",
+    "module_project",
+    "module_backproject",
+    "autograd_vs_backproject",
+    "rounded_rotations_project",
+    "rounded_rotations_backproject",
+]
+
+
+def _assert_dispatched(res: dict[str, float]) -> None:
+    """The kernel mode ran the Triton entry points (at least once per chunk and operation:
+    project, backproject, 2 for data_gradient, 2 for autograd, 2 module functions); the torch
+    mode none."""
+    assert res["kernel_calls_torch_mode"] == 0, res
+    assert res["kernel_calls"] >= 8, res
+
+
+def _forward_tol(dtype: str) -> float:
+    return REL_TOL_FLOAT32 if dtype == "float32" else REL_TOL_FLOAT64
+
+
+def _interpreter_checks() -> dict[str, dict[str, float]]:
+    import os
+
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    return {name: _forward_compare(case, "cpu", "triton") for name, case in FORWARD_CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def interpreted_forward() -> dict[str, dict[str, float]]:
+    """The comparisons in a fresh process with ``TRITON_INTERPRET=1``; their JSON results."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("CRYOGRAD_KERNELS", None)
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+@pytest.mark.parametrize("what", FORWARD_KEYS)
+def test_forward_model_kernel_path_equals_torch_path(interpreted_forward, case, what):
+    """CRYOGRAD_KERNELS=triton (interpreted) against CRYOGRAD_KERNELS=torch: ForwardModel
+    project / backproject / data_gradient (and its loss) / autograd, with CTF and shifts, and
+    the projectors' module-level project / backproject."""
+    res = interpreted_forward[case]
+    _assert_dispatched(res)
+    assert res[what] <= _forward_tol(FORWARD_CASES[case][3]), (what, res)
+
+
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+def test_forward_model_kernel_path_is_adjoint(interpreted_forward, case):
+    tol = 1e-6 if FORWARD_CASES[case][3] == "float32" else 1e-13
+    assert interpreted_forward[case]["dot"] < tol, interpreted_forward[case]
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("projector", ["fourier", "real"])
+def test_forced_kernels_on_cpu_without_interpreter_is_one_clear_error(monkeypatch, projector):
+    from cryograd.forward import ForwardModel
+
+    monkeypatch.setenv("CRYOGRAD_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = ForwardModel(8, 1.0, projector)
+    with pytest.raises(CryogradError, match="TRITON_INTERPRET=1"):
+        model.project(torch.zeros(8, 8, 8), torch.eye(3)[None])
+
+
+def test_cpu_default_path_never_imports_triton():
+    """auto on the CPU: ForwardModel and the projectors stay on the torch / compiled-loop path."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from cryograd.forward import ForwardModel\n"
+        "from cryograd.projectors import fourier_slice as fs, real_space as rs\n"
+        "rot = torch.eye(3)[None]\n"
+        "for p in ('fourier', 'real'):\n"
+        "    m = ForwardModel(8, 1.0, p)\n"
+        "    m.data_gradient(torch.ones(8, 8, 8), m.project(torch.ones(8, 8, 8), rot), rot)\n"
+        "fs.backproject(fs.project(torch.ones(8, 8, 8), rot), rot)\n"
+        "rs.backproject(rs.project(torch.ones(8, 8, 8), rot), rot)\n"
+        "print('triton' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CRYOGRAD_KERNELS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_cpu_default_uses_compiled_slice_loops(monkeypatch):
+    """auto on the CPU: the Fourier projector runs the compiled loops when they were built."""
+    from cryograd.forward import ForwardModel
+    from cryograd.kernels import cpu as cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("the compiled CPU slice loops were not built")
+    calls = []
+    for name in ("extract_slices", "insert_slices"):
+        original = getattr(cpu_kernels, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(cpu_kernels, name, spy)
+    model = ForwardModel(8, 1.0, "fourier")
+    rot = torch.eye(3)[None]
+    model.backproject(model.project(torch.ones(8, 8, 8), rot), rot)
+    assert calls == ["extract_slices", "insert_slices"]
+    calls.clear()
+    monkeypatch.setenv("CRYOGRAD_KERNELS", "torch")
+    model.backproject(model.project(torch.ones(8, 8, 8), rot), rot)
+    assert calls == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and Triton")
+@pytest.mark.parametrize("case", list(GPU_FORWARD_CASES))
+def test_gpu_forward_model_kernel_path_equals_torch_path(case):
+    """On CUDA the default (auto) path is the kernels: the same comparisons at full size."""
+    assert kernels.use_kernels(torch.zeros(1, device="cuda"))
+    res = _in_mode("auto", _forward_compare, GPU_FORWARD_CASES[case], "cuda", "auto")
+    _assert_dispatched(res)
+    tol = _forward_tol(GPU_FORWARD_CASES[case][3])
+    for what in FORWARD_KEYS:
+        assert res[what] <= tol, (what, res)
+    assert res["dot"] < (1e-6 if tol == REL_TOL_FLOAT32 else 1e-13), res
+
+
+if __name__ == "__main__" and "--interpreter-checks" in __import__("sys").argv:
+    import json
+
+    print(json.dumps(_interpreter_checks()))

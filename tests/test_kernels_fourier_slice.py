@@ -34,9 +34,15 @@ def _random_rotations(n: int, generator: torch.Generator, dtype: torch.dtype) ->
     w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
     rot = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=1,
     ).reshape(n, 3, 3)
@@ -69,8 +75,14 @@ def _inputs(box: int, n: int, dtype: torch.dtype, device: str):
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     slices = torch.randn(n, box, box // 2 + 1, generator=g, dtype=cdtype)
     images = torch.randn(n, box, box, generator=g, dtype=dtype)
-    return (volume.to(device), rotations.to(device), shifts.to(device), ctf.to(device=device),
-            slices.to(device), images.to(device))
+    return (
+        volume.to(device),
+        rotations.to(device),
+        shifts.to(device),
+        ctf.to(device=device),
+        slices.to(device),
+        images.to(device),
+    )
 
 
 def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
@@ -98,11 +110,16 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
         pre_filt = torch.where(premult[:, None, None], filt / ctf_values, filt)
         ref_insert_pre = fs.insert_slices(slices * torch.conj(pre_filt), geom)
         pixel_sizes = torch.linspace(PIXEL_SIZE, 1.3 * PIXEL_SIZE, n, dtype=torch.float64)
-        ctf_pp = torch.cat([ctf_2d(ctf[i : i + 1], box, float(pixel_sizes[i]), device=device,
-                                   dtype=dtype) for i in range(n)])
+        ctf_pp = torch.cat(
+            [
+                ctf_2d(ctf[i : i + 1], box, float(pixel_sizes[i]), device=device, dtype=dtype)
+                for i in range(n)
+            ]
+        )
         filt_pp = ctf_pp * phase_ramp(-shifts, box, dtype=dtype)
-        sample_w = torch.rand(box, box // 2 + 1, generator=torch.Generator().manual_seed(3),
-                              dtype=dtype).to(device)
+        sample_w = torch.rand(
+            box, box // 2 + 1, generator=torch.Generator().manual_seed(3), dtype=dtype
+        ).to(device)
         ref_insert_sw = fs.insert_slices(slices * torch.conj(filt_pp) * sample_w, geom)
         ref_weights_sw = fs.insert_slices((ctf_pp**2 * sample_w).to(slices.dtype), geom).real
         p_15 = fs.padded_size(box, 1.5)
@@ -115,8 +132,9 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
         # float64 truth for the float32 accuracy check
         spec64 = fs.volume_spectrum(volume.double(), p)
         geom64 = fs.slice_geometry(rot.double(), box, p)
-        filt64 = ctf_2d(ctf.to(dtype=torch.float64), box, PIXEL_SIZE, device=device,
-                        dtype=torch.float64) * phase_ramp(-shifts.double(), box)
+        filt64 = ctf_2d(
+            ctf.to(dtype=torch.float64), box, PIXEL_SIZE, device=device, dtype=torch.float64
+        ) * phase_ramp(-shifts.double(), box)
         truth_extract = fs.extract_slices(spec64, geom64) * filt64
     finally:
         if old is None:
@@ -157,8 +175,16 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
     # direct-reconstruction style: shared per-sample factors, per-particle pixel sizes
     acc_s = torch.zeros_like(spec)
     wgt_s = torch.zeros(spec.shape, device=device, dtype=dtype)
-    kernel.insert_slices(slices, rot, acc_s, weights=wgt_s, ctf=ctf, shifts_px=shifts,
-                         pixel_size_angstrom=pixel_sizes, sample_weights=sample_w)
+    kernel.insert_slices(
+        slices,
+        rot,
+        acc_s,
+        weights=wgt_s,
+        ctf=ctf,
+        shifts_px=shifts,
+        pixel_size_angstrom=pixel_sizes,
+        sample_weights=sample_w,
+    )
     res["insert_sample_weights"] = _rel(acc_s, ref_insert_sw)
     res["insert_sample_weights_w"] = _rel(wgt_s, ref_weights_sw)
     # another padding: P / D not an integer
@@ -181,12 +207,83 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
     return res
 
 
+#: Axis-aligned views: Nyquist samples land exactly on q = ±P/2 (as in
+#: test_projectors_fourier_slice.py::test_samples_rounded_past_nyquist_stay_on_grid).
+_AXIS_VIEWS = [
+    [[1.0, 0, 0], [0, 1, 0], [0, 0, 1]],
+    [[1.0, 0, 0], [0, 0, 1], [0, -1, 0]],  # -90° about x: ky = -D/2 lands on qz = -P/2
+    [[0.0, 1, 0], [0, 0, 1], [1, 0, 0]],
+]
+#: Row norms 1 + a few ulp (rotations read from files), and 1 + 1e-3 (the most ForwardModel
+#: accepts): both put Nyquist samples past |q| = P/2.
+_EXCESS = {"float64": (4e-16, 1e-3), "float32": (2e-7, 1e-3)}
+
+
+def _guarded(n_elements: int, guard: int, fill: complex, dtype: torch.dtype):
+    """A ``fill``-ed buffer and the contiguous view of ``n_elements`` in its middle."""
+    big = torch.full((n_elements + 2 * guard,), fill, dtype=dtype)
+    return big, big[guard : guard + n_elements]
+
+
+def _nyquist_checks(box: int, dtype: torch.dtype) -> dict[str, float]:
+    """Kernels with rotations rounded past orthonormal (Nyquist samples at ``-P/2 - eps``).
+
+    The spectrum and accumulator sit inside guard zones (NaN for extraction, zero for insertion)
+    so that any access off the grid shows up; the results must equal the torch reference with
+    the same rotations (whose ``slice_geometry`` clamps ``q`` to the Nyquist bounding box), and
+    for the ulp-sized excess also the result of the exact rotations.
+    """
+    from cryograd.kernels import fourier_slice as kernel
+    from cryograd.projectors import fourier_slice as fs
+
+    assert os.environ.get("CRYOGRAD_KERNELS") == "torch"  # the reference must not dispatch
+    g = torch.Generator().manual_seed(7)
+    p = fs.padded_size(box, 2.0)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    exact = torch.tensor(_AXIS_VIEWS, dtype=dtype)
+    volume = torch.randn(box, box, box, generator=g, dtype=dtype)
+    slices = torch.randn(len(exact), box, box // 2 + 1, generator=g, dtype=cdtype)
+    spec = fs.volume_spectrum(volume, p)
+    ext = fs.ExtendedSpectrum.from_spectrum(spec)
+    guard = 2 * ext.numel() // (p + 2)  # two z planes of the extended layout
+    nan = complex(float("nan"), float("nan"))
+    res: dict[str, float] = {}
+    for tag, excess in zip(("ulp", "1e-3"), _EXCESS[str(dtype).split(".")[-1]]):
+        rot = exact * (1 + excess)
+        geom = fs.slice_geometry(rot, box, p)
+        ref_extract = fs.extract_slices(spec, geom)
+        ref_insert = fs.insert_slices(slices, geom)
+        for layout, source in (("plain", spec), ("extended", ext)):
+            big, view = _guarded(source.numel(), guard, nan, cdtype)
+            view.copy_(source.reshape(-1))
+            got = kernel.extract_slices(view.view(source.shape), rot, box)
+            res[f"{tag}-{layout}-extract_finite"] = float(
+                torch.isfinite(torch.view_as_real(got)).all()
+            )
+            res[f"{tag}-{layout}-extract"] = _rel(got, ref_extract)
+            if tag == "ulp":
+                res[f"{tag}-{layout}-extract_vs_exact"] = _rel(
+                    got, kernel.extract_slices(source, exact, box)
+                )
+            big, view = _guarded(source.numel(), guard, 0j, cdtype)
+            acc = view.view(source.shape)
+            kernel.insert_slices(slices, rot, acc)
+            outside = torch.cat([big[:guard], big[guard + source.numel() :]])
+            res[f"{tag}-{layout}-insert_guard"] = float(outside.abs().max())
+            folded = acc if layout == "plain" else fs.ExtendedSpectrum.fold(acc, p)
+            res[f"{tag}-{layout}-insert"] = _rel(folded, ref_insert)
+    return res
+
+
 def _interpreter_checks() -> dict[str, dict[str, float]]:
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    return {
+    out = {
         f"{box}-{n}-{dt}": _compare(box, n, getattr(torch, dt), "cpu")
         for box, n, dt in INTERPRETER_CASES
     }
+    for dt in ("float32", "float64"):
+        out[f"nyquist-{dt}"] = _nyquist_checks(16, getattr(torch, dt))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +294,10 @@ def interpreted() -> dict[str, dict[str, float]]:
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -206,11 +306,23 @@ def interpreted() -> dict[str, dict[str, float]]:
 
 CASES = [f"{b}-{n}-{d}" for b, n, d in INTERPRETER_CASES]
 COMPARISONS = [
-    "extract", "extract_extended", "extract_ctf_array", "extract_plain", "insert",
-    "insert_weights", "insert_extended", "insert_extended_weights", "insert_premultiplied",
-    "insert_packed", "insert_packed_weights", "extract_pad_1.5", "insert_pad_1.5",
-    "insert_sample_weights", "insert_sample_weights_w",
-    "project", "backproject",
+    "extract",
+    "extract_extended",
+    "extract_ctf_array",
+    "extract_plain",
+    "insert",
+    "insert_weights",
+    "insert_extended",
+    "insert_extended_weights",
+    "insert_premultiplied",
+    "insert_packed",
+    "insert_packed_weights",
+    "extract_pad_1.5",
+    "insert_pad_1.5",
+    "insert_sample_weights",
+    "insert_sample_weights_w",
+    "project",
+    "backproject",
 ]
 
 
@@ -242,6 +354,22 @@ def test_interpreted_kernels_are_adjoint(interpreted, case):
     assert interpreted[case]["dot_project"] < tol, interpreted[case]
 
 
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+def test_interpreted_samples_rounded_past_nyquist_stay_on_grid(interpreted, dt):
+    """Rotations a hair (or 1e-3) past orthonormal: no access off the grid, in either layout, and
+    the same result as the torch reference, which clamps ``q`` to the Nyquist bounding box."""
+    res = interpreted[f"nyquist-{dt}"]
+    tol = _tol(dt)
+    for tag in ("ulp", "1e-3"):
+        for layout in ("plain", "extended"):
+            key = f"{tag}-{layout}"
+            assert res[f"{key}-extract_finite"] == 1.0, res  # no NaN guard was read
+            assert res[f"{key}-insert_guard"] == 0.0, res  # nothing written outside
+            assert res[f"{key}-extract"] <= tol, (key, res)
+            assert res[f"{key}-insert"] <= tol, (key, res)
+        assert res[f"ulp-{layout}-extract_vs_exact"] <= tol, res
+
+
 def test_ctf_coefficients_reproduce_relion_ctf():
     """The kernels' CTF rewrite (no atan2) equals :func:`ctf_2d` in float64 (no Triton needed)."""
     from cryograd.ctf import ctf_2d
@@ -255,8 +383,9 @@ def test_ctf_coefficients_reproduce_relion_ctf():
     k2 = kx**2 + ky**2
     gamma = c4 * k2**2 - (c_mean * k2 + c_cos * (kx**2 - ky**2) + c_sin * 2 * kx * ky) - c0
     mine = -torch.sin(gamma) * torch.exp(-cb * k2) * scale
-    torch.testing.assert_close(mine, ctf_2d(ctf, 20, PIXEL_SIZE, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        mine, ctf_2d(ctf, 20, PIXEL_SIZE, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     # one pixel size per particle
     px = torch.tensor([1.0, 2.0, 3.0, 4.5], dtype=torch.float64)
     coef = ctf_coefficients(ctf, 20, px)
@@ -277,8 +406,9 @@ def test_mismatched_inputs_raise_cryograd_error():
     with pytest.raises(CryogradError, match="dtype mismatch"):
         kernel.insert_slices(slices, rot, torch.zeros(16, 16, 9, dtype=torch.complex128))
     with pytest.raises(CryogradError, match="device mismatch"):
-        kernel.insert_slices(slices, rot, torch.zeros(16, 16, 9, dtype=torch.complex64,
-                                                      device="meta"))
+        kernel.insert_slices(
+            slices, rot, torch.zeros(16, 16, 9, dtype=torch.complex64, device="meta")
+        )
     acc = torch.zeros(16, 16, 9, dtype=torch.complex64)
     with pytest.raises(CryogradError, match="weights"):
         kernel.insert_slices(slices, rot, acc, weights=torch.zeros(16, 16, 8))
@@ -350,10 +480,24 @@ def test_kernels_compile_for_hopper(kind, dtype, flags):
         sig = {"spec_ptr": ptr, **common, "out_ptr": ptr, **sizes}
         fn, consts = kernel._extract_kernel, {**flags, "BLOCK": 256}
     else:
-        sig = {"slice_ptr": ptr, **common, "premult_ptr": "*i8", "sw_ptr": ptr, "acc_ptr": ptr,
-               "wgt_ptr": ptr, **sizes}
-        consts = {"CTF_MODE": 1, "HAS_SHIFT": True, "HAS_WEIGHTS": not flags["PACKED"],
-                  "HAS_PREMULT": True, "HAS_SAMPLE_W": True, **flags, "BLOCK": 256}
+        sig = {
+            "slice_ptr": ptr,
+            **common,
+            "premult_ptr": "*i8",
+            "sw_ptr": ptr,
+            "acc_ptr": ptr,
+            "wgt_ptr": ptr,
+            **sizes,
+        }
+        consts = {
+            "CTF_MODE": 1,
+            "HAS_SHIFT": True,
+            "HAS_WEIGHTS": not flags["PACKED"],
+            "HAS_PREMULT": True,
+            "HAS_SAMPLE_W": True,
+            **flags,
+            "BLOCK": 256,
+        }
         fn = kernel._insert_kernel
     compiled = compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
     ptx = compiled.asm["ptx"]

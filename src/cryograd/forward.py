@@ -16,6 +16,13 @@ gradient: its backward is one call of :meth:`ForwardModel.backproject`, not auto
 scatter.
 All public methods accept torch tensors, NumPy arrays and CuPy arrays and return the kind they were
 given (:mod:`cryograd.arrays`).
+
+Backends: when :func:`cryograd.kernels.use_kernels` says so (CUDA tensors with Triton present, or
+any tensor with ``CRYOGRAD_KERNELS=triton``) each chunk runs the Triton kernels, which compute the
+slice geometry, the CTF and the shift ramp on the fly (:func:`cryograd.kernels.fourier_slice.
+extract_slices` / ``insert_slices``, :mod:`cryograd.kernels.real_space`); otherwise the torch
+reference path (with the compiled CPU slice loops of :mod:`cryograd.kernels.cpu` where built).
+``CRYOGRAD_KERNELS=torch`` forces the reference. Both compute the same operator.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 import torch
 
+from cryograd import kernels
 from cryograd.arrays import array_kind, from_tensor, to_tensor
 from cryograd.ctf import CTFParams, ctf_2d
 from cryograd.errors import CryogradError
@@ -33,6 +41,15 @@ from cryograd.projectors import real_space as rs
 from cryograd.shift import phase_ramp
 
 __all__ = ["ForwardModel", "fourier_filter", "apply_ctf", "apply_shift"]
+
+#: Image samples (``D²`` per particle) per chunk on the kernel path: bounds the ``(b, D, D)`` and
+#: ``(b, D, D // 2 + 1)`` temporaries only (the kernels keep no per-sample geometry).
+_KERNEL_CHUNK_SAMPLES = 1 << 24
+
+
+def _kernel_batch_size(box_size: int) -> int:
+    """Default particles per chunk on the Triton path (about 16 M image samples)."""
+    return max(1, _KERNEL_CHUNK_SAMPLES // (box_size * box_size))
 
 
 def fourier_filter(images: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
@@ -116,7 +133,8 @@ class ForwardModel:
     gridding
         Apply the gridding correction with the Fourier projector (default true).
     batch_size
-        Particles per chunk (default: the projector's memory-based choice).
+        Particles per chunk (default: the projector's memory-based choice; larger on the Triton
+        kernel path, which stores no per-sample geometry).
 
     Notes
     -----
@@ -149,6 +167,9 @@ class ForwardModel:
         self.pad = float(pad)
         self.padded_size = fs.padded_size(self.box_size, self.pad)
         self.gridding = bool(gridding)
+        self._kernel_batch_size = (
+            int(batch_size) if batch_size is not None else _kernel_batch_size(self.box_size)
+        )
         if batch_size is None:
             batch_size = (
                 fs.default_batch_size(self.box_size)
@@ -225,9 +246,10 @@ class ForwardModel:
             raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
         loss = 0.0
         with torch.no_grad():
-            if self.projector == "fourier":
-                vin = fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
-                ext = fs.ExtendedSpectrum.from_spectrum(fs.volume_spectrum(vin, self.padded_size))
+            if kernels.use_kernels(vol):
+                grad, loss = self._data_gradient_kernels(vol, img, rot, shifts, ctf)
+            elif self.projector == "fourier":
+                ext = self._fourier_start(vol)
                 acc = torch.zeros_like(ext)
                 for sl, geom in self._fourier_chunks(rot):
                     filt = self._filter(sl, shifts, ctf, vol)
@@ -331,6 +353,23 @@ class ForwardModel:
             sl = slice(start, start + self.batch_size)
             yield sl, rs.real_space_geometry(rot[sl], self.box_size)
 
+    def _kernel_chunks(self, n: int):
+        for start in range(0, n, self._kernel_batch_size):
+            yield slice(start, start + self._kernel_batch_size)
+
+    def _kernel_filter(self, sl: slice, shifts, ctf) -> dict[str, Any]:
+        """Keyword arguments of the fused Triton slice kernels for a chunk (CTF and shifts)."""
+        return {
+            "ctf": None if ctf is None else ctf[sl],
+            "shifts_px": None if shifts is None else shifts[sl],
+            "pixel_size_angstrom": self.pixel_size_angstrom,
+        }
+
+    def _fourier_start(self, vol: torch.Tensor) -> torch.Tensor:
+        """Flat extended spectrum of the (gridding-corrected) volume."""
+        vin = fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
+        return fs.ExtendedSpectrum.from_spectrum(fs.volume_spectrum(vin, self.padded_size))
+
     def _fourier_finish(self, acc: torch.Tensor) -> torch.Tensor:
         vol = fs.volume_spectrum_adjoint(
             fs.ExtendedSpectrum.fold(acc, self.padded_size), self.box_size
@@ -341,9 +380,10 @@ class ForwardModel:
         d = self.box_size
         out = [vol.new_zeros((0, d, d))]
         with torch.no_grad():
-            if self.projector == "fourier":
-                vin = fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
-                ext = fs.ExtendedSpectrum.from_spectrum(fs.volume_spectrum(vin, self.padded_size))
+            if kernels.use_kernels(vol):
+                out.extend(self._project_kernels(vol, rot, shifts, ctf))
+            elif self.projector == "fourier":
+                ext = self._fourier_start(vol)
                 for sl, geom in self._fourier_chunks(rot):
                     spectra = fs.extract_slices(ext, geom)
                     filt = self._filter(sl, shifts, ctf, vol)
@@ -363,6 +403,8 @@ class ForwardModel:
         if img.shape[0] != rot.shape[0]:
             raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
         with torch.no_grad():
+            if kernels.use_kernels(img):
+                return self._backproject_kernels(img, rot, shifts, ctf)
             if self.projector == "fourier":
                 cdtype = torch.complex128 if img.dtype == torch.float64 else torch.complex64
                 acc = fs.ExtendedSpectrum.zeros(self.padded_size, device=img.device, dtype=cdtype)
@@ -381,3 +423,74 @@ class ForwardModel:
                     part = fourier_filter(part, torch.conj(filt))
                 vol += rs.backproject_geometry(part, geom)
             return vol
+
+    # ------------------------------------------------------------------ Triton kernel path
+    # Same operator as the torch path above (the kernels are tested against it). The Fourier
+    # kernels fuse slice geometry, CTF (computed from the parameters) and shift ramp, so neither
+    # slice_geometry nor a (b, D, D // 2 + 1) filter is built here; the real-space kernels replace
+    # real_space_geometry + project/backproject_geometry and keep the 2D filter of the torch path.
+    def _project_chunk_kernels(self, vol, rot, shifts, ctf, sl, ext, filt=None) -> torch.Tensor:
+        """Images ``(b, D, D)`` of chunk ``sl``.
+
+        ``ext`` is the volume's flat extended spectrum (Fourier projector); ``filt`` the chunk's
+        :meth:`_filter` (real-space projector; None: no CTF and no shift).
+        """
+        d = self.box_size
+        if self.projector == "fourier":
+            kw = self._kernel_filter(sl, shifts, ctf)
+            spectra = kernels.fourier_slice.extract_slices(ext, rot[sl], d, **kw)
+            return fs.spectra_to_images(spectra, d)
+        proj = kernels.real_space.project(vol, rot[sl])
+        return proj if filt is None else fourier_filter(proj, filt)
+
+    def _backproject_chunk_kernels(self, img_chunk, rot, shifts, ctf, sl, acc, filt=None) -> None:
+        """Add the transpose of :meth:`_project_chunk_kernels` of ``(b, D, D)`` images into
+        ``acc`` (flat extended spectrum, or the ``(D, D, D)`` volume of the real projector)."""
+        if self.projector == "fourier":
+            kw = self._kernel_filter(sl, shifts, ctf)
+            back = fs.images_to_spectra_adjoint(img_chunk)
+            kernels.fourier_slice.insert_slices(back, rot[sl], acc, **kw)
+            return
+        if filt is not None:
+            img_chunk = fourier_filter(img_chunk, torch.conj(filt))
+        acc += kernels.real_space.backproject(img_chunk, rot[sl])
+
+    def _chunk_filter(self, sl, shifts, ctf, ref) -> torch.Tensor | None:
+        """The 2D filter the real-space kernel path applies (the Fourier kernels fuse theirs)."""
+        return None if self.projector == "fourier" else self._filter(sl, shifts, ctf, ref)
+
+    def _new_accumulator(self, ref: torch.Tensor) -> torch.Tensor:
+        if self.projector == "fourier":
+            cdtype = torch.complex128 if ref.dtype == torch.float64 else torch.complex64
+            return fs.ExtendedSpectrum.zeros(self.padded_size, device=ref.device, dtype=cdtype)
+        return ref.new_zeros((self.box_size,) * 3)
+
+    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
+        return self._fourier_finish(acc) if self.projector == "fourier" else acc
+
+    def _project_kernels(self, vol, rot, shifts, ctf) -> list[torch.Tensor]:
+        ext = self._fourier_start(vol) if self.projector == "fourier" else None
+        return [
+            self._project_chunk_kernels(
+                vol, rot, shifts, ctf, sl, ext, self._chunk_filter(sl, shifts, ctf, vol)
+            )
+            for sl in self._kernel_chunks(rot.shape[0])
+        ]
+
+    def _backproject_kernels(self, img, rot, shifts, ctf) -> torch.Tensor:
+        acc = self._new_accumulator(img)
+        for sl in self._kernel_chunks(rot.shape[0]):
+            filt = self._chunk_filter(sl, shifts, ctf, img)
+            self._backproject_chunk_kernels(img[sl], rot, shifts, ctf, sl, acc, filt)
+        return self._finish(acc)
+
+    def _data_gradient_kernels(self, vol, img, rot, shifts, ctf) -> tuple[torch.Tensor, float]:
+        ext = self._fourier_start(vol) if self.projector == "fourier" else None
+        acc = self._new_accumulator(vol)
+        loss = vol.new_zeros(())  # summed on the device: no host sync per chunk
+        for sl in self._kernel_chunks(rot.shape[0]):
+            filt = self._chunk_filter(sl, shifts, ctf, vol)
+            resid = self._project_chunk_kernels(vol, rot, shifts, ctf, sl, ext, filt) - img[sl]
+            loss += 0.5 * (resid * resid).sum()
+            self._backproject_chunk_kernels(resid, rot, shifts, ctf, sl, acc, filt)
+        return self._finish(acc), float(loss)

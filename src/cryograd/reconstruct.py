@@ -457,18 +457,17 @@ def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, progress, timin
         tiny = [dr.default_regularizer(i) for i in ins]
         pre = [dr.wiener_reconstruct(i, t, max_shell=max_shell) for i, t in zip(ins, tiny)]
         f0 = fsc(pre[0], pre[1])
-        regs = []
-        for i, whole in ((ins[0], False), (ins[1], False), (full_ins, True)):
-            sums, counts = dr.weight_shell_sums(i)
-            regs.append(inverse_tau2_from_fsc(f0, sums, counts, whole_instead_of_half=whole))
+        sums, counts = dr.weight_shell_sums(full_ins)
+        reg_full = inverse_tau2_from_fsc(f0, sums, counts, whole_instead_of_half=True)
         history["wiener"] = {"kind": "tau2", "fsc_prior": [float(x) for x in f0]}
+        # the FSC (and the half maps written) come from the unfiltered halves, as in RELION;
+        # the τ² Wiener filter is for the full map
+        full = dr.wiener_reconstruct(full_ins, reg_full, max_shell=max_shell)
+        timings["divide"] = time.perf_counter() - t0
+        return pre[0], pre[1], full
     maps = [dr.wiener_reconstruct(i, r, max_shell=max_shell)
             for i, r in zip((ins[0], ins[1], full_ins), regs)]
     timings["divide"] = time.perf_counter() - t0
-    if history["wiener"]["kind"] == "tau2":
-        # the FSC (and the half maps written) come from the unfiltered halves, as in RELION;
-        # the τ² Wiener filter is for the full map
-        return pre[0], pre[1], maps[2]
     return maps[0], maps[1], maps[2]
 
 

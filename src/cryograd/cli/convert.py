@@ -16,8 +16,10 @@ to --particles-dir), a RELION STAR file (3.0 to 5.0), or a cryoDRGN pair given a
 --poses POSES.pkl --ctf CTF.pkl (box and pixel size from the CTF pkl; then give only OUT).
 
 The output format is chosen by OUT's extension:
-  OUT.star   RELION 3.1 STAR (data_optics + data_particles, origins in A); image names are
-             written relative to OUT's folder.
+  OUT.star   RELION 3.1 STAR (data_optics + data_particles, origins in A). Image stacks
+             inside OUT's folder are named relative to it, others by absolute path. STAR
+             columns cryograd does not use (micrograph names, coordinates, groups, ...) and
+             extra optics fields (beam tilt, aberrations) are passed on.
   OUT.pkl    cryoDRGN pose pkl (rotations = RELION's A, translations = origin_px / box); the CTF
              pkl goes to --ctf-out (default: OUT with '_ctf' before '.pkl').
 --to-drgn forces the cryoDRGN output whatever OUT's extension.

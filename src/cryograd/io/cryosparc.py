@@ -11,6 +11,8 @@ Conventions (checked against cryoDRGN's reading of the same file, see the tests)
   when present.
 * ``alignments3D/split`` (0/1) gives the half sets 1/2, ``alignments3D/class`` (from 0) the
   class numbers (from 1, as ``rlnClassNumber``); ``ctf/exp_group_id`` the optics groups.
+* ``location/micrograph_path``, when present, becomes ``rlnMicrographName`` (written by
+  ``write_star``).
 * Images: ``blob/path`` (a leading ``>`` is dropped) and ``blob/idx`` (0-based); relative paths are
   taken relative to ``datadir`` (``--particles-dir``, the cryoSPARC project folder), trying the file
   name alone there too, or to the ``.cs`` file's folder.
@@ -23,6 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cryograd.errors import CryogradError
@@ -200,6 +203,21 @@ def read_cs(
         stack_files = [resolve_image_path(s, path.parent, datadir) for s in decoded]
         stack_ids = inverse.reshape(-1).astype(np.int32)
         stack_indices = np.asarray(data["blob/idx"]).astype(np.int64)
+    extra_columns = None
+    if "location/micrograph_path" in names:
+        # RELION groups particles by micrograph (and polishing / CTF refinement need the name)
+        raw_mic = np.asarray(data["location/micrograph_path"])
+        mic_codes, mic_inverse = np.unique(raw_mic, return_inverse=True)
+        mic_names = np.array(
+            [
+                (b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b))
+                .lstrip(">")
+                .strip()
+                for b in mic_codes
+            ],
+            dtype=object,
+        )
+        extra_columns = pd.DataFrame({"rlnMicrographName": mic_names[mic_inverse.reshape(-1)]})
     if "blob/sign" in names and np.any(np.asarray(data["blob/sign"]) > 0):
         notes.append(
             "blob/sign is +1 for some particles (cryoSPARC contrast sign); images not flipped"
@@ -222,4 +240,5 @@ def read_cs(
         stack_indices=stack_indices,
         notes=notes,
         source_format="cryoSPARC .cs",
+        extra_columns=extra_columns,
     )

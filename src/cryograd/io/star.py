@@ -77,10 +77,49 @@ def read_star_blocks(path: Path) -> dict:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # noqa: BLE001 - any parser failure is malformed input
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        bad = _first_ragged_loop_row(path)
+        if bad is not None:
+            line, fields, columns = bad
+            raise CryogradError(
+                f"{path}: malformed STAR file: line {line} has {fields} values but its loop_ "
+                f"has {columns} columns"
+            ) from None
         raise CryogradError(f"{path}: malformed STAR file ({first})") from None
     if not isinstance(blocks, dict) or not blocks:
         raise CryogradError(f"{path}: no data blocks found (not a STAR file?)")
     return blocks
+
+
+def _first_ragged_loop_row(path: Path) -> tuple[int, int, int] | None:
+    """(line number, values, columns) of the first loop row whose value count is wrong."""
+    import shlex
+
+    columns = 0
+    in_header = False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for number, raw in enumerate(fh, start=1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if line.startswith("loop_"):
+                    columns, in_header = 0, True
+                elif line.startswith("data_"):
+                    columns, in_header = 0, False
+                elif line.startswith("_"):
+                    if in_header:
+                        columns += 1
+                elif columns:
+                    in_header = False
+                    try:
+                        fields = len(shlex.split(line, comments=False))
+                    except ValueError:
+                        fields = len(line.split())
+                    if fields != columns:
+                        return number, fields, columns
+    except OSError:
+        return None
+    return None
 
 
 def _find_particle_block(path: Path, blocks: dict) -> tuple[str, pd.DataFrame]:
@@ -461,29 +500,33 @@ def _decimal_strings(values: np.ndarray) -> np.ndarray:
     return x.astype(str)
 
 
-def _fmt_table(df: pd.DataFrame) -> str:
-    """A STAR ``loop_`` of ``df``.
+def _column_strings(values: np.ndarray) -> np.ndarray:
+    """One column as an array of decimal strings (see :func:`_table_chunks` for floats)."""
+    if values.dtype.kind == "f":
+        as32 = values.astype(np.float32)
+        if np.array_equal(as32.astype(np.float64), values):
+            return as32.astype(str)
+        return _decimal_strings(values)
+    if values.dtype.kind in "iub":
+        return values.astype(np.int64).astype(str)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+def _table_chunks(df: pd.DataFrame, rows_per_chunk: int = 50_000):
+    """A STAR ``loop_`` of ``df`` as text pieces (header, then blocks of rows).
 
     Floats are written with 12 significant digits (RELION's own ``%12.6f`` values survive
     exactly), except columns whose every value is exactly a float32 (values from float32 files:
     cryoSPARC ``.cs``, cryoDRGN pkl), which get the shortest decimal of that float32 (``1.035``,
-    not ``1.03499996662``): they read back as the same float32.
+    not ``1.03499996662``): they read back as the same float32. Rows are formatted a block at a
+    time, so a million particles never sit in memory as Python strings all at once.
     """
-    lines = ["loop_"]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(df.columns)]
-    out = {}
-    for c in df.columns:
-        values = df[c].to_numpy()
-        if values.dtype.kind == "f":
-            as32 = values.astype(np.float32)
-            if np.array_equal(as32.astype(np.float64), values):
-                out[c] = as32.astype(str)
-            else:
-                out[c] = _decimal_strings(values)
-        else:
-            out[c] = values
-    body = pd.DataFrame(out).to_csv(sep=" ", header=False, index=False, lineterminator="\n")
-    return "\n".join(lines) + "\n" + body
+    header = ["loop_"] + [f"_{c} #{i + 1}" for i, c in enumerate(df.columns)]
+    yield "\n".join(header) + "\n"
+    columns = [df[c].to_numpy() for c in df.columns]
+    for start in range(0, len(df), rows_per_chunk):
+        block = [_column_strings(v[start : start + rows_per_chunk]).tolist() for v in columns]
+        yield "\n".join(map(" ".join, zip(*block))) + "\n"
 
 
 # Optics fields written from the CTF table or computed; source optics fields with these names are
@@ -646,19 +689,16 @@ def write_star(
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise CryogradError(f"{path}: column {name} would hold NaN or infinite values")
 
-    text = (
-        "\n# version 30001\n\ndata_optics\n\n"
-        + _fmt_table(optics_df)
-        + "\n\n# version 30001\n\ndata_particles\n\n"
-        + _fmt_table(particles_df)
-        + "\n"
-    )
     from cryograd.io.mrc import temporary_path
 
     tmp = temporary_path(path)
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write("\n# version 30001\n\ndata_optics\n\n")
+            fh.writelines(_table_chunks(optics_df))
+            fh.write("\n\n# version 30001\n\ndata_particles\n\n")
+            fh.writelines(_table_chunks(particles_df))
+            fh.write("\n")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -157,22 +157,30 @@ def check_inputs(op: str, data: dict[str, torch.Tensor]) -> tuple[torch.device, 
     real_dtype = _real_dtype(ref)
     for name, t in items:
         if _real_dtype(t) not in (torch.float32, torch.float64):
-            raise CryogradError(f"{op}: argument {name!r} has dtype {t.dtype}; "
-                                "kernels need float32 or float64 (complex64/128 for spectra)")
+            raise CryogradError(
+                f"{op}: argument {name!r} has dtype {t.dtype}; "
+                "kernels need float32 or float64 (complex64/128 for spectra)"
+            )
         if _real_dtype(t) != real_dtype:
-            raise CryogradError(f"{op}: dtype mismatch between arguments: {first!r} is "
-                                f"{ref.dtype}, {name!r} is {t.dtype}")
+            raise CryogradError(
+                f"{op}: dtype mismatch between arguments: {first!r} is "
+                f"{ref.dtype}, {name!r} is {t.dtype}"
+            )
         if t.device != device:
-            raise CryogradError(f"{op}: device mismatch between arguments: {first!r} is on "
-                                f"{device}, {name!r} is on {t.device}")
+            raise CryogradError(
+                f"{op}: device mismatch between arguments: {first!r} is on "
+                f"{device}, {name!r} is on {t.device}"
+            )
     return device, real_dtype
 
 
 def ensure_runnable(op: str, device: torch.device) -> None:
     """Raise :class:`CryogradError` unless Triton runs on ``device`` (a GPU, or the interpreter)."""
     if device.type != "cuda" and not interpreter_enabled():
-        raise CryogradError(f"{op}: Triton kernels need a GPU tensor (got {device}); on the CPU "
-                            f"set {_ENV}=torch, or TRITON_INTERPRET=1 to run them interpreted")
+        raise CryogradError(
+            f"{op}: Triton kernels need a GPU tensor (got {device}); on the CPU "
+            f"set {_ENV}=torch, or TRITON_INTERPRET=1 to run them interpreted"
+        )
 
 
 def _real_dtype(t: torch.Tensor) -> torch.dtype:
@@ -186,8 +194,9 @@ def device_guard(device: torch.device):
     return contextlib.nullcontext()
 
 
-def allocate(op: str, shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype,
-             zero: bool = True) -> torch.Tensor:
+def allocate(
+    op: str, shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype, zero: bool = True
+) -> torch.Tensor:
     """``torch.zeros``/``empty`` that reports running out of GPU memory as one clear line."""
     try:
         if zero:

@@ -4,7 +4,9 @@ The math is that of :mod:`cryograd.projectors.fourier_slice` (read its module do
 half-grid sample ``(kx, ky)`` of a particle's ``D``-grid spectrum (``|k| <= D // 2``) sits at
 ``q = (P / D) · Aᵀ (kx, ky, 0)`` of the padded ``(P, P, P // 2 + 1)`` volume spectrum; a sample
 with ``q_x < 0`` uses ``conj F(-q)``; ``kz``/``ky`` wrap periodically, the ``kx`` axis stops at
-``P // 2``; the value is trilinear in the 8 neighbours. Extraction gathers, insertion is its exact
+``P // 2``; ``q`` is clamped to the Nyquist sphere's bounding box (``q_x`` in ``[0, P/2]``, ``q_y``,
+``q_z`` in ``[-P/2, P/2]``, as ``slice_geometry`` does, so that rounding never leaves the grid);
+the value is trilinear in the 8 neighbours. Extraction gathers, insertion is its exact
 transpose (scatter with the same weights, conjugated values for mirrored samples,
 ``tl.atomic_add``).
 
@@ -91,6 +93,17 @@ def _sample_geometry(offs, b, rot_ptr, D, W, P):
     qx = tl.where(mirror, -qx, qx)
     qy = tl.where(mirror, -qy, qy)
     qz = tl.where(mirror, -qz, qz)
+    # Clamp to the Nyquist sphere's bounding box, qx in [0, P/2] and qy, qz in [-P/2, P/2], as
+    # slice_geometry and the compiled CPU loops do: a rotation one ulp past orthonormal can put a
+    # Nyquist sample at -P/2 - eps, whose floor would leave the extended layout (and the plain
+    # layout's wrap). Written with where() so that a NaN also lands on a bound (no stray access).
+    hf = (P // 2).to(a00.dtype)
+    qx = tl.where(qx > 0.0, qx, 0.0)
+    qx = tl.where(qx < hf, qx, hf)
+    qy = tl.where(qy > -hf, qy, -hf)
+    qy = tl.where(qy < hf, qy, hf)
+    qz = tl.where(qz > -hf, qz, -hf)
+    qz = tl.where(qz < hf, qz, hf)
     x0f = tl.floor(qx)
     y0f = tl.floor(qy)
     z0f = tl.floor(qz)
@@ -101,8 +114,9 @@ def _sample_geometry(offs, b, rot_ptr, D, W, P):
 
 
 @triton.jit
-def _corner_index(x0, y0, z0, dx: tl.constexpr, dy: tl.constexpr, dz: tl.constexpr, P, W3,
-                  EXTENDED: tl.constexpr):
+def _corner_index(
+    x0, y0, z0, dx: tl.constexpr, dy: tl.constexpr, dz: tl.constexpr, P, W3, EXTENDED: tl.constexpr
+):
     """Flat element index of a trilinear corner and whether it lies on the grid."""
     if EXTENDED:
         # (P + 2, P + 2, P // 2 + 2) with ext[z, y] = F[(z - P // 2) mod P, (y - P // 2) mod P]
@@ -118,8 +132,21 @@ def _corner_index(x0, y0, z0, dx: tl.constexpr, dy: tl.constexpr, dz: tl.constex
 
 
 @triton.jit
-def _filter_values(kx, ky, b, inside, ctfc_ptr, ctfa_ptr, shift_ptr, offs, DW, D,
-                   CTF_MODE: tl.constexpr, HAS_SHIFT: tl.constexpr, SHIFT_SIGN: tl.constexpr):
+def _filter_values(
+    kx,
+    ky,
+    b,
+    inside,
+    ctfc_ptr,
+    ctfa_ptr,
+    shift_ptr,
+    offs,
+    DW,
+    D,
+    CTF_MODE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SHIFT_SIGN: tl.constexpr,
+):
     """CTF value and phase ramp ``exp(SHIFT_SIGN · 2πi k·origin / D)`` of each sample."""
     if CTF_MODE == 1:
         c = ctfc_ptr + b * 7
@@ -158,7 +185,9 @@ def _red_v2(ptr, a, b, mask):
         "@p red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3}; mov.u32 $0, 0; }",
         "=r,l,f,f,r",
         [ptr.to(tl.uint64, bitcast=True), a, b, mask.to(tl.int32)],
-        dtype=tl.int32, is_pure=False, pack=1,
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
     )
 
 
@@ -170,7 +199,9 @@ def _red_v4(ptr, a, b, c, mask):
         "@p red.relaxed.gpu.global.add.v4.f32 [$1], {$2, $3, $4, z}; mov.u32 $0, 0; }",
         "=r,l,f,f,f,r",
         [ptr.to(tl.uint64, bitcast=True), a, b, c, mask.to(tl.int32)],
-        dtype=tl.int32, is_pure=False, pack=1,
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
     )
 
 
@@ -193,9 +224,7 @@ def _extract_kernel(
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    kx, ky, inside, mirror, x0, y0, z0, fx, fy, fz = _sample_geometry(
-        offs, b, rot_ptr, D, W, P
-    )
+    kx, ky, inside, mirror, x0, y0, z0, fx, fy, fz = _sample_geometry(offs, b, rot_ptr, D, W, P)
     acc_re = kx * 0.0
     acc_im = kx * 0.0
     for dz in tl.static_range(2):
@@ -249,9 +278,7 @@ def _insert_kernel(
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    kx, ky, inside, mirror, x0, y0, z0, fx, fy, fz = _sample_geometry(
-        offs, b, rot_ptr, D, W, P
-    )
+    kx, ky, inside, mirror, x0, y0, z0, fx, fy, fz = _sample_geometry(offs, b, rot_ptr, D, W, P)
     s = slice_ptr + 2 * (b * D * W + offs)
     v_re = tl.load(s, mask=inside, other=0.0)
     v_im = tl.load(s + 1, mask=inside, other=0.0)
@@ -291,8 +318,12 @@ def _insert_kernel(
                         rec = tl.where(ch == 2, (w * c2)[:, None], 0.0)
                         rec = tl.where(ch == 1, (w * u_im)[:, None], rec)
                         rec = tl.where(ch == 0, (w * u_re)[:, None], rec)
-                        tl.atomic_add(acc_ptr + (4 * idx)[:, None] + ch, rec,
-                                      mask=m[:, None] & (ch >= 0), sem="relaxed")
+                        tl.atomic_add(
+                            acc_ptr + (4 * idx)[:, None] + ch,
+                            rec,
+                            mask=m[:, None] & (ch >= 0),
+                            sem="relaxed",
+                        )
                 else:
                     if VEC_ATOMICS:
                         _red_v2(acc_ptr + 2 * idx, w * u_re, w * u_im, m)
@@ -505,9 +536,20 @@ def extract_slices(
     ensure_runnable(op, device)
     with device_guard(device):
         _extract_kernel[grid](
-            spec, rot, coef, values, shifts if shifts is not None else coef, _interleaved(out),
-            d, w, p, p // 2 + 1,
-            CTF_MODE=mode, HAS_SHIFT=shifts is not None, EXTENDED=extended, BLOCK=_BLOCK,
+            spec,
+            rot,
+            coef,
+            values,
+            shifts if shifts is not None else coef,
+            _interleaved(out),
+            d,
+            w,
+            p,
+            p // 2 + 1,
+            CTF_MODE=mode,
+            HAS_SHIFT=shifts is not None,
+            EXTENDED=extended,
+            BLOCK=_BLOCK,
         )
     return out
 
@@ -560,8 +602,10 @@ def insert_slices(
         and accumulator.shape[-1] == 4
     )
     if not slices.is_complex() or not (packed or accumulator.is_complex()):
-        raise CryogradError(f"{op}: slices and accumulator must be complex (or the accumulator a "
-                            "packed_accumulator)")
+        raise CryogradError(
+            f"{op}: slices and accumulator must be complex (or the accumulator a "
+            "packed_accumulator)"
+        )
     data = {"slices": slices, "accumulator": accumulator}
     if weights is not None:
         data["weights"] = weights
@@ -569,18 +613,23 @@ def insert_slices(
     if packed:
         p, extended = accumulator.shape[0], False
         if tuple(accumulator.shape) != (p, p, p // 2 + 1, 4):
-            raise CryogradError(f"{op}: a packed accumulator is (P, P, P // 2 + 1, 4), got "
-                                f"{tuple(accumulator.shape)}")
+            raise CryogradError(
+                f"{op}: a packed accumulator is (P, P, P // 2 + 1, 4), got "
+                f"{tuple(accumulator.shape)}"
+            )
         if weights is not None:
-            raise CryogradError(f"{op}: a packed accumulator holds the weights itself; "
-                                "pass weights=None")
+            raise CryogradError(
+                f"{op}: a packed accumulator holds the weights itself; pass weights=None"
+            )
     else:
         p, extended = _spectrum_layout(op, "accumulator", accumulator)
     if weights is not None:
         if weights.is_complex() or weights.shape != accumulator.shape:
-            raise CryogradError(f"{op}: weights must be real with the accumulator's shape "
-                                f"{tuple(accumulator.shape)}, got {weights.dtype} "
-                                f"{tuple(weights.shape)}")
+            raise CryogradError(
+                f"{op}: weights must be real with the accumulator's shape "
+                f"{tuple(accumulator.shape)}, got {weights.dtype} "
+                f"{tuple(weights.shape)}"
+            )
     for name, t in (("accumulator", accumulator), ("weights", weights)):
         if t is not None and not t.is_contiguous():
             raise CryogradError(f"{op}: {name} must be contiguous (it is added to in place)")
@@ -605,9 +654,11 @@ def insert_slices(
                 raise RuntimeError("complex")
             sw = torch.broadcast_to(sw, (d, w))
         except RuntimeError:
-            raise CryogradError(f"{op}: sample_weights must be real and broadcast to "
-                                f"(D, D // 2 + 1) = {(d, w)}, got {sw.dtype} "
-                                f"{tuple(sw.shape)}") from None
+            raise CryogradError(
+                f"{op}: sample_weights must be real and broadcast to "
+                f"(D, D // 2 + 1) = {(d, w)}, got {sw.dtype} "
+                f"{tuple(sw.shape)}"
+            ) from None
         sw = sw.to(device=device, dtype=dtype).contiguous()
     if b == 0:
         return
@@ -617,15 +668,28 @@ def insert_slices(
     vec = vector_atomics(device, dtype) and accumulator.data_ptr() % (16 if packed else 8) == 0
     with device_guard(device):
         _insert_kernel[grid](
-            _interleaved(slices.contiguous()), rot, coef, values,
+            _interleaved(slices.contiguous()),
+            rot,
+            coef,
+            values,
             shifts if shifts is not None else coef,
             premult if premult is not None else coef,
             sw if sw is not None else coef,
-            _interleaved(accumulator), weights if weights is not None else coef,
-            d, w, p, p // 2 + 1,
-            CTF_MODE=mode, HAS_SHIFT=shifts is not None, HAS_WEIGHTS=weights is not None,
-            HAS_PREMULT=premult is not None, HAS_SAMPLE_W=sw is not None, EXTENDED=extended,
-            PACKED=packed, VEC_ATOMICS=vec, BLOCK=_BLOCK,
+            _interleaved(accumulator),
+            weights if weights is not None else coef,
+            d,
+            w,
+            p,
+            p // 2 + 1,
+            CTF_MODE=mode,
+            HAS_SHIFT=shifts is not None,
+            HAS_WEIGHTS=weights is not None,
+            HAS_PREMULT=premult is not None,
+            HAS_SAMPLE_W=sw is not None,
+            EXTENDED=extended,
+            PACKED=packed,
+            VEC_ATOMICS=vec,
+            BLOCK=_BLOCK,
         )
 
 
@@ -668,8 +732,8 @@ def project(
     """Fourier-slice projections, as :func:`cryograd.projectors.fourier_slice.project` (Triton).
 
     The 3D and 2D FFTs are torch's; slice extraction is the Triton kernel, which computes the
-    geometry on the fly. ``batch_size`` is accepted for compatibility and ignored (the kernel path
-    chunks only to bound its ``(b, D, D // 2 + 1)`` temporaries).
+    geometry on the fly. ``batch_size`` (particles per chunk) bounds the ``(b, D, D // 2 + 1)``
+    temporaries only; by default about 64 M samples per chunk.
 
     Returns
     -------
@@ -688,7 +752,7 @@ def project(
     rot = _as_rotations(op, rotations, None, device, dtype)
     vol = ref.gridding_correction(volume, p) if gridding else volume
     spectrum = ref.volume_spectrum(vol, p)
-    step = _chunk(n)
+    step = int(batch_size) if batch_size else _chunk(n)
     out = [volume.new_zeros((0, n, n))]
     for start in range(0, rot.shape[0], step):
         spectra = extract_slices(spectrum, rot[start : start + step], n)
@@ -705,6 +769,8 @@ def backproject(
     batch_size: int | None = None,
 ) -> torch.Tensor:
     """Exact transpose of :func:`project`, as the torch reference's ``backproject`` (Triton).
+
+    ``batch_size`` as in :func:`project`.
 
     Returns
     -------
@@ -723,7 +789,7 @@ def backproject(
     rot = _as_rotations(op, rotations, images.shape[0], device, dtype)
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     acc = allocate(op, (p, p, p // 2 + 1), device=device, dtype=cdtype)
-    step = _chunk(n)
+    step = int(batch_size) if batch_size else _chunk(n)
     for start in range(0, rot.shape[0], step):
         spectra = ref.images_to_spectra_adjoint(images[start : start + step])
         insert_slices(spectra, rot[start : start + step], acc)

@@ -189,8 +189,13 @@ def project(
             m = min(step, n - start)
             grid = (triton.cdiv(d**3, _BLOCK_PROJECT), triton.cdiv(m, _PARTICLES_PER_PROGRAM))
             _project_kernel[grid](
-                vol, rot[start:], out[start:], m, d,
-                BLOCK=_BLOCK_PROJECT, PARTICLES=_PARTICLES_PER_PROGRAM,
+                vol,
+                rot[start:],
+                out[start:],
+                m,
+                d,
+                BLOCK=_BLOCK_PROJECT,
+                PARTICLES=_PARTICLES_PER_PROGRAM,
             )
     return out
 

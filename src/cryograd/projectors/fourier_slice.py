@@ -38,6 +38,7 @@ from functools import cached_property
 
 import torch
 
+from cryograd import kernels
 from cryograd.fourier import irfft2_centered, irfftn_centered, rfft2_centered, rfftn_centered
 from cryograd.kernels import cpu as cpu_kernels
 
@@ -450,7 +451,17 @@ def project(
     -------
     torch.Tensor
         ``(B, D, D)``.
+
+    Notes
+    -----
+    CUDA tensors (or any, with ``CRYOGRAD_KERNELS=triton``) run the Triton version
+    :func:`cryograd.kernels.fourier_slice.project` (:func:`cryograd.kernels.use_kernels`); CPU
+    tensors the compiled loops of :mod:`cryograd.kernels.cpu` when built, else torch.
     """
+    if kernels.use_kernels(volume):
+        return kernels.fourier_slice.project(
+            volume, rotations, pad=pad, gridding=gridding, batch_size=batch_size
+        )
     n = volume.shape[-1]
     p = padded_size(n, pad)
     rotations = rotations.to(device=volume.device, dtype=volume.dtype)
@@ -473,7 +484,14 @@ def backproject(
     gridding: bool = True,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Exact transpose of :func:`project`: ``(B, D, D)`` images -> ``(D, D, D)``."""
+    """Exact transpose of :func:`project`: ``(B, D, D)`` images -> ``(D, D, D)``.
+
+    Dispatches like :func:`project` (Triton :func:`cryograd.kernels.fourier_slice.backproject`).
+    """
+    if kernels.use_kernels(images):
+        return kernels.fourier_slice.backproject(
+            images, rotations, pad=pad, gridding=gridding, batch_size=batch_size
+        )
     n = images.shape[-1]
     p = padded_size(n, pad)
     rotations = rotations.to(device=images.device, dtype=images.dtype)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cryograd import kernels
+
 __all__ = [
     "RealSpaceGeometry",
     "real_space_geometry",
@@ -175,7 +177,14 @@ def project(
     -------
     torch.Tensor
         ``(B, D, D)`` images, ``[y, x]``, in the dtype of ``volume``.
+
+    Notes
+    -----
+    CUDA tensors (or any, with ``CRYOGRAD_KERNELS=triton``) run the Triton kernel
+    :func:`cryograd.kernels.real_space.project` (:func:`cryograd.kernels.use_kernels`).
     """
+    if kernels.use_kernels(volume):
+        return kernels.real_space.project(volume, rotations, batch_size=batch_size)
     n = volume.shape[-1]
     rotations = rotations.to(device=volume.device, dtype=volume.dtype)
     step = batch_size or default_batch_size(n)
@@ -191,7 +200,12 @@ def project(
 def backproject(
     images: torch.Tensor, rotations: torch.Tensor, *, batch_size: int | None = None
 ) -> torch.Tensor:
-    """Exact transpose of :func:`project`: ``(B, D, D)`` images to a ``(D, D, D)`` volume."""
+    """Exact transpose of :func:`project`: ``(B, D, D)`` images to a ``(D, D, D)`` volume.
+
+    Dispatches like :func:`project` (Triton :func:`cryograd.kernels.real_space.backproject`).
+    """
+    if kernels.use_kernels(images):
+        return kernels.real_space.backproject(images, rotations, batch_size=batch_size)
     n = images.shape[-1]
     rotations = rotations.to(device=images.device, dtype=images.dtype)
     step = batch_size or default_batch_size(n)

@@ -75,6 +75,9 @@ def ctf_half_grid(
 ) -> torch.Tensor:
     """RELION's CTF of a batch on the ``(D, D // 2 + 1)`` half grid, one pixel size per particle.
 
+    Particles are grouped by pixel size, so the frequency grid (and its azimuths) is computed once
+    per group, not once per particle.
+
     Parameters
     ----------
     params
@@ -90,10 +93,16 @@ def ctf_half_grid(
         ``(b, D, D // 2 + 1)``.
     """
     kx, ky = frequency_grid_2d(box_size, rfft=True, device=device, dtype=dtype)
-    scale = 1.0 / (box_size * pixel_sizes_angstrom.to(device=device, dtype=dtype)).view(-1, 1, 1)
-    return ctf_from_frequencies(
-        params.to(device=device, dtype=dtype), kx * scale, ky * scale, per_particle=True
-    )
+    px = pixel_sizes_angstrom.detach().cpu().double()
+    out = torch.empty((len(px), box_size, box_size // 2 + 1), device=device, dtype=dtype)
+    for value in torch.unique(px):
+        rows = torch.nonzero(px == value).squeeze(1)
+        scale = 1.0 / (box_size * float(value))
+        sub = params[rows.to(params.defocus_u_angstrom.device)]
+        out[rows.to(device)] = ctf_from_frequencies(
+            sub.to(device=device, dtype=dtype), kx * scale, ky * scale
+        )
+    return out
 
 
 def load_batch(
@@ -135,7 +144,7 @@ def load_batch(
     if use_ctf and particles.has_ctf:
         params = particles.ctf_params(indices, device=device, dtype=torch.float64)
         px = torch.as_tensor(particles.pixel_sizes_angstrom[indices], dtype=torch.float64)
-        ctf = ctf_half_grid(params, d, px, device=device, dtype=torch.float64).to(dtype)
+        ctf = ctf_half_grid(params, d, px, device=device, dtype=dtype)
     premultiplied = torch.as_tensor(
         np.asarray(particles.ctf_premultiplied)[indices].astype(bool), device=device
     )

@@ -228,6 +228,19 @@ def insert_particles(
 
 def padded_shell_index(box_size: int, padded: int, *, device=None) -> torch.Tensor:
     """Shell ``round(|q| · D / P)`` (``D``-grid units) of every sample of the padded half grid."""
+    key = (int(box_size), int(padded), str(torch.device(device or "cpu")))
+    cached = _SHELL_CACHE.get(key)
+    if cached is None:
+        cached = _padded_shell_index(box_size, padded, device)
+        _SHELL_CACHE.clear()  # keep one grid: they are large
+        _SHELL_CACHE[key] = cached
+    return cached
+
+
+_SHELL_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _padded_shell_index(box_size: int, padded: int, device) -> torch.Tensor:
     k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
     kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
     r = torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
