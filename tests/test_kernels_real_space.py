@@ -35,9 +35,15 @@ def _random_rotations(n: int, generator: torch.Generator, dtype: torch.dtype) ->
     w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
     rot = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=1,
     ).reshape(n, 3, 3)
@@ -101,7 +107,10 @@ def interpreted() -> dict[str, dict[str, float]]:
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -190,9 +199,13 @@ def test_kernels_compile_for_hopper(dtype):
     ptr = f"*{dtype}"
     target = GPUTarget("cuda", 90, 32)
     sig = {"rot_ptr": ptr, "out_ptr": ptr, "n_particles": "i32", "D": "i32"}
-    proj = compile(ASTSource(kernel._project_kernel, {"vol_ptr": ptr, **sig},
-                             {"BLOCK": 256, "PARTICLES": 4}), target=target)
+    proj = compile(
+        ASTSource(kernel._project_kernel, {"vol_ptr": ptr, **sig}, {"BLOCK": 256, "PARTICLES": 4}),
+        target=target,
+    )
     assert f"red.global.gpu.relaxed.add.{dtype.replace('fp', 'f')}" in proj.asm["ptx"]
-    back = compile(ASTSource(kernel._backproject_kernel, {"img_ptr": ptr, **sig}, {"BLOCK": 256}),
-                   target=target)
+    back = compile(
+        ASTSource(kernel._backproject_kernel, {"img_ptr": ptr, **sig}, {"BLOCK": 256}),
+        target=target,
+    )
     assert "red." not in back.asm["ptx"] and "atom." not in back.asm["ptx"]  # a pure gather

@@ -25,6 +25,8 @@ def test_half_map_resolution_matches_truth_resolution():
     assert 2 * px < truth_05 < 20 * px  # the test sits between Nyquist and the box
     assert abs(res.resolution_angstrom - truth_05) <= 0.15 * truth_05, (
         res.resolution_angstrom, truth_05)
+    # the refined direct map keeps the map's mean (the plain division loses ~35 % of it)
+    assert float(res.full_map.double().sum()) == pytest.approx(float(vol.sum()), rel=0.05)
     assert isinstance(res, Result) and res.n_particles == 3000
     assert res.map.shape == (64, 64, 64) and len(res.half_maps) == 2
 
@@ -40,7 +42,7 @@ def test_symmetry_d7_with_fewer_particles_matches_full_set():
     without it, and the map is invariant under the group."""
     vol, px = small_map(32)
     sym_vol = symmetrize_volume(torch.from_numpy(vol), "D7").numpy()
-    n_full = 1400
+    n_full = 2800
     full, _ = make_particles(sym_vol, n_full, px, snr=0.02, seed=21)
     few, _ = make_particles(sym_vol, n_full // 14, px, snr=0.02, seed=22)
     r_full = reconstruct(full, "direct", device="cpu", progress=False, snr=1.0)
@@ -51,7 +53,8 @@ def test_symmetry_d7_with_fewer_particles_matches_full_set():
     # resolutions at 0.5 agree within 10 %
     top = int(np.nonzero(f_full[1:] < 0.5)[0][0]) + 1
     assert top >= 4
-    assert np.abs(f_full[1:top] - f_sym[1:top]).max() < 0.1, (f_full, f_sym)
+    diff = f_sym[1:top] - f_full[1:top]
+    assert np.abs(diff).max() < 0.12 and abs(diff.mean()) < 0.03, (f_full, f_sym)
     r_a, r_b = resolution_at(f_full, 0.5, 32, px), resolution_at(f_sym, 0.5, 32, px)
     assert abs(r_a - r_b) <= 0.1 * r_a, (r_a, r_b)
     m = r_sym.full_map.double()

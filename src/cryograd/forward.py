@@ -234,7 +234,8 @@ class ForwardModel:
     ) -> Any:
         """``Aᵀ (A x − b)``, the gradient of ``½ ||A x − b||²``, chunk by chunk.
 
-        The projection geometry of each chunk is computed once and used by both directions.
+        The projection geometry of each chunk is computed once and used by both directions (on
+        the Triton path the kernels compute it on the fly instead).
         With ``return_loss=True`` returns ``(gradient, loss)`` with ``loss = ½ ||A x − b||²``
         (float).
         """
@@ -487,10 +488,11 @@ class ForwardModel:
     def _data_gradient_kernels(self, vol, img, rot, shifts, ctf) -> tuple[torch.Tensor, float]:
         ext = self._fourier_start(vol) if self.projector == "fourier" else None
         acc = self._new_accumulator(vol)
-        loss = vol.new_zeros(())  # summed on the device: no host sync per chunk
+        # summed on the device (no host sync per chunk), in float64 like the torch path's floats
+        loss = torch.zeros((), device=vol.device, dtype=torch.float64)
         for sl in self._kernel_chunks(rot.shape[0]):
             filt = self._chunk_filter(sl, shifts, ctf, vol)
             resid = self._project_chunk_kernels(vol, rot, shifts, ctf, sl, ext, filt) - img[sl]
-            loss += 0.5 * (resid * resid).sum()
+            loss += 0.5 * (resid * resid).sum().double()
             self._backproject_chunk_kernels(resid, rot, shifts, ctf, sl, acc, filt)
         return self._finish(acc), float(loss)

@@ -285,6 +285,7 @@ def reconstruct(
     lam: float | None = None,
     use_ctf: bool = True,
     mask=None,
+    refine: int = 3,
     cg_tol: float = 1e-5,
     cg_max_iter: int = 200,
     epochs: int = 10,
@@ -332,6 +333,10 @@ def reconstruct(
         False reconstructs without CTF correction (``--no-ctf``).
     mask
         ``(D, D, D)`` array, a path to an MRC mask, or None (soft mask from the map).
+    refine
+        ``direct``: preconditioned CG iterations on the full map after the division
+        (:func:`cryograd.solvers.cg.refine_in_box`), which restore the low-frequency power the
+        division loses outside the box; 0 gives the plain division.
     cg_tol, cg_max_iter
         CG stopping rule.
     epochs, lr, loss, penalty, sorted_l1_sequence, sorted_l1_q, huber_delta, val_fraction,
@@ -390,8 +395,9 @@ def reconstruct(
                 method, len(idx), d, px, len(halves[0]), len(halves[1]))
 
     if method == "direct":
-        h1, h2, full = _run_direct(particles, halves, pad, bs, snr, lam, max_shell, progress,
-                                   timings, history, **common)
+        h1, h2, full = _run_direct(particles, halves, pad, bs, snr, lam, max_shell, refine,
+                                   progress, timings, history, **common)
+        params["refine"] = refine
     elif method == "cg":
         h1, h2, full = _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell,
                                cg_tol, cg_max_iter, progress, timings, history, **common)
@@ -432,9 +438,10 @@ def _load_mask(mask, box_size: int) -> torch.Tensor | None:
     return torch.as_tensor(np.asarray(data, dtype=np.float64))
 
 
-def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, progress, timings, history,
-                *, device, dtype, use_ctf, symmetry, comm):
+def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, refine, progress, timings,
+                history, *, device, dtype, use_ctf, symmetry, comm):
     from cryograd.solvers import direct as dr
+    from cryograd.solvers.cg import refine_in_box
     from cryograd.validation import fsc, inverse_tau2_from_fsc
 
     t0 = time.perf_counter()
@@ -464,11 +471,29 @@ def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, progress, timin
         # the τ² Wiener filter is for the full map
         full = dr.wiener_reconstruct(full_ins, reg_full, max_shell=max_shell)
         timings["divide"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        full = _refine(refine_in_box, full_ins, reg_full, full, refine, max_shell)
+        timings["refine"] = time.perf_counter() - t0
         return pre[0], pre[1], full
     maps = [dr.wiener_reconstruct(i, r, max_shell=max_shell)
             for i, r in zip((ins[0], ins[1], full_ins), regs)]
     timings["divide"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    maps[2] = _refine(refine_in_box, full_ins, regs[2], maps[2], refine, max_shell)
+    timings["refine"] = time.perf_counter() - t0
     return maps[0], maps[1], maps[2]
+
+
+def _refine(refine_in_box, insertion, reg, volume, iterations, max_shell):
+    if iterations <= 0:
+        return volume
+    out = refine_in_box(insertion, reg, volume, iterations=iterations)
+    if max_shell is not None:
+        from cryograd.validation import apply_shell_weights
+
+        w = (torch.arange(volume.shape[-1] // 2 + 1) <= max_shell).double()
+        out = apply_shell_weights(out, w).to(volume.dtype)
+    return out
 
 
 def _default_lam(insertion, snr, lam) -> float:

@@ -50,6 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="constant Wiener SNR (default: RELION's tau2 from the half-map FSC)")
     p.add_argument("--lam", type=float, default=None,
                    help="regulariser λ of cg, or the penalty weight of adam/sgd")
+    p.add_argument("--refine", type=int, default=3,
+                   help="direct: CG iterations on the full map after the division (0: none)")
     p.add_argument("--mask", type=Path, default=None, help="mask for the masked FSC (MRC)")
     p.add_argument("--no-ctf", action="store_true", help="reconstruct without CTF correction")
     p.add_argument("--datadir", type=Path, default=None, help="folder of the image stacks")
@@ -131,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             dtype=torch.float64 if args.double else torch.float32, batch_size=args.batch_size,
             first=args.first, class_number=args.class_number, sym=args.sym, seed=args.seed,
             maxres=args.maxres, snr=args.snr, lam=args.lam, use_ctf=not args.no_ctf,
-            mask=args.mask, cg_tol=args.tol, cg_max_iter=args.max_iter, epochs=args.epochs,
+            mask=args.mask, refine=args.refine, cg_tol=args.tol, cg_max_iter=args.max_iter,
+            epochs=args.epochs,
             lr=args.lr, loss=args.loss, penalty=args.penalty,
             sorted_l1_sequence=args.sorted_l1_seq, sorted_l1_q=args.sorted_l1_q,
             huber_delta=args.huber_delta, val_fraction=args.val_fraction,

@@ -3,14 +3,19 @@
 The torch functions in :mod:`cryograd.projectors` are the reference implementation and the CPU
 route. The modules :mod:`cryograd.kernels.real_space` and :mod:`cryograd.kernels.fourier_slice`
 hold Triton versions with the *same signatures*, so that a reference function dispatches in one
-line::
+line (as :func:`cryograd.projectors.real_space.project` does)::
 
     from cryograd import kernels
 
-    def project_real_space(volume, rotations):
+    def project(volume, rotations, *, batch_size=None):
         if kernels.use_kernels(volume):
-            return kernels.real_space.project_real_space(volume, rotations)
+            return kernels.real_space.project(volume, rotations, batch_size=batch_size)
         ...  # torch reference
+
+Dispatched: the module functions ``project``/``backproject`` of both projectors and, per chunk,
+:class:`cryograd.forward.ForwardModel` (``project``, ``backproject``, ``data_gradient``), which
+calls the fused :func:`cryograd.kernels.fourier_slice.extract_slices` / ``insert_slices`` (slice
+geometry, CTF and shift computed in the kernel) or the real-space kernels.
 
 Selection, by the environment variable ``CRYOGRAD_KERNELS``:
 

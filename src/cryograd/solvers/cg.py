@@ -40,6 +40,7 @@ __all__ = [
     "CGResult",
     "conjugate_gradient",
     "ToeplitzNormalOperator",
+    "refine_in_box",
     "normal_rhs_from_insertion",
     "RealSpaceNormalOperator",
     "solve_cg",
@@ -145,7 +146,7 @@ def conjugate_gradient(
 
 
 class ToeplitzNormalOperator:
-    """``x -> AᵀA x + λ x`` as a convolution on the padded grid (see module doc).
+    """``x -> AᵀA x + λ x (+ R x)`` as a convolution on the padded grid (see module doc).
 
     Parameters
     ----------
@@ -155,34 +156,93 @@ class ToeplitzNormalOperator:
         ``D``.
     lam
         ``λ``.
+    spectral_reg
+        Optional ``(P, P, P // 2 + 1)`` real Wiener terms ``ρ(q)`` in the units of the weights
+        (e.g. RELION's ``1/τ²`` per shell): adds ``R = crop · F⁻¹ (P³/D²) ρ F · pad``.
     """
 
-    def __init__(self, weights: torch.Tensor, box_size: int, lam: float = 0.0) -> None:
+    def __init__(self, weights: torch.Tensor, box_size: int, lam: float = 0.0,
+                 spectral_reg: torch.Tensor | None = None) -> None:
         self.box_size = int(box_size)
         self.size = int(weights.shape[0])
         # unnormalised inverse FFT: (P³/D²) · irfftn = (1/D²) · Σ_q
-        self.kernel_spectrum = weights * (self.size**3 / self.box_size**2)
+        scale = self.size**3 / self.box_size**2
+        self.kernel_spectrum = weights * scale
+        self.multiplier = self.kernel_spectrum
+        if spectral_reg is not None:
+            self.multiplier = self.kernel_spectrum + spectral_reg.to(weights.dtype) * scale
         self.lam = float(lam)
 
-    def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``AᵀA x`` (without ``λ``)."""
+    def _convolve(self, x: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
         d, m = self.box_size, self.size
         padded = x.new_zeros((m, m, m))
         padded[:d, :d, :d] = x
-        spec = torch.fft.rfftn(padded) * self.kernel_spectrum.to(x.dtype)
+        spec = torch.fft.rfftn(padded) * multiplier.to(x.dtype)
         return torch.fft.irfftn(spec, s=(m, m, m))[:d, :d, :d].contiguous()
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``AᵀA x`` (without ``λ`` and ``R``)."""
+        return self._convolve(x, self.kernel_spectrum)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normal(x) + self.lam * x
+        return self._convolve(x, self.multiplier) + self.lam * x
 
     def preconditioner(self, r: torch.Tensor) -> torch.Tensor:
-        """``crop(irfftn(rfftn(pad(r)) / (K + λ)))``: the direct method's division as ``M⁻¹``."""
-        d, m = self.box_size, self.size
-        padded = r.new_zeros((m, m, m))
-        padded[:d, :d, :d] = r
-        denom = self.kernel_spectrum.to(r.dtype) + max(self.lam, 1e-12)
-        spec = torch.fft.rfftn(padded) / denom
-        return torch.fft.irfftn(spec, s=(m, m, m))[:d, :d, :d].contiguous()
+        """``crop(irfftn(rfftn(pad(r)) / (K + R + λ)))``: the direct division as ``M⁻¹``."""
+        denom = self.multiplier + max(self.lam, 1e-12)
+        return self._convolve(r, 1.0 / denom)
+
+
+def refine_in_box(
+    insertion: FourierInsertion,
+    regularizer: float | torch.Tensor,
+    x0: torch.Tensor,
+    *,
+    iterations: int = 3,
+) -> torch.Tensor:
+    """A few preconditioned CG steps from the direct map ``x0`` on the same regularised system.
+
+    The direct division ignores that the map lives in the ``D`` box inside the padded grid; where
+    the weights change fast (near the origin, whose sampling density grows as ``1/|q|``) this
+    loses low-frequency power outside the box (the map's mean comes out ~30–40 % low). Solving
+    ``(AᵀA + R) x = Aᵀb`` with the Toeplitz ``AᵀA`` (``R`` the same Wiener term), preconditioned
+    by the division itself, restores it in about three iterations (four FFTs of ``P³`` each).
+    The map is confined to the sphere inscribed in the box (radius ``D/2 − 1``; it is zero
+    outside), the support every point group maps onto itself, so a symmetric ``x0`` stays
+    symmetric.
+
+    Parameters
+    ----------
+    insertion
+        The insertion sums.
+    regularizer
+        The Wiener term ``ρ`` used for ``x0`` (constant or per shell, see ``wiener_reconstruct``).
+    x0
+        ``(D, D, D)`` direct map.
+    iterations
+        PCG iterations (0 returns ``x0``).
+    """
+    from cryograd.solvers.direct import padded_shell_index
+
+    if iterations <= 0:
+        return x0
+    d, p = insertion.box_size, insertion.padded
+    w = insertion.weights
+    if isinstance(regularizer, torch.Tensor) and regularizer.numel() > 1:
+        shells = padded_shell_index(d, p, device=w.device)
+        reg_shell = regularizer.to(device=w.device, dtype=w.dtype).reshape(-1)
+        reg = reg_shell[shells.clamp(max=reg_shell.numel() - 1)]
+    else:
+        reg = torch.full_like(w, float(regularizer))
+    op = ToeplitzNormalOperator(w, d, 0.0, spectral_reg=reg)
+    c = torch.arange(d, device=w.device, dtype=w.dtype) - d // 2
+    r2 = c.view(-1, 1, 1) ** 2 + c.view(1, -1, 1) ** 2 + c.view(1, 1, -1) ** 2
+    sphere = (r2 <= (d // 2 - 1) ** 2).to(w.dtype)
+    res = conjugate_gradient(lambda v: sphere * op(sphere * v),
+                             sphere * normal_rhs_from_insertion(insertion),
+                             x0=sphere * x0.to(w.dtype), tol=0.0, max_iter=iterations,
+                             preconditioner=lambda v: sphere * op.preconditioner(sphere * v))
+    return sphere * res.x
 
 
 def normal_rhs_from_insertion(

@@ -325,12 +325,15 @@ def reconstruct_direct(
     max_shell: int | None = None,
     comm=None,
     progress: bool = True,
+    refine: int = 0,
 ) -> torch.Tensor:
     """One direct reconstruction of particles ``indices`` with a constant Wiener term.
 
     Give ``snr`` (``ρ = 1 / snr``) or ``lam`` (``ρ = λ D² / P³``, the ``λ`` of
     ``(AᵀA + λI) x = Aᵀb``); with neither, ``ρ = 1e-3 ·`` the mean weight inside Nyquist. For the
     gold-standard procedure with half maps and RELION's ``τ²`` use :func:`cryograd.reconstruct`.
+    ``refine`` CG iterations in the box follow the division
+    (:func:`cryograd.solvers.cg.refine_in_box`).
 
     Returns
     -------
@@ -351,7 +354,12 @@ def reconstruct_direct(
         reg = lam_to_wiener(lam, ins.box_size, ins.padded)
     else:
         reg = default_regularizer(ins)
-    return wiener_reconstruct(ins, reg, max_shell=max_shell)
+    volume = wiener_reconstruct(ins, reg, max_shell=max_shell)
+    if refine > 0:
+        from cryograd.solvers.cg import refine_in_box
+
+        volume = refine_in_box(ins, reg, volume, iterations=refine)
+    return volume
 
 
 def default_regularizer(insertion: FourierInsertion) -> float:
