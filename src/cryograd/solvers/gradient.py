@@ -252,7 +252,11 @@ def train(
                                        use_ctf=use_ctf)
                     share = _batch_loss(model, volume, batch, loss_fn, len(global_batch),
                                         symmetry, comm)
-                total = share if share is not None else volume.sum() * 0.0
+                if share is None:  # an empty shard still takes part in the loss's collectives
+                    empty = volume.new_zeros((0, d, d)) + 0.0 * volume.sum()
+                    total = loss_fn(empty, normalizer=len(global_batch), comm=comm)
+                else:
+                    total = share
                 if comm.is_main:
                     total = total + penalty.smooth(volume)
                 total.backward()
