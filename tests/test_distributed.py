@@ -459,6 +459,23 @@ def test_spawn_propagates_a_failure(tmp_path, capfd):
     assert time.time() - _kill_time(tmp_path) < 15  # the others were stopped at once
 
 
+def test_spawn_reports_the_failing_rank_not_the_ones_it_stopped(tmp_path, capfd):
+    """Bad input on rank 1: its status (2) is the job's, and the ranks print the cause."""
+    code = cd.spawn(3, ["raise", str(tmp_path)], command=WORKER, env=_base_env())
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert "cryograd: error: rank 1 failed: particles.mrcs: shard unreadable" in err
+    assert "exited with status" not in err  # no second, vaguer line from the launcher
+
+
+def test_parse_die_at():
+    assert cd._parse_die_at("", 0) is None
+    assert cd._parse_die_at("1:7", 1) == 7
+    assert cd._parse_die_at(" 1:7 ", 0) is None
+    with pytest.raises(CryogradError, match="CRYOGRAD_TEST_DIE_AT"):
+        cd._parse_die_at("rank1", 1)
+
+
 # --------------------------------------------------------------------------------------------------
 # The worker program
 # --------------------------------------------------------------------------------------------------

@@ -94,3 +94,54 @@ def test_slope_penalty_is_applied_by_prox():
     plain = train(ps, np.arange(80), **kw)
     sparse = train(ps, np.arange(80), penalty=SortedL1Penalty(5e3, "bh"), **kw)
     assert int((sparse.last_volume == 0).sum()) > int((plain.last_volume == 0).sum()) + 100
+
+
+def test_particle_cache_gives_the_streamed_batches_and_training():
+    """The device cache (forced on here; automatic only on CUDA) returns what ``load_batch``
+    reads from the stacks, and training with it follows the streamed run step for step."""
+    from cryograd.solvers.batches import DeviceParticleCache, load_batch, should_cache
+
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 90, px, snr=0.5, seed=14)
+    ps.ctf_premultiplied = np.arange(90) % 3 == 0
+    idx = np.arange(5, 90)
+    cache = DeviceParticleCache(ps, idx, device="cpu", dtype=torch.float32, batch_size=32)
+    ask = np.array([70, 6, 33, 34, 89])
+    got, ref = cache.batch(ask), load_batch(ps, ask)
+    for name in ("images", "rotations", "shifts_px", "ctf", "premultiplied"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=0, atol=0)
+    np.testing.assert_array_equal(got.indices, ask)
+    with pytest.raises(KeyError):
+        cache.batch(np.array([2]))
+    assert should_cache(90, 16, "cpu", torch.float32) is False  # the CPU streams
+    model = ForwardModel(16, px)
+    kw = dict(model=model, loss_fn=L2Loss(), method="adam", epochs=2, lr=0.05, batch_size=20,
+              val_fraction=0.1, seed=3, progress=False)
+    a = train(ps, idx, cache=True, **kw)
+    b = train(ps, idx, cache=False, **kw)
+    torch.testing.assert_close(a.last_volume, b.last_volume, rtol=1e-6, atol=1e-7)
+    assert a.val_loss == pytest.approx(b.val_loss, rel=1e-6)
+
+
+def test_direct_start_from_training_particles_only_lowers_validation_loss():
+    """A start map given as a function gets the training particles only (none of the validation
+    ones), so the validation loss measures it honestly and Adam lowers it from there."""
+    vol, px = small_map(24)
+    n = 400
+    ps, _ = make_particles(vol, n, px, snr=0.2, seed=15)
+    seen = []
+
+    def start(train_idx):
+        seen.append(np.asarray(train_idx))
+        return reconstruct_direct(ps, train_idx, progress=False)
+
+    model = ForwardModel(24, px)
+    std = float(reconstruct_direct(ps, np.arange(n), progress=False).std())
+    res = train(ps, np.arange(n), model=model, loss_fn=L2Loss(), method="adam", epochs=2,
+                lr=0.02 * std, batch_size=50, val_fraction=0.1, seed=4, progress=False,
+                init_volume=start, patience=5)
+    train_idx, val_idx = split_validation(np.arange(n), 0.1, 4)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], train_idx)
+    assert not set(seen[0]) & set(val_idx)
+    assert res.val_loss[1] < res.val_loss[0], res.val_loss

@@ -30,6 +30,10 @@ once when a peer's connection closes). A rank that is alive but stuck makes the 
 time out after ``timeout_s``. When rank 0, which hosts the store, dies, the others lose the store
 and exit naming rank 0. Ranks end with ``os._exit``, so outputs must be written atomically
 (temporary name, then rename) and by rank 0 alone: a stopped job leaves no half-written file.
+
+For tests, ``$CRYOGRAD_TEST_DIE_AT="R:N"`` makes rank R SIGKILL itself just before its N-th
+collective (as the out-of-memory killer would), at a point of the run that does not depend on
+timing.
 """
 
 from __future__ import annotations
@@ -453,6 +457,7 @@ class Communicator:
         self._comm_time_s = 0.0
         self._comm_bytes = 0
         self.profile = os.environ.get("CRYOGRAD_PROFILE_COMM", "") == "1"
+        self._die_at = _parse_die_at(os.environ.get("CRYOGRAD_TEST_DIE_AT", ""), self.rank)
         self._closed = False
         self._abort_hooks: list[Callable[[], None]] = []
 
@@ -483,6 +488,8 @@ class Communicator:
     def _timed(self, nbytes: int) -> Iterator[None]:
         """Count one collective and the seconds it takes (synchronising CUDA when profiling)."""
         self._n_collectives += 1
+        if self._die_at == self._n_collectives:
+            _die_for_test(self)
         sync = self.profile and self.device.type == "cuda"
         if sync:
             torch.cuda.synchronize(self.device)
@@ -677,6 +684,31 @@ class Communicator:
         self._store = None
 
 
+def _parse_die_at(text: str, rank: int) -> int | None:
+    """``$CRYOGRAD_TEST_DIE_AT="R:N"``: the collective before which rank R kills itself (tests)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        r, n = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise CryogradError(f"CRYOGRAD_TEST_DIE_AT={text!r}: expected RANK:COLLECTIVE") from None
+    return n if r == rank else None
+
+
+def _die_for_test(comm: Communicator) -> NoReturn:
+    """SIGKILL this process, as the out-of-memory killer would (``$CRYOGRAD_TEST_DIE_AT``)."""
+    logger.warning(
+        "rank %d: killing itself before collective #%d (CRYOGRAD_TEST_DIE_AT)",
+        comm.rank,
+        comm._n_collectives,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _key(name: str) -> str:
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return f"{_KEY_PREFIX}/{restart}/{name}"
@@ -723,9 +755,22 @@ def _publish_abort(comm: Communicator, store: Any, message: str) -> str:
     return message
 
 
+def _log_to_files(message: str) -> None:
+    """Log ``message`` as an error to the log files only: it is printed on stderr just after."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__):
+            continue
+        try:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def _exit_now(message: str, exit_code: int, hooks: Sequence[Callable[[], None]] = ()) -> NoReturn:
     """Log ``message``, print it on stderr, run the abort hooks, and end the process at once."""
-    logger.error("%s", message)
+    _log_to_files(message)
     for hook in hooks:
         try:
             hook()
@@ -1012,6 +1057,8 @@ def setup_rank_logging(
     )
     err_handler = logging.StreamHandler(sys.stderr)
     err_handler.setLevel(logging.ERROR)
+    # This module prints its own one-line report of a failure; the details stay in the file.
+    err_handler.addFilter(lambda record: not record.name.startswith(__name__))
     err_handler.setFormatter(logging.Formatter(f"rank {comm.rank}: %(levelname)s %(message)s"))
     root.addHandler(file_handler)
     root.addHandler(err_handler)
@@ -1060,6 +1107,7 @@ def spawn(
     command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     grace_s: float = 10.0,
+    settle_s: float = 6.0,
     poll_s: float = 0.1,
 ) -> int:
     """Run ``nproc`` local processes of one job and wait for them (``--nproc`` without a launcher).
@@ -1081,6 +1129,9 @@ def spawn(
         Base environment (default ``os.environ``).
     grace_s
         Seconds the other processes get to end after SIGTERM before SIGKILL.
+    settle_s
+        Seconds the other processes get to stop on their own after one has failed (their
+        watchdogs notice within a few seconds and print the cause) before SIGTERM.
     poll_s
         Seconds between two checks of the processes.
 
@@ -1088,7 +1139,8 @@ def spawn(
     -------
     int
         0 when every process succeeded; else the failing process's status (1 when it was killed by
-        a signal), after stopping the others and printing which rank failed and how.
+        a signal), after stopping the others; which rank failed and how is printed by the ranks
+        themselves, or here when one was killed by a signal or the others had to be stopped.
     """
     if nproc < 1:
         raise CryogradError(f"--nproc {nproc}: must be at least 1")
@@ -1116,16 +1168,25 @@ def spawn(
         logger.info("spawned %d processes (rendezvous on 127.0.0.1:%d)", nproc, port)
         while True:
             codes = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                # Several may have ended in one poll: a killed one is the likeliest first cause.
-                rank, code = min(failed, key=lambda rc: (rc[1] >= 0, rc[0]))
+            if any(c not in (None, 0) for c in codes):
+                # Give the others a moment to stop on their own (their watchdogs see the failure
+                # and print its cause), then pick the likeliest first cause: a process killed by
+                # a signal, else one that failed itself (bad input, status 2) over the ranks it
+                # stopped (status 1).
+                deadline = time.monotonic() + settle_s
+                while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                    time.sleep(poll_s)
+                codes = [p.poll() for p in procs]
+                failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+                rank, code = min(failed, key=lambda rc: (rc[1] >= 0, rc[1] == EXIT_ABORTED, rc[0]))
                 running = [p for p in procs if p.poll() is None]
                 _stop_processes(running, grace_s)
                 tail = f"; stopped the other {len(running)} process(es)" if running else ""
-                print(
-                    f"cryograd: error: rank {rank} {_describe_status(code)}{tail}", file=sys.stderr
-                )
+                line = f"rank {rank} {_describe_status(code)}{tail}"
+                if code < 0 or running:  # nobody has said why yet
+                    print(f"cryograd: error: {line}", file=sys.stderr)
+                else:  # the ranks printed the cause themselves
+                    logger.debug("%s", line)
                 return code if code > 0 else EXIT_ABORTED
             if all(c == 0 for c in codes):
                 return 0

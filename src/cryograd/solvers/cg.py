@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from cryograd.fourier import irfftn_centered
 from cryograd.projectors import fourier_slice as fs
-from cryograd.solvers.batches import expand_symmetry, global_batches, load_batch
+from cryograd.solvers.batches import batch_loader, expand_symmetry, global_batches, load_batch
 from cryograd.solvers.direct import FourierInsertion, insert_particles
 
 __all__ = [
@@ -271,10 +271,14 @@ class RealSpaceNormalOperator:
         ``λ``.
     use_ctf, symmetry, batch_size, device, dtype, comm
         As for :func:`solve_cg`.
+    cache
+        Keep poses and CTFs on the device across iterations (None: on a CUDA device when they
+        fit, see :func:`cryograd.solvers.batches.should_cache`).
     """
 
     def __init__(self, model, particles, indices, *, lam=0.0, use_ctf=True, symmetry=None,
-                 batch_size=256, device="cpu", dtype=torch.float32, comm=None) -> None:
+                 batch_size=256, device="cpu", dtype=torch.float32, comm=None,
+                 cache: bool | None = None) -> None:
         from cryograd.distributed import single_process
 
         self.model = model
@@ -287,6 +291,8 @@ class RealSpaceNormalOperator:
         self.device = device
         self.dtype = dtype
         self.comm = comm or single_process(device)
+        self._load = batch_loader(particles, self.indices, device=device, dtype=dtype,
+                                  use_ctf=use_ctf, with_images=False, cache=cache)
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
@@ -294,8 +300,7 @@ class RealSpaceNormalOperator:
             local = self.comm.shard(global_batch)
             if not len(local):
                 continue
-            batch = load_batch(self.particles, local, device=self.device, dtype=self.dtype,
-                               use_ctf=self.use_ctf, with_images=False)
+            batch = self._load(local)
             batch = expand_symmetry(batch, self.symmetry)
             filt = batch.model_filter()
             proj = self.model.project(x, batch.rotations, batch.shifts_px, filt)

@@ -18,12 +18,32 @@ Fourier sample of one image), or per shell RELION's ``1/τ²`` from a half-map F
 (:func:`cryograd.validation.inverse_tau2_from_fsc`), or ``ρ = λ D² / P³`` to match the operator
 regulariser ``λ`` of ``(AᵀA + λI) x = Aᵀb`` (:func:`lam_to_wiener`, used by the CG comparison).
 
+Low frequencies: the division estimates every voxel of the padded grid on its own, from the
+samples that fall within one voxel of it. Along each slice the samples lie ``P / D`` (= 2 for
+``--pad 2``) voxels apart, so the voxels at ``0 < |q| < P / D`` next to the origin see only
+samples of the first ring (``|k| = 1``), never the origin's: they are estimated low (the map's
+spectrum falls fast there), and after cropping to the box the map's mean comes out 30–40 % low
+(``--pad 3``: ~60 %), while shells ``≥ 1`` are right. This is a property of the plain division
+(it is RELION's ``relion_reconstruct --skip_gridding``), not of the Wiener term, the weight of the
+DC sample or the ``kx = 0`` duplicates (noiseless, CTF-free data: the DC voxel ``N/W`` is the
+images' DC exactly, shells 1–5 are within 5 %). RELION by default avoids it with 10 iterations
+of Pipe–Menon density compensation; here :func:`cryograd.solvers.cg.refine_in_box` (a few
+preconditioned CG steps on the same system, confined to the box) restores it, and
+:func:`cryograd.reconstruct` runs 3 of them by default (``--refine``).
+
 Scaling: with :class:`cryograd.forward.ForwardModel`'s Fourier projector, ``Aᵀb`` is
 ``(P³ / D²) · G · crop · irfftn(N)`` and ``AᵀA ≈ (P³ / D²) · G · crop · irfftn(W ·)`` (``G`` the
 gridding correction), hence the factor in :func:`lam_to_wiener`. Samples of the ``kx = 0`` column of
 each image (whose Friedel mates are also stored) enter with weight ½, as in the projector's adjoint,
 and the ``qx = 0`` (and Nyquist) planes of the 3D half grid get their mirrored contributions added,
 so ``N`` and ``W`` are the full-grid sums.
+
+Backends: on the CPU the scatter is the projector's (compiled C loops where available, else
+``index_add_``) and each batch's CTF array is formed. When :func:`cryograd.kernels.use_kernels`
+says so (CUDA, or ``CRYOGRAD_KERNELS=triton``) one fused Triton insertion per batch
+(:func:`cryograd.kernels.fourier_slice.insert_slices`) computes the CTF from its parameters, the
+shift ramp and the ½-column factor in the kernel and accumulates values and real weights
+together, so no ``b × D²`` CTF array is held.
 
 Each process inserts its shard of every global batch; the grids are summed with
 ``comm.all_reduce_sum_`` once at the end.
@@ -38,6 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cryograd import kernels
 from cryograd.fourier import irfftn_centered, rfft2_centered
 from cryograd.projectors import fourier_slice as fs
 from cryograd.shift import phase_ramp
@@ -71,6 +92,8 @@ class FourierInsertion:
         ``D`` and ``P``.
     n_particles
         Particles inserted (before symmetry expansion).
+    max_shell
+        The resolution limit the samples were inserted with (``D``-grid shells), or None.
     """
 
     numerator: torch.Tensor
@@ -78,6 +101,7 @@ class FourierInsertion:
     box_size: int
     padded: int
     n_particles: int
+    max_shell: int | None = None
 
     def __add__(self, other: FourierInsertion) -> FourierInsertion:
         if (self.box_size, self.padded) != (other.box_size, other.padded):
@@ -88,7 +112,14 @@ class FourierInsertion:
             self.box_size,
             self.padded,
             self.n_particles + other.n_particles,
+            _combined_shell(self.max_shell, other.max_shell),
         )
+
+
+def _combined_shell(a: int | None, b: int | None) -> int | None:
+    if a is None or b is None:
+        return None if a is None and b is None else (a if b is None else b)
+    return max(a, b)
 
 
 def insertion_memory_bytes(box_size: int, pad: float = 2.0, *, dtype=torch.float32) -> int:
@@ -171,11 +202,16 @@ def insert_particles(
     p = fs.padded_size(d, pad)
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     n_sym = 1 if symmetry is None else int(symmetry.shape[0])
+    use_k = kernels.use_kernels(torch.empty(0, device=device, dtype=dtype))
     if batch_size is None:
-        batch_size = max(1, fs.default_batch_size(d) // n_sym)
+        if use_k:  # the kernel needs no per-sample geometry: bigger batches
+            batch_size = _kernel_batch_size(d)
+        else:
+            batch_size = max(1, fs.default_batch_size(d) // n_sym)
     sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
     num_acc = fs.ExtendedSpectrum.zeros(p, device=device, dtype=cdtype)
-    w_acc = fs.ExtendedSpectrum.zeros(p, device=device, dtype=cdtype)
+    # the kernel accumulates real weights; the torch scatter takes complex slices
+    w_acc = torch.zeros(num_acc.shape, device=device, dtype=dtype if use_k else cdtype)
     col = _half_column_factor(d, device, dtype)
     keep = None
     if max_shell is not None:
@@ -192,38 +228,78 @@ def insert_particles(
         for global_batch in global_batches(indices, batch_size):
             local = comm.shard(global_batch)
             if len(local):
-                batch = load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf)
-                spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
-                if batch.shifts_px is not None:
-                    spectra = spectra * phase_ramp(batch.shifts_px, d, dtype=dtype)
-                data_filter = batch.data_filter()
-                if data_filter is not None:
-                    spectra = spectra * data_filter
-                    weights = batch.ctf * batch.ctf
+                batch = load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf,
+                                   ctf_values=not use_k)
+                if use_k:
+                    _insert_batch_kernel(batch, sym, col, num_acc, w_acc)
                 else:
-                    weights = torch.ones((len(batch), d, d // 2 + 1), device=device, dtype=dtype)
-                spectra = spectra * col
-                weights = (weights * col).to(cdtype)
-                rotations = batch.rotations
-                if sym is not None:
-                    rotations = (rotations[:, None] @ sym.transpose(-1, -2)[None]).reshape(-1, 3, 3)
-                    spectra = spectra.repeat_interleave(n_sym, dim=0)
-                    weights = weights.repeat_interleave(n_sym, dim=0)
-                geom = fs.slice_geometry(rotations, d, p, dtype=dtype)
-                fs.insert_slices(spectra, geom, accumulator=num_acc)
-                fs.insert_slices(weights, geom, accumulator=w_acc)
+                    _insert_batch_torch(batch, sym, col, num_acc, w_acc, p)
             bar.update(len(global_batch))
     finally:
         bar.close()
     numerator = fs.ExtendedSpectrum.fold(num_acc, p)
     del num_acc
-    weights = fs.ExtendedSpectrum.fold(w_acc, p).real.contiguous()
+    weights = fs.ExtendedSpectrum.fold(w_acc, p)
+    weights = (weights.real if weights.is_complex() else weights).contiguous()
     del w_acc
     comm.all_reduce_sum_(numerator)
     comm.all_reduce_sum_(weights)
     numerator = _symmetrize_planes(numerator, p)
     weights = _symmetrize_planes(weights, p)
-    return FourierInsertion(numerator, weights, d, p, int(len(indices)))
+    return FourierInsertion(numerator, weights, d, p, int(len(indices)),
+                            None if max_shell is None else int(max_shell))
+
+
+def _kernel_batch_size(box_size: int) -> int:
+    """Particles per batch on the Triton path (about 16 M image samples, as the forward model)."""
+    from cryograd.forward import _kernel_batch_size as forward_kernel_batch_size
+
+    return forward_kernel_batch_size(box_size)
+
+
+def _insert_batch_torch(batch, sym, col, num_acc, w_acc, padded: int) -> None:
+    """One batch by the reference scatter (compiled CPU loops where available): the CTF array
+    of the batch is formed, spectra and weights are multiplied, then inserted."""
+    d = batch.images.shape[-1]
+    dtype = batch.images.dtype
+    spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
+    if batch.shifts_px is not None:
+        spectra = spectra * phase_ramp(batch.shifts_px, d, dtype=dtype)
+    data_filter = batch.data_filter()
+    if data_filter is not None:
+        spectra = spectra * data_filter
+        weights = batch.ctf * batch.ctf
+    else:
+        weights = torch.ones((len(batch), d, d // 2 + 1), device=spectra.device, dtype=dtype)
+    spectra = spectra * col
+    weights = (weights * col).to(w_acc.dtype)
+    rotations = batch.rotations
+    if sym is not None:
+        n_sym = sym.shape[0]
+        rotations = (rotations[:, None] @ sym.transpose(-1, -2)[None]).reshape(-1, 3, 3)
+        spectra = spectra.repeat_interleave(n_sym, dim=0)
+        weights = weights.repeat_interleave(n_sym, dim=0)
+    geom = fs.slice_geometry(rotations, d, padded, dtype=dtype)
+    fs.insert_slices(spectra, geom, accumulator=num_acc)
+    fs.insert_slices(weights, geom, accumulator=w_acc)
+
+
+def _insert_batch_kernel(batch, sym, col, num_acc, w_acc) -> None:
+    """One batch by the fused Triton insertion: CTF (from its parameters), shift and ½-column
+    factor applied in the kernel, values and real weights accumulated together; no ``b × D²``
+    CTF array is formed. Symmetry copies are inserted one operator at a time."""
+    from cryograd.kernels import fourier_slice as kfs
+
+    spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
+    premultiplied = batch.premultiplied if bool(batch.premultiplied.any()) else None
+    ops = [None] if sym is None else list(sym)
+    for op in ops:
+        rotations = batch.rotations if op is None else batch.rotations @ op.transpose(-1, -2)
+        kfs.insert_slices(
+            spectra, rotations, num_acc, weights=w_acc, ctf=batch.ctf_params,
+            shifts_px=batch.shifts_px, pixel_size_angstrom=batch.pixel_sizes_angstrom,
+            premultiplied=premultiplied, sample_weights=col,
+        )
 
 
 def padded_shell_index(box_size: int, padded: int, *, device=None) -> torch.Tensor:
@@ -363,7 +439,11 @@ def reconstruct_direct(
 
 
 def default_regularizer(insertion: FourierInsertion) -> float:
-    """A small Wiener term, ``1e-3 ·`` the mean weight of the samples inside Nyquist."""
+    """A small Wiener term, ``1e-3 ·`` the mean weight of the samples inside Nyquist (inside the
+    insertion's resolution limit when it has one, so that ``--maxres`` does not shrink it)."""
     sums, counts = weight_shell_sums(insertion)
+    if insertion.max_shell is not None:
+        top = max(0, min(int(insertion.max_shell), sums.numel() - 1)) + 1
+        sums, counts = sums[:top], counts[:top]
     mean_w = float(sums.sum() / counts.sum().clamp_min(1.0))
     return 1e-3 * max(mean_w, 1e-12)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cryograd.solvers.batches import expand_symmetry, global_batches, load_batch
+from cryograd.solvers.batches import batch_loader, expand_symmetry, global_batches, load_batch
 from cryograd.solvers.losses import DataLoss
 from cryograd.solvers.penalties import NoPenalty, Penalty
 
@@ -109,14 +110,20 @@ def _batch_loss(model, volume, batch, loss_fn: DataLoss, normalizer: float, symm
 
 
 def evaluate(model, volume, particles, indices, loss_fn, *, batch_size, use_ctf, symmetry,
-             device, dtype, comm) -> float:
-    """Mean data loss per particle over ``indices`` (summed over processes)."""
+             device, dtype, comm, loader=None) -> float:
+    """Mean data loss per particle over ``indices`` (summed over processes).
+
+    ``loader`` (``local_indices -> ParticleBatch``, e.g. :func:`batch_loader`) defaults to
+    reading from the stacks."""
+    if loader is None:
+        def loader(local):
+            return load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf)
     total = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad():
         for global_batch in global_batches(indices, batch_size):
             local = comm.shard(global_batch)
             if len(local):
-                batch = load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf)
+                batch = loader(local)
                 share = _batch_loss(model, volume, batch, loss_fn, 1.0, symmetry, comm)
                 total += share.to(torch.float64)
             elif getattr(loss_fn, "name", "") == "sorted-l1" and comm.world_size > 1:
@@ -140,7 +147,7 @@ def train(
     val_fraction: float = 0.05,
     seed: int = 0,
     patience: int = 3,
-    init_volume: torch.Tensor | None = None,
+    init_volume: torch.Tensor | Callable[[np.ndarray], torch.Tensor] | None = None,
     use_ctf: bool = True,
     symmetry: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
@@ -151,6 +158,7 @@ def train(
     resume: bool = False,
     tag: str = "",
     lr_schedule: str = "constant",
+    cache: bool | None = None,
 ) -> TrainResult:
     """Fit a map to particles ``indices`` by minibatch Adam or SGD.
 
@@ -173,7 +181,10 @@ def train(
     patience
         Epochs without a lower validation loss before stopping.
     init_volume
-        Starting map (default zeros).
+        Starting map (default zeros), or a function ``train_indices -> map`` called with the
+        training particles only (e.g. a direct reconstruction): a start made from all of
+        ``indices`` has already fitted the validation particles, so its validation loss is
+        optimistically low and every step away from it looks like a loss.
     checkpoint_path
         Where to write the checkpoint after every epoch (main process only); with ``resume``,
         training continues from it when it exists and belongs to the same ``tag``.
@@ -182,6 +193,10 @@ def train(
     lr_schedule
         ``"constant"`` or ``"cosine"`` (the rate of epoch ``e`` is
         ``lr · ½(1 + cos(π (e − 1) / epochs))``, a function of the epoch only).
+    cache
+        Keep the particles (images, CTFs, poses) on the device for all epochs: None decides by
+        memory (on a CUDA device when they take under 40 % of its free memory; never on the CPU,
+        where the memory-mapped stacks are streamed), True/False force it.
 
     Returns
     -------
@@ -200,6 +215,8 @@ def train(
     d = model.box_size
     train_idx, val_idx = split_validation(indices, val_fraction, seed)
     volume = torch.zeros((d, d, d), device=device, dtype=dtype)
+    if callable(init_volume) and not isinstance(init_volume, torch.Tensor):
+        init_volume = init_volume(train_idx)
     if init_volume is not None:
         volume = init_volume.detach().to(device=device, dtype=dtype).clone()
     volume.requires_grad_(True)
@@ -207,8 +224,10 @@ def train(
         optimizer = torch.optim.Adam([volume], lr=lr)
     else:
         optimizer = torch.optim.SGD([volume], lr=lr)
+    loader = batch_loader(particles, indices, device=device, dtype=dtype, use_ctf=use_ctf,
+                          cache=cache)
     eval_kw = dict(batch_size=batch_size, use_ctf=use_ctf, symmetry=symmetry, device=device,
-                   dtype=dtype, comm=comm)
+                   dtype=dtype, comm=comm, loader=loader)
     state = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -248,8 +267,7 @@ def train(
                 local = comm.shard(global_batch)
                 share = None
                 if len(local):
-                    batch = load_batch(particles, local, device=device, dtype=dtype,
-                                       use_ctf=use_ctf)
+                    batch = loader(local)
                     share = _batch_loss(model, volume, batch, loss_fn, len(global_batch),
                                         symmetry, comm)
                 if share is None:  # an empty shard still takes part in the loss's collectives
