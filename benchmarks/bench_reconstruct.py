@@ -71,8 +71,9 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
         "  'maxrss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,\n"
         "  'tail': (p.stdout + p.stderr)[-2000:]}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -148,21 +149,40 @@ def main() -> int:
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "particles.star").exists():
-        simulate(truth, args.n, pixel_size=px, snr=args.snr, seed=0, out_dir=data,
-                 progress=False)
+        simulate(truth, args.n, pixel_size=px, snr=args.snr, seed=0, out_dir=data, progress=False)
     write_map(out / "truth.mrc", truth, px)
     star = data / "particles.star"
-    print(f"data: {args.n} particles, box {args.box}, {px:.3f} Å/px, SNR {args.snr} "
-          f"(simulated in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"data: {args.n} particles, box {args.box}, {px:.3f} Å/px, SNR {args.snr} "
+        f"(simulated in {time.perf_counter() - t0:.1f} s)"
+    )
     rows = []
 
-    res = timed([sys.executable, "-m", "cryograd", "reconstruct", str(star), "-o",
-                 str(out / "cryograd"), "--method", "direct", "--force", "--no-progress",
-                 "--device", "cpu"], env)
+    res = timed(
+        [
+            sys.executable,
+            "-m",
+            "cryograd",
+            "reconstruct",
+            str(star),
+            "-o",
+            str(out / "cryograd"),
+            "--method",
+            "direct",
+            "--force",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        env,
+    )
     if res["rc"] == 0:
         info = json.loads((out / "cryograd" / "run.json").read_text())
-        row = {"tool": "cryograd direct", **res, **fsc_to_truth(out / "cryograd" / "map.mrc",
-                                                                truth, px)}
+        row = {
+            "tool": "cryograd direct",
+            **res,
+            **fsc_to_truth(out / "cryograd" / "map.mrc", truth, px),
+        }
         row["insert_particles_per_s"] = args.n / info["timings_s"]["insert"]
         rows.append(row)
     else:
@@ -172,30 +192,67 @@ def main() -> int:
     if exe:
         stack, poses, ctf = write_cryodrgn_inputs(star, out)
         drgn_out = out / "cryodrgn"
-        res = timed([exe, "backproject_voxel", str(stack), "--poses", str(poses), "--ctf",
-                     str(ctf), "-o", str(drgn_out)], env)
+        res = timed(
+            [
+                exe,
+                "backproject_voxel",
+                str(stack),
+                "--poses",
+                str(poses),
+                "--ctf",
+                str(ctf),
+                "-o",
+                str(drgn_out),
+            ],
+            env,
+        )
         maps = sorted(drgn_out.rglob("backproject.mrc")) if drgn_out.is_dir() else []
         if drgn_out.is_file():
             maps = [drgn_out]
         if res["rc"] == 0 and maps:
-            rows.append({"tool": "cryodrgn backproject_voxel", **res,
-                         **fsc_to_truth(maps[0], truth, px, try_axes=True)})
+            rows.append(
+                {
+                    "tool": "cryodrgn backproject_voxel",
+                    **res,
+                    **fsc_to_truth(maps[0], truth, px, try_axes=True),
+                }
+            )
         else:
             print("cryodrgn failed:", res["tail"])
     relion = shutil.which("relion_reconstruct")
     if relion:
-        res = timed([relion, "--i", str(star), "--o", str(out / "relion.mrc"), "--ctf",
-                     "--angpix", str(px)], env)
+        res = timed(
+            [
+                relion,
+                "--i",
+                str(star),
+                "--o",
+                str(out / "relion.mrc"),
+                "--ctf",
+                "--angpix",
+                str(px),
+            ],
+            env,
+        )
         if res["rc"] == 0:
-            rows.append({"tool": "relion_reconstruct --ctf", **res,
-                         **fsc_to_truth(out / "relion.mrc", truth, px)})
+            rows.append(
+                {
+                    "tool": "relion_reconstruct --ctf",
+                    **res,
+                    **fsc_to_truth(out / "relion.mrc", truth, px),
+                }
+            )
 
-    print(f"\n{'tool':<28}{'wall s':>8}{'peak MB':>9}{'FSC0.5 Å':>10}{'FSC0.143 Å':>12}"
-          f"{'mean FSC':>10}")
+    print(
+        f"\n{'tool':<28}{'wall s':>8}{'peak MB':>9}{'FSC0.5 Å':>10}{'FSC0.143 Å':>12}"
+        f"{'mean FSC':>10}"
+    )
     for r in rows:
-        print(f"{r['tool']:<28}{r['wall_s']:>8.1f}{r['maxrss_mb']:>9.0f}"
-              f"{r['fsc_truth_05_angstrom']:>10.2f}{r['fsc_truth_0143_angstrom']:>12.2f}"
-              f"{r['fsc_truth_mean']:>10.3f}")
+        print(
+            f"{r['tool']:<28}{r['wall_s']:>8.1f}{r['maxrss_mb']:>9.0f}"
+            f"{r['fsc_truth_05_angstrom']:>10.2f}{r['fsc_truth_0143_angstrom']:>12.2f}"
+            f"{r['fsc_truth_mean']:>10.3f}"
+        )
     for r in rows:
         if "insert_particles_per_s" in r:
             print(f"cryograd insertion throughput: {r['insert_particles_per_s']:.0f} particles/s")

@@ -51,18 +51,27 @@ def make_particles(
     params = None
     if ctf:
         du = rng.uniform(1.0e4, 2.5e4, n)
-        params = CTFParams.create(du, du - rng.uniform(0, 500, n), rng.uniform(0, 180, n),
-                                  300.0, 2.7, 0.1)
+        params = CTFParams.create(
+            du, du - rng.uniform(0, 500, n), rng.uniform(0, 180, n), 300.0, 2.7, 0.1
+        )
     model = ForwardModel(box, pixel_size)
-    clean = model.project(torch.from_numpy(volume), torch.from_numpy(rot),
-                          None if sh is None else torch.from_numpy(sh), params).numpy()
+    clean = model.project(
+        torch.from_numpy(volume),
+        torch.from_numpy(rot),
+        None if sh is None else torch.from_numpy(sh),
+        params,
+    ).numpy()
     sigma = 0.0
     images = clean
     if snr is not None:
         sigma = float(np.sqrt(clean.var() / snr))
         images = clean + rng.normal(0, sigma, clean.shape)
     ps = ParticleSet.from_arrays(
-        rotations=rot, shifts_px=sh, ctf=params, pixel_size_angstrom=pixel_size, box_size=box,
+        rotations=rot,
+        shifts_px=sh,
+        ctf=params,
+        pixel_size_angstrom=pixel_size,
+        box_size=box,
         images=images.astype(np.float32),
     )
     return ps, sigma

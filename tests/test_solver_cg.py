@@ -27,8 +27,9 @@ def test_cg_solves_spd_system_like_numpy(rng):
     np.testing.assert_allclose(res.x.numpy(), np.linalg.solve(h.numpy(), b.numpy()), rtol=1e-8)
     # preconditioned (Jacobi) gives the same answer in no more iterations
     d = torch.diagonal(h)
-    pre = conjugate_gradient(lambda x: h @ x, b, tol=1e-12, max_iter=200,
-                             preconditioner=lambda r: r / d)
+    pre = conjugate_gradient(
+        lambda x: h @ x, b, tol=1e-12, max_iter=200, preconditioner=lambda r: r / d
+    )
     np.testing.assert_allclose(pre.x.numpy(), res.x.numpy(), rtol=1e-8)
     assert pre.iterations <= res.iterations
 
@@ -78,10 +79,10 @@ def test_cg_real_space_projector_matches_fourier_solution():
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 150, px, snr=None, seed=8)
     lam = 50.0
-    real = solve_cg(ps, lam=lam, projector="real", tol=1e-6, max_iter=100, progress=False,
-                    dtype=torch.float64)
-    four = solve_cg(ps, lam=lam, projector="fourier", tol=1e-6, progress=False,
-                    dtype=torch.float64)
+    real = solve_cg(
+        ps, lam=lam, projector="real", tol=1e-6, max_iter=100, progress=False, dtype=torch.float64
+    )
+    four = solve_cg(ps, lam=lam, projector="fourier", tol=1e-6, progress=False, dtype=torch.float64)
     assert real.converged
     assert fsc(real.x, four.x).numpy()[1:7].min() > 0.95
 
@@ -93,6 +94,5 @@ def test_real_space_operator_with_cached_poses_and_ctfs_is_unchanged():
     model = ForwardModel(16, px, "real")
     x = torch.from_numpy(vol).float()
     streamed = RealSpaceNormalOperator(model, ps, np.arange(40), lam=0.5, batch_size=16)
-    cached = RealSpaceNormalOperator(model, ps, np.arange(40), lam=0.5, batch_size=16,
-                                     cache=True)
+    cached = RealSpaceNormalOperator(model, ps, np.arange(40), lam=0.5, batch_size=16, cache=True)
     torch.testing.assert_close(cached(x), streamed(x), rtol=1e-6, atol=1e-6)

@@ -161,7 +161,10 @@ def test_peak_memory_grows_with_box_not_particles(tmp_path):
     for n in (2000, 20000):
         out = subprocess.run(
             [sys.executable, str(script), str(n), "32", str(tmp_path / f"stack{n}.mrcs")],
-            capture_output=True, text=True, timeout=300, check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
         )
         runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
     assert runs[20000]["peak_kb"] <= 1.5 * runs[2000]["peak_kb"], runs
@@ -210,8 +213,9 @@ def test_kernel_insertion_equals_torch_insertion(tmp_path):
     script = tmp_path / "kernel_insert.py"
     script.write_text(KERNEL_SCRIPT)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).parents[1]))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(results) == {"ctf_shift_premultiplied", "d2_symmetry", "max_shell", "no_ctf"}
@@ -228,8 +232,7 @@ def test_division_loses_the_mean_and_refinement_restores_it():
     vol, px = small_map(24)
     ps, _ = make_particles(vol, 600, px, snr=None, ctf=False, shifts=False, seed=21)
     plain = reconstruct_direct(ps, use_ctf=False, progress=False, dtype=torch.float64)
-    refined = reconstruct_direct(ps, use_ctf=False, progress=False, dtype=torch.float64,
-                                 refine=3)
+    refined = reconstruct_direct(ps, use_ctf=False, progress=False, dtype=torch.float64, refine=3)
     truth = torch.from_numpy(vol)
     assert 0.6 < float(plain.mean() / truth.mean()) < 0.8
     assert abs(float(refined.mean() / truth.mean()) - 1.0) < 0.05

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
 from cryograd.solvers.cg import solve_cg
 from cryograd.solvers.direct import reconstruct_direct
@@ -24,8 +25,16 @@ def test_split_and_permutations_are_seeded():
     np.testing.assert_array_equal(va, va2)
     np.testing.assert_array_equal(epoch_permutation(50, 1, 4), epoch_permutation(50, 1, 4))
     assert not np.array_equal(epoch_permutation(50, 1, 4), epoch_permutation(50, 1, 5))
-    with pytest.raises(ValueError):
+    with pytest.raises(CryogradError, match="val-fraction"):
         train(None, idx, model=None, loss_fn=L2Loss(), val_fraction=0.5)
+    for bad, match in (
+        (dict(lr=-1.0), "--lr"),
+        (dict(lr=float("nan")), "--lr"),
+        (dict(epochs=0), "--epochs"),
+        (dict(batch_size=0), "--batch-size"),
+    ):
+        with pytest.raises(CryogradError, match=match):
+            train(None, idx, model=None, loss_fn=L2Loss(), **bad)
 
 
 @pytest.mark.parametrize("method", ["adam", "sgd"])
@@ -38,10 +47,20 @@ def test_training_lowers_validation_loss(method):
     else:
         from cryograd.reconstruct import _default_lr
 
-        lr = _default_lr("sgd", None, "zero", ps, np.arange(400), model, True, "cpu",
-                         torch.float32)
-    res = train(ps, np.arange(400), model=model, loss_fn=L2Loss(), method=method, epochs=3,
-                lr=lr, batch_size=50, val_fraction=0.1, seed=0, progress=False)
+        lr = _default_lr("sgd", None, "zero", ps, np.arange(400), model, True, "cpu", torch.float32)
+    res = train(
+        ps,
+        np.arange(400),
+        model=model,
+        loss_fn=L2Loss(),
+        method=method,
+        epochs=3,
+        lr=lr,
+        batch_size=50,
+        val_fraction=0.1,
+        seed=0,
+        progress=False,
+    )
     assert res.val_loss[-1] < res.val_loss[0]
     assert res.train_loss[-1] < res.train_loss[1]
 
@@ -56,10 +75,23 @@ def test_adam_l2_ends_close_to_cg():
     model = ForwardModel(24, px)
     lam = 0.2
     init = reconstruct_direct(ps, progress=False)
-    res = train(ps, np.arange(n), model=model, loss_fn=L2Loss(), penalty=L2Penalty(lam),
-                method="adam", epochs=15, lr=0.01 * float(init.std()), batch_size=100,
-                val_fraction=0.05, seed=1, patience=100, init_volume=init, progress=False,
-                lr_schedule="cosine")
+    res = train(
+        ps,
+        np.arange(n),
+        model=model,
+        loss_fn=L2Loss(),
+        penalty=L2Penalty(lam),
+        method="adam",
+        epochs=15,
+        lr=0.01 * float(init.std()),
+        batch_size=100,
+        val_fraction=0.05,
+        seed=1,
+        patience=100,
+        init_volume=init,
+        progress=False,
+        lr_schedule="cosine",
+    )
     train_idx, _ = split_validation(np.arange(n), 0.05, 1)
     ref = solve_cg(ps, train_idx, lam=len(train_idx) * lam, tol=1e-6, progress=False)
     assert ref.converged
@@ -78,8 +110,16 @@ def test_sorted_l1_with_equal_weights_trains_like_l1():
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 120, px, snr=0.5, seed=12)
     model = ForwardModel(16, px)
-    kw = dict(model=model, method="adam", epochs=1, lr=0.05, batch_size=40, val_fraction=0.1,
-              seed=2, progress=False)
+    kw = dict(
+        model=model,
+        method="adam",
+        epochs=1,
+        lr=0.05,
+        batch_size=40,
+        val_fraction=0.1,
+        seed=2,
+        progress=False,
+    )
     a = train(ps, np.arange(120), loss_fn=SortedL1Loss("equal"), **kw)
     b = train(ps, np.arange(120), loss_fn=L1Loss(), **kw)
     torch.testing.assert_close(a.last_volume, b.last_volume, rtol=1e-5, atol=1e-6)
@@ -89,8 +129,18 @@ def test_slope_penalty_is_applied_by_prox():
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 80, px, snr=1.0, seed=13)
     model = ForwardModel(16, px)
-    kw = dict(model=model, loss_fn=L2Loss(), method="sgd", epochs=1, lr=1e-4, batch_size=40,
-              val_fraction=0.1, seed=2, progress=False, init_volume=torch.from_numpy(vol).float())
+    kw = dict(
+        model=model,
+        loss_fn=L2Loss(),
+        method="sgd",
+        epochs=1,
+        lr=1e-4,
+        batch_size=40,
+        val_fraction=0.1,
+        seed=2,
+        progress=False,
+        init_volume=torch.from_numpy(vol).float(),
+    )
     plain = train(ps, np.arange(80), **kw)
     sparse = train(ps, np.arange(80), penalty=SortedL1Penalty(5e3, "bh"), **kw)
     assert int((sparse.last_volume == 0).sum()) > int((plain.last_volume == 0).sum()) + 100
@@ -115,8 +165,17 @@ def test_particle_cache_gives_the_streamed_batches_and_training():
         cache.batch(np.array([2]))
     assert should_cache(90, 16, "cpu", torch.float32) is False  # the CPU streams
     model = ForwardModel(16, px)
-    kw = dict(model=model, loss_fn=L2Loss(), method="adam", epochs=2, lr=0.05, batch_size=20,
-              val_fraction=0.1, seed=3, progress=False)
+    kw = dict(
+        model=model,
+        loss_fn=L2Loss(),
+        method="adam",
+        epochs=2,
+        lr=0.05,
+        batch_size=20,
+        val_fraction=0.1,
+        seed=3,
+        progress=False,
+    )
     a = train(ps, idx, cache=True, **kw)
     b = train(ps, idx, cache=False, **kw)
     torch.testing.assert_close(a.last_volume, b.last_volume, rtol=1e-6, atol=1e-7)
@@ -137,9 +196,21 @@ def test_direct_start_from_training_particles_only_lowers_validation_loss():
 
     model = ForwardModel(24, px)
     std = float(reconstruct_direct(ps, np.arange(n), progress=False).std())
-    res = train(ps, np.arange(n), model=model, loss_fn=L2Loss(), method="adam", epochs=2,
-                lr=0.02 * std, batch_size=50, val_fraction=0.1, seed=4, progress=False,
-                init_volume=start, patience=5)
+    res = train(
+        ps,
+        np.arange(n),
+        model=model,
+        loss_fn=L2Loss(),
+        method="adam",
+        epochs=2,
+        lr=0.02 * std,
+        batch_size=50,
+        val_fraction=0.1,
+        seed=4,
+        progress=False,
+        init_volume=start,
+        patience=5,
+    )
     train_idx, val_idx = split_validation(np.arange(n), 0.1, 4)
     assert len(seen) == 1
     np.testing.assert_array_equal(seen[0], train_idx)

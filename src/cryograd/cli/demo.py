@@ -37,8 +37,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run_demo(out: Path, *, n: int = 3000, snr: float = 0.1, epochs: int = 3, seed: int = 0,
-             device: str = "auto", progress: bool = True) -> list[dict]:
+def run_demo(
+    out: Path,
+    *,
+    n: int = 3000,
+    snr: float = 0.1,
+    epochs: int = 3,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[dict]:
     """Simulate, reconstruct with direct and adam, and return one row per method."""
     from cryograd.data import demo_map_path
     from cryograd.io.mrc import read_map
@@ -50,8 +58,7 @@ def run_demo(out: Path, *, n: int = 3000, snr: float = 0.1, epochs: int = 3, see
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    sim = simulate(demo_map_path(), n, snr=snr, seed=seed, out_dir=out / "data",
-                   progress=progress)
+    sim = simulate(demo_map_path(), n, snr=snr, seed=seed, out_dir=out / "data", progress=progress)
     t_sim = time.perf_counter() - t0
     particles = read_particles(sim.star_path)
     truth = torch.from_numpy(read_map(sim.map_path).data).double()
@@ -64,30 +71,50 @@ def run_demo(out: Path, *, n: int = 3000, snr: float = 0.1, epochs: int = 3, see
     )
     for method, kw in runs:
         t0 = time.perf_counter()
-        result = reconstruct(particles, method, device=device, seed=seed, progress=progress,
-                             checkpoint_dir=None, **kw)
+        result = reconstruct(
+            particles,
+            method,
+            device=device,
+            seed=seed,
+            progress=progress,
+            checkpoint_dir=None,
+            **kw,
+        )
         dt = time.perf_counter() - t0
         result.save(out / method, extra={"command": f"cryograd demo ({method})"})
         f_truth = fsc(result.full_map, truth)
-        rows.append({
-            "method": method,
-            "time_s": dt,
-            "half_map_resolution_angstrom": result.resolution_angstrom,
-            "truth_resolution_angstrom": resolution_at(f_truth, 0.5, box, px),
-        })
+        rows.append(
+            {
+                "method": method,
+                "time_s": dt,
+                "half_map_resolution_angstrom": result.resolution_angstrom,
+                "truth_resolution_angstrom": resolution_at(f_truth, 0.5, box, px),
+            }
+        )
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cryograd demo``; prints the table."""
-    rows = run_demo(args.out, n=args.particles, snr=args.snr, epochs=args.epochs, seed=args.seed,
-                    device=args.device, progress=not args.no_progress)
-    print(f"cryograd demo: {args.particles} particles, SNR {args.snr}, box 64 "
-          f"(simulated in {rows[0]['time_s']:.1f} s), results in {args.out}/")
+    rows = run_demo(
+        args.out,
+        n=args.particles,
+        snr=args.snr,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(
+        f"cryograd demo: {args.particles} particles, SNR {args.snr}, box 64 "
+        f"(simulated in {rows[0]['time_s']:.1f} s), results in {args.out}/"
+    )
     header = ("method", "time (s)", "half-map FSC 0.143 (Å)", "FSC to truth 0.5 (Å)")
     print(f"{header[0]:<8} {header[1]:>9} {header[2]:>24} {header[3]:>22}")
     for row in rows[1:]:
-        print(f"{row['method']:<8} {row['time_s']:>9.1f} "
-              f"{row['half_map_resolution_angstrom']:>24.2f} "
-              f"{row['truth_resolution_angstrom']:>22.2f}")
+        print(
+            f"{row['method']:<8} {row['time_s']:>9.1f} "
+            f"{row['half_map_resolution_angstrom']:>24.2f} "
+            f"{row['truth_resolution_angstrom']:>22.2f}"
+        )
     return 0

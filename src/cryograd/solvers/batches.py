@@ -215,8 +215,9 @@ def expand_symmetry(batch: ParticleBatch, sym_matrices: torch.Tensor | None) -> 
             None
             if batch.ctf_params is None
             else batch.ctf_params[
-                torch.arange(len(batch), device=batch.ctf_params.defocus_u_angstrom.device)
-                .repeat_interleave(g)
+                torch.arange(
+                    len(batch), device=batch.ctf_params.defocus_u_angstrom.device
+                ).repeat_interleave(g)
             ]
         ),
         pixel_sizes_angstrom=rep(batch.pixel_sizes_angstrom),
@@ -227,8 +228,9 @@ def expand_symmetry(batch: ParticleBatch, sym_matrices: torch.Tensor | None) -> 
 CACHE_MEMORY_FRACTION = 0.4
 
 
-def cache_bytes(n_particles: int, box_size: int, dtype: torch.dtype, *, with_images=True,
-                with_ctf=True) -> int:
+def cache_bytes(
+    n_particles: int, box_size: int, dtype: torch.dtype, *, with_images=True, with_ctf=True
+) -> int:
     """Bytes :class:`DeviceParticleCache` needs for ``n`` particles (images, CTFs, poses)."""
     real = torch.finfo(dtype).bits // 8
     d = int(box_size)
@@ -240,9 +242,16 @@ def cache_bytes(n_particles: int, box_size: int, dtype: torch.dtype, *, with_ima
     return int(n_particles) * per
 
 
-def should_cache(n_particles: int, box_size: int, device, dtype: torch.dtype, *,
-                 with_images: bool = True, with_ctf: bool = True,
-                 cache: bool | None = None) -> bool:
+def should_cache(
+    n_particles: int,
+    box_size: int,
+    device,
+    dtype: torch.dtype,
+    *,
+    with_images: bool = True,
+    with_ctf: bool = True,
+    cache: bool | None = None,
+) -> bool:
     """Whether to keep the particles on the device: ``cache`` if given, else on a CUDA device
     when they take less than :data:`CACHE_MEMORY_FRACTION` of its free memory (never on the CPU,
     where the memory-mapped stacks are streamed)."""
@@ -274,13 +283,28 @@ class DeviceParticleCache:
         Particles read per step while filling the cache.
     """
 
-    def __init__(self, particles, indices: np.ndarray, *, device, dtype, use_ctf: bool = True,
-                 with_images: bool = True, batch_size: int = 1024) -> None:
+    def __init__(
+        self,
+        particles,
+        indices: np.ndarray,
+        *,
+        device,
+        dtype,
+        use_ctf: bool = True,
+        with_images: bool = True,
+        batch_size: int = 1024,
+    ) -> None:
         self.indices = np.unique(np.asarray(indices, dtype=np.int64))
         self.with_images = with_images
         parts = [
-            load_batch(particles, self.indices[s : s + batch_size], device=device, dtype=dtype,
-                       use_ctf=use_ctf, with_images=with_images)
+            load_batch(
+                particles,
+                self.indices[s : s + batch_size],
+                device=device,
+                dtype=dtype,
+                use_ctf=use_ctf,
+                with_images=with_images,
+            )
             for s in range(0, len(self.indices), max(1, int(batch_size)))
         ]
 
@@ -294,10 +318,12 @@ class DeviceParticleCache:
         self.rotations = cat("rotations")
         self.shifts_px = None
         if any(p.shifts_px is not None for p in parts):
-            self.shifts_px = torch.cat([
-                p.shifts_px if p.shifts_px is not None
-                else p.rotations.new_zeros((len(p), 2)) for p in parts
-            ])
+            self.shifts_px = torch.cat(
+                [
+                    p.shifts_px if p.shifts_px is not None else p.rotations.new_zeros((len(p), 2))
+                    for p in parts
+                ]
+            )
         self.ctf = cat("ctf")
         self.premultiplied = cat("premultiplied")
         self.device = torch.device(device)
@@ -319,12 +345,26 @@ class DeviceParticleCache:
             images = self.rotations.new_zeros((len(indices), 0, 0))
         shifts = None if self.shifts_px is None else self.shifts_px.index_select(0, rows)
         ctf = None if self.ctf is None else self.ctf.index_select(0, rows)
-        return ParticleBatch(indices, images, self.rotations.index_select(0, rows), shifts, ctf,
-                             self.premultiplied.index_select(0, rows))
+        return ParticleBatch(
+            indices,
+            images,
+            self.rotations.index_select(0, rows),
+            shifts,
+            ctf,
+            self.premultiplied.index_select(0, rows),
+        )
 
 
-def batch_loader(particles, indices: np.ndarray, *, device, dtype, use_ctf: bool = True,
-                 with_images: bool = True, cache: bool | None = None):
+def batch_loader(
+    particles,
+    indices: np.ndarray,
+    *,
+    device,
+    dtype,
+    use_ctf: bool = True,
+    with_images: bool = True,
+    cache: bool | None = None,
+):
     """A function ``local_indices -> ParticleBatch``: from a :class:`DeviceParticleCache` of
     this process's share of ``indices`` when :func:`should_cache` says so, else
     :func:`load_batch` (streamed from the stacks)."""
@@ -333,14 +373,17 @@ def batch_loader(particles, indices: np.ndarray, *, device, dtype, use_ctf: bool
     mine = np.asarray(indices, dtype=np.int64)
     with_ctf = use_ctf and bool(particles.has_ctf)
     box = int(particles.box_size)
-    if should_cache(len(mine), box, device, dtype, with_images=with_images, with_ctf=with_ctf,
-                    cache=cache):
-        store = DeviceParticleCache(particles, mine, device=device, dtype=dtype, use_ctf=use_ctf,
-                                    with_images=with_images)
+    if should_cache(
+        len(mine), box, device, dtype, with_images=with_images, with_ctf=with_ctf, cache=cache
+    ):
+        store = DeviceParticleCache(
+            particles, mine, device=device, dtype=dtype, use_ctf=use_ctf, with_images=with_images
+        )
         return store.batch
 
     def load(local):
-        return load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf,
-                          with_images=with_images)
+        return load_batch(
+            particles, local, device=device, dtype=dtype, use_ctf=use_ctf, with_images=with_images
+        )
 
     return load

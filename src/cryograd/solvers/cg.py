@@ -161,8 +161,13 @@ class ToeplitzNormalOperator:
         (e.g. RELION's ``1/τ²`` per shell): adds ``R = crop · F⁻¹ (P³/D²) ρ F · pad``.
     """
 
-    def __init__(self, weights: torch.Tensor, box_size: int, lam: float = 0.0,
-                 spectral_reg: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        box_size: int,
+        lam: float = 0.0,
+        spectral_reg: torch.Tensor | None = None,
+    ) -> None:
         self.box_size = int(box_size)
         self.size = int(weights.shape[0])
         # unnormalised inverse FFT: (P³/D²) · irfftn = (1/D²) · Σ_q
@@ -238,10 +243,14 @@ def refine_in_box(
     c = torch.arange(d, device=w.device, dtype=w.dtype) - d // 2
     r2 = c.view(-1, 1, 1) ** 2 + c.view(1, -1, 1) ** 2 + c.view(1, 1, -1) ** 2
     sphere = (r2 <= (d // 2 - 1) ** 2).to(w.dtype)
-    res = conjugate_gradient(lambda v: sphere * op(sphere * v),
-                             sphere * normal_rhs_from_insertion(insertion),
-                             x0=sphere * x0.to(w.dtype), tol=0.0, max_iter=iterations,
-                             preconditioner=lambda v: sphere * op.preconditioner(sphere * v))
+    res = conjugate_gradient(
+        lambda v: sphere * op(sphere * v),
+        sphere * normal_rhs_from_insertion(insertion),
+        x0=sphere * x0.to(w.dtype),
+        tol=0.0,
+        max_iter=iterations,
+        preconditioner=lambda v: sphere * op.preconditioner(sphere * v),
+    )
     return sphere * res.x
 
 
@@ -276,9 +285,21 @@ class RealSpaceNormalOperator:
         fit, see :func:`cryograd.solvers.batches.should_cache`).
     """
 
-    def __init__(self, model, particles, indices, *, lam=0.0, use_ctf=True, symmetry=None,
-                 batch_size=256, device="cpu", dtype=torch.float32, comm=None,
-                 cache: bool | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        particles,
+        indices,
+        *,
+        lam=0.0,
+        use_ctf=True,
+        symmetry=None,
+        batch_size=256,
+        device="cpu",
+        dtype=torch.float32,
+        comm=None,
+        cache: bool | None = None,
+    ) -> None:
         from cryograd.distributed import single_process
 
         self.model = model
@@ -291,8 +312,15 @@ class RealSpaceNormalOperator:
         self.device = device
         self.dtype = dtype
         self.comm = comm or single_process(device)
-        self._load = batch_loader(particles, self.indices, device=device, dtype=dtype,
-                                  use_ctf=use_ctf, with_images=False, cache=cache)
+        self._load = batch_loader(
+            particles,
+            self.indices,
+            device=device,
+            dtype=dtype,
+            use_ctf=use_ctf,
+            with_images=False,
+            cache=cache,
+        )
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
@@ -311,8 +339,19 @@ class RealSpaceNormalOperator:
         return self.normal(x) + self.lam * x
 
 
-def backproject_data(model, particles, indices, *, use_ctf=True, symmetry=None, batch_size=256,
-                     device="cpu", dtype=torch.float32, comm=None, progress=True) -> torch.Tensor:
+def backproject_data(
+    model,
+    particles,
+    indices,
+    *,
+    use_ctf=True,
+    symmetry=None,
+    batch_size=256,
+    device="cpu",
+    dtype=torch.float32,
+    comm=None,
+    progress=True,
+) -> torch.Tensor:
     """``Aᵀb`` by the forward model's back-projector, streamed over the particles."""
     from cryograd.distributed import single_process
 
@@ -320,16 +359,22 @@ def backproject_data(model, particles, indices, *, use_ctf=True, symmetry=None, 
     d = model.box_size
     out = torch.zeros((d, d, d), device=device, dtype=dtype)
     indices = np.asarray(indices, dtype=np.int64)
-    bar = tqdm(total=len(indices), desc="Aᵀb", unit="ptcl",
-               disable=not (progress and comm.is_main), leave=False)
+    bar = tqdm(
+        total=len(indices),
+        desc="Aᵀb",
+        unit="ptcl",
+        disable=not (progress and comm.is_main),
+        leave=False,
+    )
     try:
         for global_batch in global_batches(indices, batch_size):
             local = comm.shard(global_batch)
             if len(local):
                 batch = load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf)
                 batch = expand_symmetry(batch, symmetry)
-                out += model.backproject(batch.images, batch.rotations, batch.shifts_px,
-                                         batch.model_filter())
+                out += model.backproject(
+                    batch.images, batch.rotations, batch.shifts_px, batch.model_filter()
+                )
             bar.update(len(global_batch))
     finally:
         bar.close()
@@ -381,20 +426,34 @@ def solve_cg(
     common = dict(device=device, dtype=dtype, use_ctf=use_ctf, symmetry=symmetry, comm=comm)
     if projector == "fourier":
         if insertion is None or insertion.padded != fs.padded_size(d, pad):
-            insertion = insert_particles(particles, indices, pad=pad, batch_size=batch_size,
-                                         progress=progress, desc="insert", **common)
+            insertion = insert_particles(
+                particles,
+                indices,
+                pad=pad,
+                batch_size=batch_size,
+                progress=progress,
+                desc="insert",
+                **common,
+            )
         rhs = normal_rhs_from_insertion(insertion)
         operator = ToeplitzNormalOperator(insertion.weights, d, lam)
     else:
         model = ForwardModel(d, particles.pixel_size_angstrom, projector, pad)
         bs = batch_size or model.batch_size
-        rhs = backproject_data(model, particles, indices, batch_size=bs, progress=progress,
-                               **common)
-        operator = RealSpaceNormalOperator(model, particles, indices, lam=lam, batch_size=bs,
-                                           **common)
+        rhs = backproject_data(
+            model, particles, indices, batch_size=bs, progress=progress, **common
+        )
+        operator = RealSpaceNormalOperator(
+            model, particles, indices, lam=lam, batch_size=bs, **common
+        )
     precond = operator.preconditioner if isinstance(operator, ToeplitzNormalOperator) else None
-    result = conjugate_gradient(operator, rhs, tol=tol, max_iter=max_iter, progress=progress,
-                                preconditioner=precond)
-    logger.info("CG: %d iterations, relative residual %.2e%s", result.iterations,
-                result.residuals[-1], "" if result.converged else " (not converged)")
+    result = conjugate_gradient(
+        operator, rhs, tol=tol, max_iter=max_iter, progress=progress, preconditioner=precond
+    )
+    logger.info(
+        "CG: %d iterations, relative residual %.2e%s",
+        result.iterations,
+        result.residuals[-1],
+        "" if result.converged else " (not converged)",
+    )
     return result

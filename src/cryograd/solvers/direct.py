@@ -59,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cryograd import kernels
+from cryograd.errors import CryogradError
 from cryograd.fourier import irfftn_centered, rfft2_centered
 from cryograd.projectors import fourier_slice as fs
 from cryograd.shift import phase_ramp
@@ -221,15 +222,24 @@ def insert_particles(
         col = col * keep
     indices = np.asarray(indices, dtype=np.int64)
     bar = tqdm(
-        total=len(indices), desc=desc, unit="ptcl", disable=not (progress and comm.is_main),
+        total=len(indices),
+        desc=desc,
+        unit="ptcl",
+        disable=not (progress and comm.is_main),
         leave=False,
     )
     try:
         for global_batch in global_batches(indices, batch_size):
             local = comm.shard(global_batch)
             if len(local):
-                batch = load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf,
-                                   ctf_values=not use_k)
+                batch = load_batch(
+                    particles,
+                    local,
+                    device=device,
+                    dtype=dtype,
+                    use_ctf=use_ctf,
+                    ctf_values=not use_k,
+                )
                 if use_k:
                     _insert_batch_kernel(batch, sym, col, num_acc, w_acc)
                 else:
@@ -246,8 +256,9 @@ def insert_particles(
     comm.all_reduce_sum_(weights)
     numerator = _symmetrize_planes(numerator, p)
     weights = _symmetrize_planes(weights, p)
-    return FourierInsertion(numerator, weights, d, p, int(len(indices)),
-                            None if max_shell is None else int(max_shell))
+    return FourierInsertion(
+        numerator, weights, d, p, int(len(indices)), None if max_shell is None else int(max_shell)
+    )
 
 
 def _kernel_batch_size(box_size: int) -> int:
@@ -296,9 +307,15 @@ def _insert_batch_kernel(batch, sym, col, num_acc, w_acc) -> None:
     for op in ops:
         rotations = batch.rotations if op is None else batch.rotations @ op.transpose(-1, -2)
         kfs.insert_slices(
-            spectra, rotations, num_acc, weights=w_acc, ctf=batch.ctf_params,
-            shifts_px=batch.shifts_px, pixel_size_angstrom=batch.pixel_sizes_angstrom,
-            premultiplied=premultiplied, sample_weights=col,
+            spectra,
+            rotations,
+            num_acc,
+            weights=w_acc,
+            ctf=batch.ctf_params,
+            shifts_px=batch.shifts_px,
+            pixel_size_angstrom=batch.pixel_sizes_angstrom,
+            premultiplied=premultiplied,
+            sample_weights=col,
         )
 
 
@@ -327,8 +344,9 @@ def weight_shell_sums(insertion: FourierInsertion) -> tuple[torch.Tensor, torch.
     """Sum and count of the ``Σ c²`` weights per shell ``0 .. D // 2`` (for RELION's ``τ²``)."""
     from cryograd.validation import shell_sums
 
-    shells = padded_shell_index(insertion.box_size, insertion.padded,
-                                device=insertion.weights.device)
+    shells = padded_shell_index(
+        insertion.box_size, insertion.padded, device=insertion.weights.device
+    )
     return shell_sums(insertion.weights, shells, insertion.box_size // 2 + 1)
 
 
@@ -416,11 +434,24 @@ def reconstruct_direct(
     torch.Tensor
         ``(D, D, D)``.
     """
+    if snr is not None and not (np.isfinite(snr) and snr > 0):
+        raise CryogradError(f"--snr must be a positive number, got {snr}")
+    if lam is not None and not (np.isfinite(lam) and lam >= 0):
+        raise CryogradError(f"--lam must be a non-negative number, got {lam}")
     if indices is None:
         indices = np.arange(len(particles))
     ins = insert_particles(
-        particles, indices, pad=pad, device=device, dtype=dtype, batch_size=batch_size,
-        use_ctf=use_ctf, symmetry=symmetry, max_shell=max_shell, comm=comm, progress=progress,
+        particles,
+        indices,
+        pad=pad,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        use_ctf=use_ctf,
+        symmetry=symmetry,
+        max_shell=max_shell,
+        comm=comm,
+        progress=progress,
     )
     if snr is not None and lam is not None:
         raise ValueError("give snr or lam, not both")

@@ -14,6 +14,12 @@ from a generator seeded with ``(seed, e)`` only, so a run resumed from a checkpo
 atomically after every epoch: volume, optimiser state, history, RNG states) repeats exactly what an
 uninterrupted run does.
 
+Data: on a CUDA device the particles (images, CTFs, poses) are read once and kept on the device
+for all epochs when they take under 40 % of its free memory
+(:class:`cryograd.solvers.batches.DeviceParticleCache`), so an epoch costs about one projection
+and one back-projection of the set; otherwise, and always on the CPU, they stream from the
+memory-mapped stacks batch by batch.
+
 Distributed: each global batch is the same for any number of processes; each process computes
 the loss share of its shard, and the gradients are summed with ``comm.all_reduce_sum_`` before the
 step (the penalty is added on the main process only), so every process takes the same step.
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cryograd.errors import CryogradError
 from cryograd.solvers.batches import batch_loader, expand_symmetry, global_batches, load_batch
 from cryograd.solvers.losses import DataLoss
 from cryograd.solvers.penalties import NoPenalty, Penalty
@@ -109,15 +116,30 @@ def _batch_loss(model, volume, batch, loss_fn: DataLoss, normalizer: float, symm
     return loss_fn(pred - batch.images, normalizer=normalizer, comm=comm)
 
 
-def evaluate(model, volume, particles, indices, loss_fn, *, batch_size, use_ctf, symmetry,
-             device, dtype, comm, loader=None) -> float:
+def evaluate(
+    model,
+    volume,
+    particles,
+    indices,
+    loss_fn,
+    *,
+    batch_size,
+    use_ctf,
+    symmetry,
+    device,
+    dtype,
+    comm,
+    loader=None,
+) -> float:
     """Mean data loss per particle over ``indices`` (summed over processes).
 
     ``loader`` (``local_indices -> ParticleBatch``, e.g. :func:`batch_loader`) defaults to
     reading from the stacks."""
     if loader is None:
+
         def loader(local):
             return load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf)
+
     total = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad():
         for global_batch in global_batches(indices, batch_size):
@@ -209,7 +231,16 @@ def train(
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
     if not 0.0 < val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+        raise CryogradError(f"--val-fraction must be in (0, 0.5), got {val_fraction}")
+    for flag, value, low in (
+        ("--epochs", epochs, 1),
+        ("--batch-size", batch_size, 1),
+        ("--patience", patience, 1),
+    ):
+        if int(value) != value or value < low:
+            raise CryogradError(f"{flag} must be an integer of at least {low}, got {value}")
+    if not (np.isfinite(lr) and lr > 0):
+        raise CryogradError(f"--lr must be a positive number, got {lr}")
     comm = comm or single_process(device)
     penalty = penalty or NoPenalty()
     d = model.box_size
@@ -224,10 +255,18 @@ def train(
         optimizer = torch.optim.Adam([volume], lr=lr)
     else:
         optimizer = torch.optim.SGD([volume], lr=lr)
-    loader = batch_loader(particles, indices, device=device, dtype=dtype, use_ctf=use_ctf,
-                          cache=cache)
-    eval_kw = dict(batch_size=batch_size, use_ctf=use_ctf, symmetry=symmetry, device=device,
-                   dtype=dtype, comm=comm, loader=loader)
+    loader = batch_loader(
+        particles, indices, device=device, dtype=dtype, use_ctf=use_ctf, cache=cache
+    )
+    eval_kw = dict(
+        batch_size=batch_size,
+        use_ctf=use_ctf,
+        symmetry=symmetry,
+        device=device,
+        dtype=dtype,
+        comm=comm,
+        loader=loader,
+    )
     state = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -244,13 +283,26 @@ def train(
         logger.info("%s: resuming after epoch %d", tag or "train", start_epoch - 1)
     else:
         v0 = evaluate(model, volume.detach(), particles, val_idx, loss_fn, **eval_kw)
-        history = {"train_loss": [float("nan")], "val_loss": [v0], "best_epoch": 0,
-                   "best_val": v0, "bad_epochs": 0, "stopped_early": False, "finished": False}
+        history = {
+            "train_loss": [float("nan")],
+            "val_loss": [v0],
+            "best_epoch": 0,
+            "best_val": v0,
+            "bad_epochs": 0,
+            "stopped_early": False,
+            "finished": False,
+        }
         best_volume = volume.detach().clone()
         start_epoch = 1
     epoch = start_epoch - 1
-    bar = tqdm(total=epochs, initial=start_epoch - 1, desc=f"{method} {tag}".strip(),
-               unit="epoch", disable=not (progress and comm.is_main), leave=False)
+    bar = tqdm(
+        total=epochs,
+        initial=start_epoch - 1,
+        desc=f"{method} {tag}".strip(),
+        unit="epoch",
+        disable=not (progress and comm.is_main),
+        leave=False,
+    )
     try:
         for epoch in range(start_epoch, epochs + 1):
             if history["finished"]:
@@ -268,8 +320,9 @@ def train(
                 share = None
                 if len(local):
                     batch = loader(local)
-                    share = _batch_loss(model, volume, batch, loss_fn, len(global_batch),
-                                        symmetry, comm)
+                    share = _batch_loss(
+                        model, volume, batch, loss_fn, len(global_batch), symmetry, comm
+                    )
                 if share is None:  # an empty shard still takes part in the loss's collectives
                     empty = volume.new_zeros((0, d, d)) + 0.0 * volume.sum()
                     total = loss_fn(empty, normalizer=len(global_batch), comm=comm)
@@ -281,8 +334,11 @@ def train(
                 comm.all_reduce_sum_(volume.grad)
                 optimizer.step()
                 penalty.prox_(volume.data, lr_epoch)
-                running += (share.detach().to(torch.float64) * len(global_batch)
-                            if share is not None else 0.0)
+                running += (
+                    share.detach().to(torch.float64) * len(global_batch)
+                    if share is not None
+                    else 0.0
+                )
             comm.all_reduce_sum_(running)
             train_loss = float(running) / max(1, len(train_idx))
             val = evaluate(model, volume.detach(), particles, val_idx, loss_fn, **eval_kw)
@@ -302,14 +358,27 @@ def train(
                 history["finished"] = True
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val:.4g}")
-            logger.info("%s epoch %d: train %.6g, validation %.6g%s", tag or method, epoch,
-                        train_loss, val, " (best)" if history["best_epoch"] == epoch else "")
+            logger.info(
+                "%s epoch %d: train %.6g, validation %.6g%s",
+                tag or method,
+                epoch,
+                train_loss,
+                val,
+                " (best)" if history["best_epoch"] == epoch else "",
+            )
             if checkpoint_path is not None and comm.is_main:
-                save_checkpoint(Path(checkpoint_path), {
-                    "tag": tag, "epoch": epoch, "volume": volume.detach().cpu(),
-                    "best_volume": best_volume.cpu(), "optimizer": optimizer.state_dict(),
-                    "history": history, "torch_rng": torch.get_rng_state(),
-                })
+                save_checkpoint(
+                    Path(checkpoint_path),
+                    {
+                        "tag": tag,
+                        "epoch": epoch,
+                        "volume": volume.detach().cpu(),
+                        "best_volume": best_volume.cpu(),
+                        "optimizer": optimizer.state_dict(),
+                        "history": history,
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                )
             if history["finished"]:
                 break
     finally:

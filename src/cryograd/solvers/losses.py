@@ -102,8 +102,9 @@ def lambda_sequence(
     return lam.to(dtype)
 
 
-def sorted_l1_weights(abs_local: torch.Tensor, abs_global_sorted: torch.Tensor,
-                      lambdas: torch.Tensor) -> torch.Tensor:
+def sorted_l1_weights(
+    abs_local: torch.Tensor, abs_global_sorted: torch.Tensor, lambdas: torch.Tensor
+) -> torch.Tensor:
     """Weight of each local entry in the ordered weighted ℓ1 norm of the global set.
 
     The entry ranked ``j`` (descending) among all entries gets ``λ_j``; tied entries share the mean

@@ -93,14 +93,17 @@ def _pava_stack(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor,
         stack_sum.append(s)
         stack_count.append(c)
         # pool while the block below has a smaller mean than the top one
-        while (len(stack_sum) > 1
-               and stack_sum[-2] * stack_count[-1] < stack_sum[-1] * stack_count[-2]):
+        while (
+            len(stack_sum) > 1 and stack_sum[-2] * stack_count[-1] < stack_sum[-1] * stack_count[-2]
+        ):
             top_sum = stack_sum.pop()
             top_count = stack_count.pop()
             stack_sum[-1] += top_sum
             stack_count[-1] += top_count
-    return (torch.tensor(stack_sum, dtype=sums.dtype, device=sums.device),
-            torch.tensor(stack_count, dtype=counts.dtype, device=counts.device))
+    return (
+        torch.tensor(stack_sum, dtype=sums.dtype, device=sums.device),
+        torch.tensor(stack_count, dtype=counts.dtype, device=counts.device),
+    )
 
 
 def prox_sorted_l1(v: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
@@ -259,8 +262,9 @@ class TVPenalty(Penalty):
         return self.lam * total_variation(volume, self.eps)
 
 
-def make_penalty(name: str, lam: float = 0.0, *, sequence="bh", q: float = 0.1,
-                 tv_eps: float = 1e-4) -> Penalty:
+def make_penalty(
+    name: str, lam: float = 0.0, *, sequence="bh", q: float = 0.1, tv_eps: float = 1e-4
+) -> Penalty:
     """The penalty called ``name`` (one of :data:`PENALTIES`) with weight ``lam``."""
     if name == "none":
         return NoPenalty(0.0)
