@@ -7,13 +7,13 @@ global pyplot backend is never touched (safe on headless nodes and inside notebo
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from cryograd.io.atomic import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,16 +39,8 @@ def save_figure_atomic(fig, path) -> Path:
     fmt = path.suffix.lstrip(".").lower() or "png"
     if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -112,14 +104,13 @@ def fsc_figure(
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize="small")
-    # secondary labels in Å along the top
-    top = ax.secondary_xaxis(
-        "top",
-        functions=(
-            lambda x: 1.0 / np.maximum(x, 1e-9),
-            lambda r: 1.0 / np.maximum(r, 1e-9),
-        ),
-    )
+    # resolution in Å along the top, at round values inside the plotted range
+    fmax = float(freqs.max()) if freqs.size else 1.0
+    candidates = [100, 50, 30, 20, 15, 10, 8, 6, 5, 4, 3, 2.5, 2, 1.5, 1.2, 1]
+    ticks = [r for r in candidates if 0 < 1.0 / r <= fmax]
+    ticks = [r for i, r in enumerate(ticks) if i == 0 or 1.0 / r - 1.0 / ticks[i - 1] > fmax / 14]
+    top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
+    top.set_xticks([1.0 / r for r in ticks], [f"{r:g}" for r in ticks])
     top.set_xlabel("resolution (Å)")
     return fig
 
@@ -172,28 +163,33 @@ def loss_figure(
     ylabel: str = "loss",
     log_y: bool = False,
     title: str | None = None,
+    first_epoch: int = 1,
 ) -> Figure:
-    """Figure of training and validation loss per epoch (epochs numbered from 1).
+    """Figure of training and validation loss per epoch.
 
     Parameters
     ----------
     train_loss, validation_loss
         ``(n_epochs,)`` values; the validation curve is optional.
     best_epoch
-        Epoch (1-based) to mark with a vertical line, e.g. the one whose map is kept.
+        Epoch to mark with a vertical line, e.g. the one whose map is kept (same numbering as
+        the curves).
     log_y
         Logarithmic y axis (only when every value is positive).
+    first_epoch
+        Number of the first value: 1 by default, 0 when the lists start with the loss of the
+        starting map (before any training).
     """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     train = np.asarray(train_loss, dtype=np.float64)
-    ax.plot(np.arange(1, train.size + 1), train, marker="o", ms=3, label="train")
+    ax.plot(np.arange(train.size) + first_epoch, train, marker="o", ms=3, label="train")
     values = [train]
     if validation_loss is not None:
         val = np.asarray(validation_loss, dtype=np.float64)
-        ax.plot(np.arange(1, val.size + 1), val, marker="s", ms=3, label="validation")
+        ax.plot(np.arange(val.size) + first_epoch, val, marker="s", ms=3, label="validation")
         values.append(val)
     if best_epoch is not None:
         ax.axvline(best_epoch, color="grey", ls=":", lw=1, label=f"best epoch {best_epoch}")
@@ -219,6 +215,7 @@ def plot_loss(
     ylabel: str = "loss",
     log_y: bool = False,
     title: str | None = None,
+    first_epoch: int = 1,
 ) -> Path:
     """Write :func:`loss_figure` to ``path`` atomically (format from the suffix)."""
     fig = loss_figure(
@@ -229,5 +226,6 @@ def plot_loss(
         ylabel=ylabel,
         log_y=log_y,
         title=title,
+        first_epoch=first_epoch,
     )
     return save_figure_atomic(fig, path)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.fourier import irfftn_centered, rfftn_centered, shell_index
+from cryograd.io.atomic import atomic_path
 
 __all__ = [
     "FSCResult",
@@ -408,26 +407,19 @@ class FSCResult:
         if self.fsc_corrected is not None:
             cols["fsc_corrected"] = self.fsc_corrected
         freqs = np.asarray(self.frequencies, dtype=np.float64)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["shell", "frequency_inv_angstrom", "resolution_angstrom", *cols])
-                for i, f in enumerate(freqs):
-                    res = f"{1.0 / f:.4f}" if f > 0 else "inf"
-                    w.writerow(
-                        [
-                            i,
-                            f"{f:.6f}",
-                            res,
-                            *(f"{float(np.asarray(c)[i]):.6f}" for c in cols.values()),
-                        ]
-                    )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["shell", "frequency_inv_angstrom", "resolution_angstrom", *cols])
+            for i, f in enumerate(freqs):
+                res = f"{1.0 / f:.4f}" if f > 0 else "inf"
+                w.writerow(
+                    [
+                        i,
+                        f"{f:.6f}",
+                        res,
+                        *(f"{float(np.asarray(c)[i]):.6f}" for c in cols.values()),
+                    ]
+                )
         return path
 
 
