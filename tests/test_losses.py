@@ -8,12 +8,14 @@ import torch
 from scipy.stats import norm
 
 from cryograd.solvers.losses import (
+    HUBER_K,
     HuberLoss,
     L1Loss,
     L2Loss,
     SortedL1Loss,
     lambda_sequence,
     make_loss,
+    robust_sigma,
     sorted_l1_weights,
 )
 
@@ -91,3 +93,30 @@ def test_make_loss_names():
         assert make_loss(name).name == name
     with pytest.raises(ValueError):
         make_loss("l3")
+
+
+def test_robust_sigma_matches_scipy_and_ignores_outliers(rng):
+    from scipy.stats import median_abs_deviation
+
+    x = 3.0 * torch.randn(20000, generator=rng, dtype=torch.float64) + 5.0
+    expected = median_abs_deviation(x.numpy(), scale="normal")
+    assert robust_sigma(x) == pytest.approx(expected, rel=1e-3)
+    assert robust_sigma(x) == pytest.approx(3.0, rel=0.03)
+    x[:1000] = 1e4  # 5 % gross outliers barely move it (the standard deviation goes to ~2000)
+    assert robust_sigma(x) == pytest.approx(3.0, rel=0.1)
+
+
+def test_huber_default_threshold_scales_with_the_noise(rng):
+    """Without ``delta`` the threshold is 1.345 σ̂ of the first residuals, whatever their units."""
+    for sigma in (0.01, 1.0, 250.0):
+        r = sigma * torch.randn(8, 16, 16, generator=rng, dtype=torch.float64)
+        loss = HuberLoss()
+        value = float(loss(r, normalizer=8))
+        assert loss.delta == pytest.approx(HUBER_K * sigma, rel=0.08)
+        a = np.abs(r.numpy())
+        d = loss.delta
+        expected = np.where(a <= d, 0.5 * a**2, d * (a - 0.5 * d)).sum() / 8
+        assert value == pytest.approx(expected, rel=1e-12)
+        first = loss.delta
+        loss(100 * r, normalizer=8)
+        assert loss.delta == first  # fixed after the first call

@@ -24,7 +24,9 @@ def test_half_map_resolution_matches_truth_resolution():
     truth_05 = resolution_at(fsc(res.full_map, vol), 0.5, 64, px)
     assert 2 * px < truth_05 < 20 * px  # the test sits between Nyquist and the box
     assert abs(res.resolution_angstrom - truth_05) <= 0.15 * truth_05, (
-        res.resolution_angstrom, truth_05)
+        res.resolution_angstrom,
+        truth_05,
+    )
     # the refined direct map keeps the map's mean (the plain division loses ~35 % of it)
     assert float(res.full_map.double().sum()) == pytest.approx(float(vol.sum()), rel=0.05)
     assert isinstance(res, Result) and res.n_particles == 3000
@@ -86,12 +88,14 @@ def test_every_method_gives_half_maps_and_fsc(method):
 def test_bad_input_is_reported():
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 40, px, snr=None, seed=24)
-    no_pose = ParticleSet.from_arrays(rotations=None, pixel_size_angstrom=px, box_size=16,
-                                      images=ps.image_array)
+    no_pose = ParticleSet.from_arrays(
+        rotations=None, pixel_size_angstrom=px, box_size=16, images=ps.image_array
+    )
     with pytest.raises(CryogradError, match="rlnAngleRot"):
         reconstruct(no_pose, device="cpu", progress=False)
-    no_ctf = ParticleSet.from_arrays(rotations=ps.rotations, pixel_size_angstrom=px, box_size=16,
-                                     images=ps.image_array)
+    no_ctf = ParticleSet.from_arrays(
+        rotations=ps.rotations, pixel_size_angstrom=px, box_size=16, images=ps.image_array
+    )
     with pytest.raises(CryogradError, match="--no-ctf"):
         reconstruct(no_ctf, device="cpu", progress=False)
     reconstruct(no_ctf, device="cpu", progress=False, use_ctf=False)  # allowed with --no-ctf
@@ -109,6 +113,164 @@ def test_box_too_large_names_memory_and_remedies(monkeypatch):
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 20, px, snr=None, seed=25)
     monkeypatch.setattr(rec, "_available_memory_bytes", lambda device: 1 << 20)
-    with pytest.raises(CryogradError, match=r"GiB.*--pad 1.*--device cpu"):
+    with pytest.raises(CryogradError, match=r"GiB.*--pad 1") as info:
         reconstruct(ps, device="cpu", progress=False)
+    assert "--device cpu" not in str(info.value)  # already on the CPU: not a remedy
+    with pytest.raises(CryogradError, match=r"GiB.*--pad 1.*--device cpu"):
+        rec.check_memory(16, "direct", 2.0, 256, torch.device("cuda", 0), torch.float32)
     assert estimate_memory_bytes(256, "direct") > 6 * estimate_memory_bytes(128, "direct")
+
+
+def _with_halves(ps):
+    """The set with ``rlnRandomSubset`` = 1, 2, 1, 2, ... so that the halves are known."""
+    ps.half_set = (np.arange(len(ps)) % 2 + 1).astype(np.int64)
+    return ps
+
+
+def test_adam_direct_start_is_made_without_the_validation_particles():
+    """``--init direct``: the epoch-0 validation loss is that of a direct map of the training
+    particles alone, clearly above that of a map that has seen the validation particles (the
+    leak that made every run keep the start); with an l2 penalty, adam from that start lowers
+    the validation loss below its epoch-0 value (best epoch > 0)."""
+    from cryograd.forward import ForwardModel
+    from cryograd.reconstruct import _direct_start
+    from cryograd.solvers.gradient import evaluate, split_validation
+    from cryograd.solvers.losses import L2Loss
+
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 600, px, snr=0.2, seed=23)
+    ps = _with_halves(ps)
+    half1 = np.nonzero(ps.half_set == 1)[0]
+    train_idx, val_idx = split_validation(half1, 0.2, seed=0 + 1)
+    kw = dict(
+        pad=2.0,
+        max_shell=None,
+        device="cpu",
+        dtype=torch.float32,
+        use_ctf=True,
+        symmetry=None,
+        comm=None,
+        refine=3,
+    )
+    model = ForwardModel(16, px)
+    ev = dict(
+        batch_size=50,
+        use_ctf=True,
+        symmetry=None,
+        device="cpu",
+        dtype=torch.float32,
+        comm=__import__("cryograd.distributed", fromlist=["x"]).single_process("cpu"),
+    )
+    honest = evaluate(
+        model, _direct_start(ps, train_idx, None, False, **kw), ps, val_idx, L2Loss(), **ev
+    )
+    leaky = evaluate(
+        model, _direct_start(ps, half1, None, False, **kw), ps, val_idx, L2Loss(), **ev
+    )
+    assert leaky < honest * 0.995, (leaky, honest)
+
+    res = reconstruct(
+        ps,
+        "adam",
+        device="cpu",
+        progress=False,
+        epochs=4,
+        batch_size=50,
+        val_fraction=0.2,
+        seed=0,
+        penalty="l2",
+        lam=0.5,
+    )
+    h = res.history["half1"]
+    assert h["val_loss"][0] == pytest.approx(honest, rel=1e-5)
+    assert h["best_epoch"] > 0 and min(h["val_loss"][1:]) < h["val_loss"][0], h["val_loss"]
+
+
+def test_direct_half_maps_are_refined_and_bad_snr_is_refused():
+    """The half maps are refined like the full map and keep most of the map's mean (the plain
+    division's are 27 % low, 49 % with ``snr=1``, whose converged Wiener solution itself is ~8 %
+    low by shrinkage); ``snr`` must be positive."""
+    vol, px = small_map(32)
+    ps, _ = make_particles(vol, 1500, px, snr=0.5, seed=26)
+    for snr, low in ((None, 0.9), (1.0, 0.88)):
+        res = reconstruct(ps, "direct", device="cpu", progress=False, snr=snr)
+        for half in res.half_maps:
+            ratio = float(half.double().sum()) / float(vol.sum())
+            assert low < ratio < 1.05, (snr, ratio)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(CryogradError, match="--snr"):
+            reconstruct(ps, "direct", device="cpu", progress=False, snr=bad)
+
+
+def test_maxres_limits_the_reported_resolution():
+    """``maxres`` is the best resolution a run can report; the FSC is 0 beyond it."""
+    vol, px = small_map(32)
+    ps, _ = make_particles(vol, 1500, px, snr=1.0, seed=27)
+    maxres = 4.0 * px  # shell 8 of 16
+    res = reconstruct(ps, "direct", device="cpu", progress=False, maxres=maxres)
+    assert res.resolution_angstrom >= maxres - 1e-9
+    assert res.fsc.resolution_05_angstrom >= maxres - 1e-9
+    freqs = np.asarray(res.fsc.frequencies)
+    beyond = freqs > 1.0 / maxres + 1e-9
+    assert beyond.any() and np.all(np.asarray(res.fsc.fsc_final)[beyond] == 0)
+    # without the limit the same data resolve beyond it (the limit is what stops it)
+    free = reconstruct(ps, "direct", device="cpu", progress=False)
+    assert free.resolution_angstrom < maxres
+
+
+def test_mask_values_outside_unit_interval_are_refused():
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 40, px, snr=None, seed=28)
+    for bad in (2.0, -0.5, float("nan")):
+        mask = np.zeros((16, 16, 16))
+        mask[4:12, 4:12, 4:12] = 1.0
+        mask[8, 8, 8] = bad
+        with pytest.raises(CryogradError, match=r"within \[0, 1\]"):
+            reconstruct(ps, device="cpu", progress=False, mask=mask)
+
+
+def test_huber_default_threshold_follows_the_noise():
+    """Without ``huber_delta`` the threshold is 1.345 · the noise σ (estimated robustly from the
+    start's residuals), for data of very different intensity scales."""
+    vol, px = small_map(16)
+    for scale in (1.0, 100.0):
+        ps, sigma = make_particles(vol * scale, 300, px, snr=0.5, seed=29)
+        res = reconstruct(
+            ps, "adam", device="cpu", progress=False, epochs=1, batch_size=50, loss="huber"
+        )
+        for tag in ("half1", "half2"):
+            delta = res.history[f"huber_delta_{tag}"]
+            assert delta == pytest.approx(1.345 * sigma, rel=0.1), (scale, delta, sigma)
+
+
+def test_run_json_is_strict_json_and_outputs_have_the_maps_mode(tmp_path):
+    import json
+    import os
+
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 200, px, snr=0.5, seed=30)
+    res = reconstruct(
+        ps, "adam", device="cpu", progress=False, epochs=1, batch_size=50, checkpoint_dir=tmp_path
+    )
+    assert any(not np.isfinite(x) for x in res.history["half1"]["train_loss"])  # NaN at epoch 0
+    paths = res.save(tmp_path)
+
+    def no_constants(name):
+        raise AssertionError(f"run.json holds {name}")
+
+    info = json.loads(paths["run_json"].read_text(), parse_constant=no_constants)
+    assert info["history"]["half1"]["train_loss"][0] is None
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    files = [p for p in tmp_path.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {
+        "map.mrc",
+        "fsc.csv",
+        "fsc.png",
+        "loss.png",
+        "run.json",
+        "checkpoint_half1.pt",
+    }
+    for p in files:
+        assert p.stat().st_mode & 0o777 == expected, (p.name, oct(p.stat().st_mode))

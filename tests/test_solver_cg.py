@@ -96,3 +96,18 @@ def test_real_space_operator_with_cached_poses_and_ctfs_is_unchanged():
     streamed = RealSpaceNormalOperator(model, ps, np.arange(40), lam=0.5, batch_size=16)
     cached = RealSpaceNormalOperator(model, ps, np.arange(40), lam=0.5, batch_size=16, cache=True)
     torch.testing.assert_close(cached(x), streamed(x), rtol=1e-6, atol=1e-6)
+
+
+def test_cg_scalars_do_not_depend_on_summation_order():
+    """Dot products and norms are summed in float64: CG on a float32 system and on the same system
+    with its entries permuted (another summation order, as on another number of processes) take
+    the same steps; with float32 sums they drift apart (~1e-6 here)."""
+    g = torch.Generator().manual_seed(0)
+    n = 64**3
+    diag = (torch.rand(n, generator=g, dtype=torch.float64) ** 4 * 1e3 + 1e-2).float()
+    b = torch.randn(n, generator=g) * torch.rand(n, generator=g) ** 3
+    perm = torch.randperm(n, generator=g)
+    a = conjugate_gradient(lambda x: diag * x, b, tol=1e-7, max_iter=60)
+    p = conjugate_gradient(lambda x: diag[perm] * x, b[perm], tol=1e-7, max_iter=60)
+    assert a.x.dtype == torch.float32 and a.iterations == p.iterations
+    assert float((a.x[perm] - p.x).norm() / a.x.norm()) < 1e-9

@@ -11,12 +11,17 @@ Methods (:mod:`cryograd.solvers`):
 - ``direct``: Fourier insertion and Wiener division. The Wiener term is ``(D/P)³ / snr`` with a
   constant ``snr`` (per Fourier voxel of the unpadded grid), ``λ D²/P³`` for an operator ``lam``,
   or by default RELION's ``1/τ²`` from the FSC of the half maps reconstructed first with a tiny
-  term (those unfiltered halves are the half maps reported). The full map's grids are the sum of
+  term (those halves, not Wiener-filtered but refined like the full map, are the half maps
+  reported). A constant ``snr`` must be positive. The full map's grids are the sum of
   the halves' (one pass over the data).
 - ``cg``: ``(AᵀA + λI) x = Aᵀb`` per half and for the full set (Toeplitz operator from one
   insertion pass with the Fourier projector).
 - ``adam`` / ``sgd``: minibatch optimisation per half (:mod:`cryograd.solvers.gradient`); the full
-  map is the mean of the two half maps (each already uses its own validation split).
+  map is the mean of the two half maps (each already uses its own validation split). With
+  ``init="direct"`` each half starts from the direct map of its *training* particles only.
+
+``maxres``: frequencies beyond it are left out, the FSC curves are set to 0 beyond it and the
+reported resolutions are never finer than it.
 """
 
 from __future__ import annotations
@@ -98,15 +103,19 @@ class Result:
             "half1": write_map(out / "half1.mrc", _np(self.half_maps[0]), px),
             "half2": write_map(out / "half2.mrc", _np(self.half_maps[1]), px),
             "fsc_csv": self.fsc.to_csv(out / "fsc.csv"),
-            "fsc_png": plot_fsc_result(out / "fsc.png", self.fsc,
-                                       title=f"{self.method}: {self.resolution_angstrom:.2f} Å"),
+            "fsc_png": plot_fsc_result(
+                out / "fsc.png", self.fsc, title=f"{self.method}: {self.resolution_angstrom:.2f} Å"
+            ),
         }
         if self.method in ("adam", "sgd"):
             h = self.history.get("half1", {})
             if h.get("train_loss"):
                 paths["loss_png"] = plot_loss(
-                    out / "loss.png", h["train_loss"], h.get("val_loss"),
-                    best_epoch=h.get("best_epoch"), title=f"{self.method} (half 1)",
+                    out / "loss.png",
+                    h["train_loss"],
+                    h.get("val_loss"),
+                    best_epoch=h.get("best_epoch"),
+                    title=f"{self.method} (half 1)",
                 )
         info = {
             "method": self.method,
@@ -138,39 +147,49 @@ def _finite(x: float) -> float | None:
 def _versions() -> dict:
     import cryograd
 
-    return {"cryograd": cryograd.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "cryograd": cryograd.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def json_safe(obj):
+    """``obj`` with tensors/arrays as lists and every non-finite float (NaN, ±inf) as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
 
 
 def _write_json_atomic(path: Path, data: dict) -> Path:
-    import os
-    import tempfile
+    """Strict JSON (no NaN/Infinity tokens: non-finite numbers are written as ``null``),
+    atomically, with the mode of a new file (:func:`cryograd.io.atomic.atomic_path`)."""
+    from cryograd.io.atomic import atomic_path
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 
-def _json_default(o):
-    if isinstance(o, np.ndarray | torch.Tensor):
-        return np.asarray(o.tolist() if isinstance(o, torch.Tensor) else o).tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def select_particles(particles, *, first: int | None = None, class_number: int | None = None,
-                     use_ctf: bool = True) -> np.ndarray:
+def select_particles(
+    particles, *, first: int | None = None, class_number: int | None = None, use_ctf: bool = True
+) -> np.ndarray:
     """Indices of the particles to use, after checking poses, CTFs and images.
 
     Raises
@@ -196,8 +215,9 @@ def select_particles(particles, *, first: int | None = None, class_number: int |
     idx = np.arange(len(particles))
     if class_number is not None:
         if particles.class_number is None:
-            raise CryogradError(f"{src}: --class {class_number} given but there is no "
-                                "rlnClassNumber column")
+            raise CryogradError(
+                f"{src}: --class {class_number} given but there is no rlnClassNumber column"
+            )
         idx = idx[particles.class_number[idx] == int(class_number)]
         if len(idx) == 0:
             raise CryogradError(f"{src}: no particle has rlnClassNumber {class_number}")
@@ -210,8 +230,13 @@ def select_particles(particles, *, first: int | None = None, class_number: int |
     return idx
 
 
-def estimate_memory_bytes(box_size: int, method: str, pad: float = 2.0, batch_size: int = 256,
-                          dtype: torch.dtype = torch.float32) -> int:
+def estimate_memory_bytes(
+    box_size: int,
+    method: str,
+    pad: float = 2.0,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+) -> int:
     """Rough peak memory of a reconstruction (grids of one half set, both halves kept, batches)."""
     from cryograd.projectors import fourier_slice as fs
     from cryograd.solvers.direct import insertion_memory_bytes
@@ -245,16 +270,27 @@ def _available_memory_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(box_size: int, method: str, pad: float, batch_size: int, device: torch.device,
-                 dtype: torch.dtype) -> int:
+def check_memory(
+    box_size: int,
+    method: str,
+    pad: float,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> int:
     """Raise CryogradError when the estimated need exceeds the device's free memory."""
     need = estimate_memory_bytes(box_size, method, pad, batch_size, dtype)
     have = _available_memory_bytes(device)
     if have is not None and need > have:
+        device = torch.device(device)
         raise CryogradError(
             f"box {box_size} with --method {method} --pad {pad:g} needs about "
             f"{need / 2**30:.1f} GiB but {device} has {have / 2**30:.1f} GiB free; "
-            "try --pad 1, a smaller --batch-size, or --device cpu"
+            + (
+                "try --pad 1, a smaller --batch-size, or --device cpu"
+                if device.type != "cpu"
+                else "try --pad 1 or a smaller --batch-size, or a machine with more memory"
+            )
         )
     return need
 
@@ -294,7 +330,7 @@ def reconstruct(
     penalty: str = "none",
     sorted_l1_sequence: str = "bh",
     sorted_l1_q: float = 0.1,
-    huber_delta: float = 1.0,
+    huber_delta: float | None = None,
     val_fraction: float = 0.05,
     patience: int = 3,
     init: str = "direct",
@@ -342,7 +378,11 @@ def reconstruct(
     epochs, lr, loss, penalty, sorted_l1_sequence, sorted_l1_q, huber_delta, val_fraction,
     patience, init, lr_schedule
         Iterative methods (see :func:`cryograd.solvers.gradient.train`); ``init`` is ``"direct"``
-        or ``"zero"``; ``lr_schedule`` ``"constant"`` or ``"cosine"``.
+        (the direct map of each half's training particles, refined as ``direct`` refines) or
+        ``"zero"``; ``lr_schedule`` ``"constant"`` or ``"cosine"``. ``huber_delta`` is the Huber
+        threshold in image intensity units; by default (None) ``δ = 1.345 · σ̂`` with ``σ̂`` the
+        robust (MAD) noise level of the starting map's residuals on the training particles
+        (of the images themselves with ``init="zero"``), the classic 95 %-efficiency choice.
     checkpoint_dir, resume
         Where adam/sgd checkpoint after every epoch, and whether to continue from there.
     comm
@@ -370,6 +410,10 @@ def reconstruct(
     idx = select_particles(particles, first=first, class_number=class_number, use_ctf=use_ctf)
     d = int(particles.box_size)
     px = float(particles.pixel_size_angstrom)
+    if snr is not None and not (math.isfinite(snr) and snr > 0):
+        raise CryogradError(f"--snr must be a positive number, got {snr}")
+    if lam is not None and not (math.isfinite(lam) and lam >= 0):
+        raise CryogradError(f"--lam must be a non-negative number, got {lam}")
     group_order(sym)  # validates the name
     sym_mats = None if sym.upper() == "C1" else symmetry_matrices(sym, dtype=dtype, device=dev)
     max_shell = None
@@ -386,35 +430,123 @@ def reconstruct(
     common = dict(device=dev, dtype=dtype, use_ctf=use_ctf, symmetry=sym_mats, comm=comm)
     timings: dict = {}
     history: dict = {}
-    params = dict(method=method, projector=projector, pad=pad, device=str(dev),
-                  dtype=str(dtype).replace("torch.", ""), batch_size=bs, sym=sym, seed=seed,
-                  maxres=maxres, snr=snr, lam=lam, use_ctf=use_ctf, particles=len(idx),
-                  half_sizes=[len(halves[0]), len(halves[1])],
-                  half_sets="rlnRandomSubset" if half_set is not None else "random")
-    logger.info("%s reconstruction of %d particles (box %d, %.4g Å/px), halves %d + %d",
-                method, len(idx), d, px, len(halves[0]), len(halves[1]))
+    params = dict(
+        method=method,
+        projector=projector,
+        pad=pad,
+        device=str(dev),
+        dtype=str(dtype).replace("torch.", ""),
+        batch_size=bs,
+        sym=sym,
+        seed=seed,
+        maxres=maxres,
+        snr=snr,
+        lam=lam,
+        use_ctf=use_ctf,
+        particles=len(idx),
+        half_sizes=[len(halves[0]), len(halves[1])],
+        half_sets="rlnRandomSubset" if half_set is not None else "random",
+    )
+    logger.info(
+        "%s reconstruction of %d particles (box %d, %.4g Å/px), halves %d + %d",
+        method,
+        len(idx),
+        d,
+        px,
+        len(halves[0]),
+        len(halves[1]),
+    )
 
     if method == "direct":
-        h1, h2, full = _run_direct(particles, halves, pad, bs, snr, lam, max_shell, refine,
-                                   progress, timings, history, **common)
+        h1, h2, full = _run_direct(
+            particles,
+            halves,
+            pad,
+            bs,
+            snr,
+            lam,
+            max_shell,
+            refine,
+            progress,
+            timings,
+            history,
+            **common,
+        )
         params["refine"] = refine
     elif method == "cg":
-        h1, h2, full = _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell,
-                               cg_tol, cg_max_iter, progress, timings, history, **common)
+        h1, h2, full = _run_cg(
+            particles,
+            halves,
+            projector,
+            pad,
+            bs,
+            snr,
+            lam,
+            max_shell,
+            cg_tol,
+            cg_max_iter,
+            progress,
+            timings,
+            history,
+            **common,
+        )
     else:
-        params.update(epochs=epochs, lr=lr, loss=loss, penalty=penalty, init=init,
-                      lr_schedule=lr_schedule,
-                      val_fraction=val_fraction, patience=patience)
+        params.update(
+            epochs=epochs,
+            lr=lr,
+            loss=loss,
+            penalty=penalty,
+            init=init,
+            lr_schedule=lr_schedule,
+            val_fraction=val_fraction,
+            patience=patience,
+        )
         h1, h2, full, lr_used = _run_gradient(
-            particles, halves, method=method, projector=projector, pad=pad, batch_size=bs,
-            snr=snr, lam=lam, max_shell=max_shell, epochs=epochs, lr=lr, loss=loss,
-            penalty=penalty, sorted_l1_sequence=sorted_l1_sequence, sorted_l1_q=sorted_l1_q,
-            huber_delta=huber_delta, val_fraction=val_fraction, patience=patience, init=init,
-            lr_schedule=lr_schedule, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+            particles,
+            halves,
+            method=method,
+            projector=projector,
+            pad=pad,
+            batch_size=bs,
+            snr=snr,
+            lam=lam,
+            max_shell=max_shell,
+            epochs=epochs,
+            lr=lr,
+            loss=loss,
+            penalty=penalty,
+            sorted_l1_sequence=sorted_l1_sequence,
+            sorted_l1_q=sorted_l1_q,
+            huber_delta=huber_delta,
+            val_fraction=val_fraction,
+            patience=patience,
+            init=init,
+            lr_schedule=lr_schedule,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
             progress=progress,
-            timings=timings, history=history, **common)
+            refine=refine,
+            timings=timings,
+            history=history,
+            **common,
+        )
         params["lr"] = lr_used
-    result = _validate(h1, h2, full, px, mask_t, seed, method, len(idx), timings, history, params)
+    result = _validate(
+        h1,
+        h2,
+        full,
+        px,
+        mask_t,
+        seed,
+        method,
+        len(idx),
+        timings,
+        history,
+        params,
+        maxres=maxres,
+        max_shell=max_shell,
+    )
     timings["total"] = time.perf_counter() - t_start
     return result
 
@@ -435,11 +567,34 @@ def _load_mask(mask, box_size: int) -> torch.Tensor | None:
             f"{name}: mask box {tuple(data.shape)} differs from the particles' box "
             f"{(box_size,) * 3}"
         )
-    return torch.as_tensor(np.asarray(data, dtype=np.float64))
+    data = np.asarray(data, dtype=np.float64)
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-4 or hi > 1 + 1e-4:
+        raise CryogradError(
+            f"{name}: mask values must lie within [0, 1], found values in [{lo:.4g}, {hi:.4g}]"
+        )
+    return torch.as_tensor(np.clip(data, 0.0, 1.0))
 
 
-def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, refine, progress, timings,
-                history, *, device, dtype, use_ctf, symmetry, comm):
+def _run_direct(
+    particles,
+    halves,
+    pad,
+    bs,
+    snr,
+    lam,
+    max_shell,
+    refine,
+    progress,
+    timings,
+    history,
+    *,
+    device,
+    dtype,
+    use_ctf,
+    symmetry,
+    comm,
+):
     from cryograd.solvers import direct as dr
     from cryograd.solvers.cg import refine_in_box
     from cryograd.validation import fsc, inverse_tau2_from_fsc
@@ -447,10 +602,22 @@ def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, refine, progres
     t0 = time.perf_counter()
     ins = []
     for k, half in enumerate(halves, start=1):
-        ins.append(dr.insert_particles(
-            particles, half, pad=pad, device=device, dtype=dtype, batch_size=bs,
-            use_ctf=use_ctf, symmetry=symmetry, max_shell=max_shell, comm=comm,
-            progress=progress, desc=f"insert half {k}"))
+        ins.append(
+            dr.insert_particles(
+                particles,
+                half,
+                pad=pad,
+                device=device,
+                dtype=dtype,
+                batch_size=bs,
+                use_ctf=use_ctf,
+                symmetry=symmetry,
+                max_shell=max_shell,
+                comm=comm,
+                progress=progress,
+                desc=f"insert half {k}",
+            )
+        )
     timings["insert"] = time.perf_counter() - t0
     full_ins = ins[0] + ins[1]
     d, p = full_ins.box_size, full_ins.padded
@@ -473,13 +640,25 @@ def _run_direct(particles, halves, pad, bs, snr, lam, max_shell, refine, progres
         timings["divide"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         full = _refine(refine_in_box, full_ins, reg_full, full, refine, max_shell)
+        # the half maps are refined too (the plain division leaves their mean ~30 % low). Their
+        # small Wiener term makes the system stiffer: 3 iterations bring the mean to ~93 %, 6 to
+        # ~98 %; more iterations also amplify float32 rounding (multi-process runs drift apart)
+        halves_out = [
+            _refine(refine_in_box, i, t, m, refine, max_shell) for i, t, m in zip(ins, tiny, pre)
+        ]
         timings["refine"] = time.perf_counter() - t0
-        return pre[0], pre[1], full
-    maps = [dr.wiener_reconstruct(i, r, max_shell=max_shell)
-            for i, r in zip((ins[0], ins[1], full_ins), regs)]
+        return halves_out[0], halves_out[1], full
+    maps = [
+        dr.wiener_reconstruct(i, r, max_shell=max_shell)
+        for i, r in zip((ins[0], ins[1], full_ins), regs)
+    ]
     timings["divide"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    maps[2] = _refine(refine_in_box, full_ins, regs[2], maps[2], refine, max_shell)
+    # every map, half maps included, gets the same refinement (the plain division's are low)
+    maps = [
+        _refine(refine_in_box, i, r, m, refine, max_shell)
+        for i, r, m in zip((ins[0], ins[1], full_ins), regs, maps)
+    ]
     timings["refine"] = time.perf_counter() - t0
     return maps[0], maps[1], maps[2]
 
@@ -506,8 +685,27 @@ def _default_lam(insertion, snr, lam) -> float:
     return rho * p**3 / d**2
 
 
-def _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell, tol, max_iter, progress,
-            timings, history, *, device, dtype, use_ctf, symmetry, comm):
+def _run_cg(
+    particles,
+    halves,
+    projector,
+    pad,
+    bs,
+    snr,
+    lam,
+    max_shell,
+    tol,
+    max_iter,
+    progress,
+    timings,
+    history,
+    *,
+    device,
+    dtype,
+    use_ctf,
+    symmetry,
+    comm,
+):
     from cryograd.solvers import cg
     from cryograd.solvers import direct as dr
 
@@ -515,33 +713,68 @@ def _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell, tol, max
     maps = []
     t0 = time.perf_counter()
     if projector == "fourier":
-        ins = [dr.insert_particles(particles, h, pad=pad, batch_size=bs, max_shell=max_shell,
-                                   progress=progress, desc=f"insert half {k}", **common)
-               for k, h in enumerate(halves, start=1)]
+        ins = [
+            dr.insert_particles(
+                particles,
+                h,
+                pad=pad,
+                batch_size=bs,
+                max_shell=max_shell,
+                progress=progress,
+                desc=f"insert half {k}",
+                **common,
+            )
+            for k, h in enumerate(halves, start=1)
+        ]
         timings["insert"] = time.perf_counter() - t0
         lam_used = _default_lam(ins[0] + ins[1], snr, lam)
         for name, i in (("half1", ins[0]), ("half2", ins[1]), ("full", ins[0] + ins[1])):
             op = cg.ToeplitzNormalOperator(i.weights, i.box_size, lam_used)
-            res = cg.conjugate_gradient(op, cg.normal_rhs_from_insertion(i), tol=tol,
-                                        max_iter=max_iter, progress=False,
-                                        preconditioner=op.preconditioner)
-            history[name] = {"iterations": res.iterations, "converged": res.converged,
-                             "relative_residual": res.residuals[-1]}
+            res = cg.conjugate_gradient(
+                op,
+                cg.normal_rhs_from_insertion(i),
+                tol=tol,
+                max_iter=max_iter,
+                progress=False,
+                preconditioner=op.preconditioner,
+            )
+            history[name] = {
+                "iterations": res.iterations,
+                "converged": res.converged,
+                "relative_residual": res.residuals[-1],
+            }
             maps.append(res.x)
     else:
-        probe = dr.insert_particles(particles, halves[0][:256], pad=pad, progress=False,
-                                    **common)
-        lam_used = _default_lam(probe, snr, lam) * (len(halves[0]) + len(halves[1])) / max(
-            1, min(256, len(halves[0])))
+        probe = dr.insert_particles(particles, halves[0][:256], pad=pad, progress=False, **common)
+        lam_used = (
+            _default_lam(probe, snr, lam)
+            * (len(halves[0]) + len(halves[1]))
+            / max(1, min(256, len(halves[0])))
+        )
         if lam is not None:
             lam_used = float(lam)
-        for name, sel in (("half1", halves[0]), ("half2", halves[1]),
-                          ("full", np.concatenate(halves))):
-            res = cg.solve_cg(particles, sel, lam=lam_used, projector=projector, pad=pad,
-                              batch_size=bs, tol=tol, max_iter=max_iter, progress=progress,
-                              **common)
-            history[name] = {"iterations": res.iterations, "converged": res.converged,
-                             "relative_residual": res.residuals[-1]}
+        for name, sel in (
+            ("half1", halves[0]),
+            ("half2", halves[1]),
+            ("full", np.concatenate(halves)),
+        ):
+            res = cg.solve_cg(
+                particles,
+                sel,
+                lam=lam_used,
+                projector=projector,
+                pad=pad,
+                batch_size=bs,
+                tol=tol,
+                max_iter=max_iter,
+                progress=progress,
+                **common,
+            )
+            history[name] = {
+                "iterations": res.iterations,
+                "converged": res.converged,
+                "relative_residual": res.residuals[-1],
+            }
             maps.append(res.x)
     history["lam"] = lam_used
     timings["cg"] = time.perf_counter() - t0
@@ -550,27 +783,65 @@ def _run_cg(particles, halves, projector, pad, bs, snr, lam, max_shell, tol, max
 
         w = (torch.arange(maps[0].shape[-1] // 2 + 1) <= max_shell).double()
         maps = [apply_shell_weights(m, w) for m in maps]
-    logger.info("CG iterations: half1 %d, half2 %d, full %d", history["half1"]["iterations"],
-                history["half2"]["iterations"], history["full"]["iterations"])
+    logger.info(
+        "CG iterations: half1 %d, half2 %d, full %d",
+        history["half1"]["iterations"],
+        history["half2"]["iterations"],
+        history["full"]["iterations"],
+    )
     return maps[0], maps[1], maps[2]
 
 
-def _run_gradient(particles, halves, *, method, projector, pad, batch_size, snr, lam, max_shell,
-                  epochs, lr, loss, penalty, sorted_l1_sequence, sorted_l1_q, huber_delta,
-                  val_fraction, patience, init, lr_schedule, seed, checkpoint_dir, resume,
-                  progress, timings,
-                  history, device, dtype, use_ctf, symmetry, comm):
+def _run_gradient(
+    particles,
+    halves,
+    *,
+    method,
+    projector,
+    pad,
+    batch_size,
+    snr,
+    lam,
+    max_shell,
+    epochs,
+    lr,
+    loss,
+    penalty,
+    sorted_l1_sequence,
+    sorted_l1_q,
+    huber_delta,
+    val_fraction,
+    patience,
+    init,
+    lr_schedule,
+    seed,
+    checkpoint_dir,
+    resume,
+    progress,
+    timings,
+    refine=3,
+    history,
+    device,
+    dtype,
+    use_ctf,
+    symmetry,
+    comm,
+):
     from cryograd.forward import ForwardModel
     from cryograd.solvers import direct as dr
-    from cryograd.solvers.gradient import train
-    from cryograd.solvers.losses import make_loss
+    from cryograd.solvers.gradient import split_validation, train
+    from cryograd.solvers.losses import HUBER_K, make_loss
     from cryograd.solvers.penalties import make_penalty
 
     if init not in ("direct", "zero"):
         raise CryogradError(f"--init must be direct or zero, got {init!r}")
     try:
-        loss_fn = make_loss(loss, huber_delta=huber_delta, sequence=sorted_l1_sequence,
-                            q=sorted_l1_q)
+        loss_fn = make_loss(
+            loss,
+            huber_delta=1.0 if huber_delta is None else huber_delta,
+            sequence=sorted_l1_sequence,
+            q=sorted_l1_q,
+        )
         pen = make_penalty(penalty, lam or 0.0, sequence=sorted_l1_sequence, q=sorted_l1_q)
     except ValueError as exc:
         raise CryogradError(str(exc)) from None
@@ -579,42 +850,185 @@ def _run_gradient(particles, halves, *, method, projector, pad, batch_size, snr,
     maps = []
     lr_used = lr
     t0 = time.perf_counter()
+    direct_kw = dict(
+        pad=pad,
+        max_shell=max_shell,
+        device=device,
+        dtype=dtype,
+        use_ctf=use_ctf,
+        symmetry=symmetry,
+        comm=comm,
+        refine=refine,
+    )
     for k, half in enumerate(halves, start=1):
         tag = f"half{k}"
         init_vol = None
         if init == "direct":
-            init_vol = dr.reconstruct_direct(
-                particles, half, snr=snr, pad=pad, batch_size=None, max_shell=max_shell,
-                progress=progress, device=device, dtype=dtype, use_ctf=use_ctf,
-                symmetry=symmetry, comm=comm)
+            # the start is made from the training particles only: one made from all of the
+            # half has already fitted the validation particles (its validation loss is
+            # optimistically low and every step looks like a loss)
+            train_idx, _ = split_validation(half, val_fraction, seed + k)
+            start = _direct_start(particles, train_idx, snr, progress, **direct_kw)
+            init_vol = _memo_start(train_idx, start, particles, snr, direct_kw)
         if lr_used is None:
-            scale_map = init_vol
+            scale_map = start if init == "direct" else None
             if scale_map is None and method == "adam":
                 scale_map = dr.reconstruct_direct(
-                    particles, half, snr=snr, pad=pad, max_shell=max_shell, progress=False,
-                    device=device, dtype=dtype, use_ctf=use_ctf, symmetry=symmetry, comm=comm)
-            lr_used = _default_lr(method, scale_map, init, particles, half, model, use_ctf,
-                                  device, dtype)
+                    particles,
+                    half,
+                    snr=snr,
+                    pad=pad,
+                    max_shell=max_shell,
+                    progress=False,
+                    device=device,
+                    dtype=dtype,
+                    use_ctf=use_ctf,
+                    symmetry=symmetry,
+                    comm=comm,
+                )
+            lr_used = _default_lr(
+                method, scale_map, init, particles, half, model, use_ctf, device, dtype
+            )
+        if loss == "huber" and huber_delta is None:
+            train_idx, _ = split_validation(half, val_fraction, seed + k)
+            sigma = _residual_sigma(
+                particles,
+                train_idx,
+                model,
+                start if init == "direct" else None,
+                use_ctf,
+                symmetry,
+                device,
+                dtype,
+            )
+            loss_fn = make_loss("huber", huber_delta=HUBER_K * sigma)
+            history[f"huber_delta_{tag}"] = HUBER_K * sigma
+            history[f"noise_sigma_{tag}"] = sigma
+            logger.info(
+                "%s: Huber δ = %.4g (1.345 · robust σ̂ %.4g of the start's residuals)",
+                tag,
+                HUBER_K * sigma,
+                sigma,
+            )
         ckpt = None
         if checkpoint_dir is not None:
             ckpt = Path(checkpoint_dir) / f"checkpoint_{tag}.pt"
-        res = train(particles, half, model=model, loss_fn=loss_fn, penalty=pen, method=method,
-                    epochs=epochs, lr=lr_used, batch_size=batch_size, val_fraction=val_fraction,
-                    seed=seed + k, patience=patience, init_volume=init_vol, use_ctf=use_ctf,
-                    symmetry=symmetry, device=device, dtype=dtype, comm=comm,
-                    progress=progress, checkpoint_path=ckpt, resume=resume, tag=tag,
-                    lr_schedule=lr_schedule)
-        history[tag] = {"train_loss": res.train_loss, "val_loss": res.val_loss,
-                        "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                        "stopped_early": res.stopped_early}
+        res = train(
+            particles,
+            half,
+            model=model,
+            loss_fn=loss_fn,
+            penalty=pen,
+            method=method,
+            epochs=epochs,
+            lr=lr_used,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            seed=seed + k,
+            patience=patience,
+            init_volume=init_vol,
+            use_ctf=use_ctf,
+            symmetry=symmetry,
+            device=device,
+            dtype=dtype,
+            comm=comm,
+            progress=progress,
+            checkpoint_path=ckpt,
+            resume=resume,
+            tag=tag,
+            lr_schedule=lr_schedule,
+        )
+        history[tag] = {
+            "train_loss": res.train_loss,
+            "val_loss": res.val_loss,
+            "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run,
+            "stopped_early": res.stopped_early,
+        }
         maps.append(res.volume)
     timings["train"] = time.perf_counter() - t0
     full = 0.5 * (maps[0] + maps[1])
     return maps[0], maps[1], full, lr_used
 
 
-def _default_lr(method, scale_map, init, particles, half, model, use_ctf, device,
-                dtype) -> float:
+def _direct_start(
+    particles,
+    indices,
+    snr,
+    progress,
+    *,
+    pad,
+    max_shell,
+    device,
+    dtype,
+    use_ctf,
+    symmetry,
+    comm,
+    refine,
+):
+    """Starting map of adam/sgd: the direct reconstruction of ``indices`` refined as the
+    ``direct`` method refines its maps (constant Wiener term: ``snr`` as ``direct`` reads it, or
+    the small default term)."""
+    from cryograd.solvers import direct as dr
+
+    ins = dr.insert_particles(
+        particles,
+        indices,
+        pad=pad,
+        device=device,
+        dtype=dtype,
+        use_ctf=use_ctf,
+        symmetry=symmetry,
+        max_shell=max_shell,
+        comm=comm,
+        progress=progress,
+        desc="start map",
+    )
+    d, p = ins.box_size, ins.padded
+    reg = (d / p) ** 3 / float(snr) if snr is not None else dr.default_regularizer(ins)
+    vol = dr.wiener_reconstruct(ins, reg, max_shell=max_shell)
+    if refine > 0:
+        from cryograd.solvers.cg import refine_in_box
+
+        vol = _refine(refine_in_box, ins, reg, vol, refine, max_shell)
+    return vol
+
+
+def _memo_start(train_idx, start, particles, snr, direct_kw):
+    """``init_volume`` for :func:`train`: a function of the training indices that returns the
+    start already made for exactly those particles (and makes it for any others)."""
+    made = np.asarray(train_idx).copy()
+
+    def init_volume(indices):
+        if np.array_equal(np.asarray(indices), made):
+            return start
+        return _direct_start(particles, indices, snr, False, **direct_kw)
+
+    return init_volume
+
+
+def _residual_sigma(particles, indices, model, start, use_ctf, symmetry, device, dtype) -> float:
+    """Robust noise level ``σ̂ = 1.4826 · MAD`` of the starting map's residuals ``A x₀ − b`` over
+    (up to) the first 256 training particles (of the images themselves from a zero start)."""
+    from cryograd.solvers.batches import load_batch
+    from cryograd.solvers.losses import robust_sigma
+
+    batch = load_batch(
+        particles, np.asarray(indices)[:256], device=device, dtype=dtype, use_ctf=use_ctf
+    )
+    if start is None:
+        return robust_sigma(batch.images)
+    with torch.no_grad():  # the start is symmetric already: the particles' own poses suffice
+        pred = model.project(
+            start.to(device=device, dtype=dtype),
+            batch.rotations,
+            batch.shifts_px,
+            batch.model_filter(),
+        )
+        return robust_sigma(pred - batch.images)
+
+
+def _default_lr(method, scale_map, init, particles, half, model, use_ctf, device, dtype) -> float:
     """Adam: a step on the map's scale (``0.1 ·`` the direct map's standard deviation from zero,
     ``0.02 ·`` when refining the direct map). SGD: ``1/L`` of the first batch's ``(2/B) AᵀA``."""
     from cryograd.solvers.batches import load_batch
@@ -627,20 +1041,74 @@ def _default_lr(method, scale_map, init, particles, half, model, use_ctf, device
         rms = float(batch.images.square().mean().sqrt())
         return 0.05 * rms / model.box_size
     # SGD: step 1/L with L the largest eigenvalue of the batch's (2/B) AᵀA (power iteration)
-    v = torch.randn((model.box_size,) * 3, device=device, dtype=dtype,
-                    generator=torch.Generator(device=device).manual_seed(0))
+    v = torch.randn(
+        (model.box_size,) * 3,
+        device=device,
+        dtype=dtype,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
     filt = batch.model_filter()
     norm = 1.0
     for _ in range(8):
         v = v / v.norm()
-        w = model.backproject(model.project(v, batch.rotations, batch.shifts_px, filt),
-                              batch.rotations, batch.shifts_px, filt) * (2.0 / len(batch))
+        w = model.backproject(
+            model.project(v, batch.rotations, batch.shifts_px, filt),
+            batch.rotations,
+            batch.shifts_px,
+            filt,
+        ) * (2.0 / len(batch))
         norm = float(w.norm())
         v = w
     return 1.0 / max(norm, 1e-12)
 
 
-def _validate(h1, h2, full, px, mask, seed, method, n, timings, history, params) -> Result:
+def limit_fsc_result(result, max_shell: int, maxres_angstrom: float, box: int, pixel_size: float):
+    """The FSC of maps limited to ``max_shell`` (``--maxres``): the curves are 0 beyond it (those
+    frequencies were left out, whatever leaks there through gridding or masking carries no
+    information), and the resolutions are no better than ``maxres_angstrom``, the best the run
+    could show."""
+    import dataclasses
+
+    from cryograd.validation import resolution_at
+
+    def cut(curve):
+        if curve is None:
+            return None
+        out = np.array(curve, dtype=np.float64, copy=True)
+        out[max_shell + 1 :] = 0.0
+        return out
+
+    fields = {
+        k: cut(getattr(result, k))
+        for k in ("fsc_unmasked", "fsc_masked", "fsc_corrected", "fsc_randomized_masked")
+    }
+    final = (
+        fields["fsc_corrected"] if fields["fsc_corrected"] is not None else (fields["fsc_unmasked"])
+    )
+    r143 = max(resolution_at(final, 0.143, box, pixel_size), maxres_angstrom)
+    r05 = max(resolution_at(final, 0.5, box, pixel_size), maxres_angstrom)
+    extra = dict(result.extra, maxres_angstrom=maxres_angstrom, max_shell=int(max_shell))
+    return dataclasses.replace(
+        result, **fields, resolution_143_angstrom=r143, resolution_05_angstrom=r05, extra=extra
+    )
+
+
+def _validate(
+    h1,
+    h2,
+    full,
+    px,
+    mask,
+    seed,
+    method,
+    n,
+    timings,
+    history,
+    params,
+    *,
+    maxres: float | None = None,
+    max_shell: int | None = None,
+) -> Result:
     from cryograd.validation import (
         apply_shell_weights,
         compute_fsc_result,
@@ -658,12 +1126,21 @@ def _validate(h1, h2, full, px, mask, seed, method, n, timings, history, params)
         except ValueError:
             mask = None
     result = compute_fsc_result(h1, h2, px, mask=mask, seed=seed)
+    if max_shell is not None:
+        result = limit_fsc_result(result, max_shell, float(maxres), h1.shape[-1], px)
     weighted = apply_shell_weights(full, fsc_weight(result.fsc_final))
     timings["fsc"] = time.perf_counter() - t0
     return Result(
-        map=weighted.float(), full_map=full.float(), half_maps=(h1.float(), h2.float()),
-        fsc=result, resolution_angstrom=float(result.resolution_143_angstrom),
-        pixel_size_angstrom=px, method=method, n_particles=n,
-        mask=None if mask is None else mask.float(), history=history, timings=timings,
+        map=weighted.float(),
+        full_map=full.float(),
+        half_maps=(h1.float(), h2.float()),
+        fsc=result,
+        resolution_angstrom=float(result.resolution_143_angstrom),
+        pixel_size_angstrom=px,
+        method=method,
+        n_particles=n,
+        mask=None if mask is None else mask.float(),
+        history=history,
+        timings=timings,
         parameters=params,
     )

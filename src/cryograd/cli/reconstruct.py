@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -109,7 +110,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="λ sequence of the sorted-l1 loss/penalty",
     )
     g.add_argument("--sorted-l1-q", type=float, default=0.1, help="q of the BH sequence")
-    g.add_argument("--huber-delta", type=float, default=1.0)
+    g.add_argument(
+        "--huber-delta",
+        type=float,
+        default=None,
+        help="Huber threshold in image intensity units (default: 1.345 × the robust noise "
+        "level of the starting map's residuals)",
+    )
     g.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction, (0, 0.5)")
     g.add_argument("--patience", type=int, default=3, help="epochs without improvement to stop")
     g.add_argument("--init", choices=("direct", "zero"), default="direct")
@@ -183,12 +190,81 @@ def _precheck_outdir(out: Path, *, force: bool, resume: bool) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
+    """Options checked before anything is read or written."""
+    for flag, value in (
+        ("--snr", args.snr),
+        ("--maxres", args.maxres),
+        ("--pad", args.pad),
+        ("--angpix", args.angpix),
+        ("--lr", args.lr),
+        ("--huber-delta", args.huber_delta),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CryogradError(f"{flag} must be a positive number, got {value}")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        raise CryogradError(f"--lam must be a non-negative number, got {args.lam}")
+    for flag, value, low in (
+        ("--first", args.first, 2),
+        ("--epochs", args.epochs, 1),
+        ("--patience", args.patience, 1),
+        ("--max-iter", args.max_iter, 1),
+        ("--refine", args.refine, 0),
+        ("--nproc", args.nproc, 1),
+    ):
+        if value is not None and value < low:
+            raise CryogradError(f"{flag} must be at least {low}, got {value}")
+    if not 0.0 < args.sorted_l1_q < 1.0:
+        raise CryogradError(f"--sorted-l1-q must be in (0, 1), got {args.sorted_l1_q}")
     if not 0.0 < args.val_fraction < 0.5:
         raise CryogradError(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
     if args.batch_size is not None and args.batch_size < 1:
         raise CryogradError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not args.timeout > 0:
         raise CryogradError(f"--timeout must be positive, got {args.timeout}")
+
+
+def _check_inputs(args: argparse.Namespace, comm=None):
+    """Read the particles and check the mask (box, values) before the output folder is touched.
+
+    Returns the :class:`~cryograd.particles.ParticleSet` and the mask array (or None).
+    """
+    from cryograd.io.mrc import read_map
+    from cryograd.particles import read_particles
+    from cryograd.reconstruct import _load_mask, select_particles
+    from cryograd.symmetry import group_order
+
+    if args.mask is not None and not args.mask.is_file():
+        raise CryogradError(f"{args.mask}: mask file not found")
+    particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+    group_order(args.sym)
+    select_particles(
+        particles, first=args.first, class_number=args.class_number, use_ctf=not args.no_ctf
+    )
+    mask = None
+    if args.mask is not None:
+        mask = read_map(args.mask).data
+        if particles.box_size is not None:
+            try:
+                _load_mask(mask, int(particles.box_size))
+            except CryogradError as exc:  # name the file, not "mask"
+                raise CryogradError(str(exc).replace("mask:", f"{args.mask}:", 1)) from None
+    return particles, mask
+
+
+def _remove_if_only_logs(out: Path, created: bool, before: set[str]) -> None:
+    """After a failure: when this run added nothing to ``out`` but logs, remove them (and the
+    folder itself when this run made it). ``before`` names what ``out`` held at the start."""
+    if not out.is_dir():
+        return
+    new = {e.name for e in out.iterdir()} - before
+    if any(
+        not (n == "reconstruct.log" or (n.startswith("rank") and n.endswith(".log"))) for n in new
+    ):
+        return  # an output or a checkpoint was written: keep everything
+    for name in new:
+        (out / name).unlink(missing_ok=True)
+    if created and not any(out.iterdir()):
+        out.rmdir()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,8 +299,18 @@ def _run(args: argparse.Namespace, comm) -> int:
 
     out: Path = args.out
     handler = None
-    if comm.is_main:
+    particles = mask = None
+    created = not out.exists()
+    before = {f.name for f in out.iterdir()} if out.is_dir() else set()
+    if not comm.is_distributed:
+        # one process: bad input is found before the output folder is made or cleaned; a
+        # distributed job keeps its order (rank 0 logs every rank's failure into the folder)
+        particles, mask = _check_inputs(args)
         check_outdir(out, force=args.force, resume=args.resume)
+        before = {f.name for f in out.iterdir()} if out.is_dir() else set()
+    if comm.is_main:
+        if comm.is_distributed:
+            check_outdir(out, force=args.force, resume=args.resume)
         out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(out / "reconstruct.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -240,9 +326,10 @@ def _run(args: argparse.Namespace, comm) -> int:
         )
     try:
         t0 = time.perf_counter()
-        particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
-        if args.mask is not None and not args.mask.exists():
-            raise CryogradError(f"{args.mask}: mask file not found")
+        if particles is None:
+            particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+            if args.mask is not None and not args.mask.exists():
+                raise CryogradError(f"{args.mask}: mask file not found")
         result = reconstruct(
             particles,
             args.method,
@@ -259,7 +346,7 @@ def _run(args: argparse.Namespace, comm) -> int:
             snr=args.snr,
             lam=args.lam,
             use_ctf=not args.no_ctf,
-            mask=args.mask,
+            mask=args.mask if mask is None else mask,
             refine=args.refine,
             cg_tol=args.tol,
             cg_max_iter=args.max_iter,
@@ -302,6 +389,12 @@ def _run(args: argparse.Namespace, comm) -> int:
     except BaseException:
         if comm.is_distributed:
             handler = None  # keep it: the job's stop is logged there, then this process ends
+        else:
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+                handler = None
+            _remove_if_only_logs(out, created, before)
         raise
     finally:
         if handler is not None:

@@ -71,6 +71,16 @@ class CGResult:
     residuals: list[float] = field(default_factory=list)
 
 
+def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``Σ a·b`` accumulated in float64."""
+    return float(torch.dot(a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)))
+
+
+def _norm64(a: torch.Tensor) -> float:
+    """``‖a‖₂`` accumulated in float64."""
+    return float(torch.linalg.vector_norm(a.reshape(-1).to(torch.float64)))
+
+
 def conjugate_gradient(
     apply_operator: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
@@ -106,23 +116,25 @@ def conjugate_gradient(
     """
     work = torch.float64 if rhs.dtype == torch.float64 else rhs.dtype
     b = rhs.to(work)
+    # the vectors stay in the working dtype; every dot product and norm is summed in float64, so
+    # that the scalars (and the iterates) do not depend on the summation order of float32 sums
     x = torch.zeros_like(b) if x0 is None else x0.to(work).clone()
     r = b - apply_operator(x) if x0 is not None else b.clone()
-    b_norm = float(torch.linalg.vector_norm(b))
+    b_norm = _norm64(b)
     if b_norm == 0:
         return CGResult(torch.zeros_like(b), 0, True, [0.0])
     precond = preconditioner or (lambda v: v)
     z = precond(r)
     p = z.clone()
-    rz_old = float((r * z).sum())
-    residuals = [float(torch.linalg.vector_norm(r)) / b_norm]
+    rz_old = _dot64(r, z)
+    residuals = [_norm64(r) / b_norm]
     converged = residuals[0] <= tol
     it = 0
     bar = tqdm(total=max_iter, desc="cg", unit="it", disable=not progress, leave=False)
     try:
         while not converged and it < max_iter:
             hp = apply_operator(p)
-            denom = float((p * hp).sum())
+            denom = _dot64(p, hp)
             if denom <= 0:
                 logger.warning("CG: operator is not positive definite along a search direction")
                 break
@@ -130,14 +142,14 @@ def conjugate_gradient(
             x = x + alpha * p
             r = r - alpha * hp
             it += 1
-            residuals.append(float(torch.linalg.vector_norm(r)) / b_norm)
+            residuals.append(_norm64(r) / b_norm)
             bar.update(1)
             bar.set_postfix(residual=f"{residuals[-1]:.2e}")
             if residuals[-1] <= tol:
                 converged = True
                 break
             z = precond(r)
-            rz_new = float((r * z).sum())
+            rz_new = _dot64(r, z)
             p = z + (rz_new / rz_old) * p
             rz_old = rz_new
     finally:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,17 +96,12 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` atomically (:func:`cryograd.io.atomic.atomic_path`: a temporary file in the
+    same folder, then ``os.replace``), with the mode of a new file like every output."""
+    from cryograd.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _batch_loss(model, volume, batch, loss_fn: DataLoss, normalizer: float, symmetry, comm):

@@ -15,6 +15,13 @@ in the whole batch, the absolute residuals are gathered (through ``all_reduce_su
 and a non-increasing sequence ``λ`` from :func:`lambda_sequence` (``bh``, ``linear``, ``equal``, or
 an explicit array), normalised to mean 1 so that its scale is that of ``l1``. With ``equal`` weights
 it is exactly ``l1``.
+
+``huber``'s threshold ``δ`` is in image intensity units, so a fixed default would mean something
+different for every data set; the default is ``δ = 1.345 · σ̂`` (:data:`HUBER_K`, Huber's choice
+with 95 % efficiency under Gaussian noise) with ``σ̂`` a robust noise level,
+``1.4826 · median|r − median r|`` (:func:`robust_sigma`) of residuals:
+:func:`cryograd.reconstruct.reconstruct` takes them from the starting map on the training particles;
+a :class:`HuberLoss` made without ``delta`` takes them from the first batch it sees.
 """
 
 from __future__ import annotations
@@ -34,7 +41,12 @@ __all__ = [
     "lambda_sequence",
     "sorted_l1_weights",
     "make_loss",
+    "robust_sigma",
+    "HUBER_K",
 ]
+
+HUBER_K = 1.345
+"""Huber threshold in units of the noise standard deviation (95 % efficiency for Gaussian noise)."""
 
 LOSSES = ("l2", "l1", "huber", "sorted-l1")
 LAMBDA_KINDS = ("bh", "linear", "equal")
@@ -184,15 +196,45 @@ class L1Loss(DataLoss):
         return residuals.abs()
 
 
+def robust_sigma(values: torch.Tensor) -> float:
+    """Robust standard deviation ``1.4826 · median(|x − median(x)|)`` of all entries (the MAD
+    scaled to equal σ for Gaussian values; outliers barely move it)."""
+    x = torch.as_tensor(values).detach().reshape(-1).to(torch.float64)
+    if x.numel() == 0:
+        raise ValueError("no values to estimate a noise level from")
+    med = x.median()
+    return float(1.482602218505602 * (x - med).abs().median())
+
+
 class HuberLoss(DataLoss):
-    """``ρ(r) = r²/2`` for ``|r| ≤ δ``, else ``δ(|r| − δ/2)`` (``δ`` in image intensity units)."""
+    """``ρ(r) = r²/2`` for ``|r| ≤ δ``, else ``δ(|r| − δ/2)``.
+
+    Parameters
+    ----------
+    delta
+        Threshold in image intensity units. None (default): ``δ = 1.345 · σ̂`` with ``σ̂`` the
+        robust noise level (:func:`robust_sigma`, about zero) of the residuals of the first call,
+        then kept fixed (one process only: a distributed run must give it).
+    """
 
     name = "huber"
 
-    def __init__(self, delta: float = 1.0) -> None:
-        if not delta > 0:
+    def __init__(self, delta: float | None = None) -> None:
+        if delta is not None and not delta > 0:
             raise ValueError(f"the Huber threshold must be positive, got {delta}")
-        self.delta = float(delta)
+        self.delta = None if delta is None else float(delta)
+
+    def __call__(self, residuals: torch.Tensor, *, normalizer: float, comm=None) -> torch.Tensor:
+        if self.delta is None:
+            if comm is not None and comm.world_size > 1:
+                raise ValueError(
+                    "give the Huber threshold explicitly in a distributed run (each "
+                    "process would estimate its own from its shard)"
+                )
+            flat = residuals.detach().reshape(-1).to(torch.float64)
+            sigma = 1.482602218505602 * float(flat.abs().median()) if flat.numel() else 0.0
+            self.delta = HUBER_K * sigma if sigma > 0 else 1.0
+        return super().__call__(residuals, normalizer=normalizer, comm=comm)
 
     def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.huber_loss(
@@ -266,7 +308,7 @@ def _all_gather_1d(values: torch.Tensor, comm) -> torch.Tensor:
 def make_loss(
     name: str,
     *,
-    huber_delta: float = 1.0,
+    huber_delta: float | None = None,
     sequence: str | Sequence[float] | np.ndarray = "bh",
     q: float = 0.1,
 ) -> DataLoss:
