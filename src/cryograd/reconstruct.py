@@ -115,6 +115,7 @@ class Result:
                     h["train_loss"],
                     h.get("val_loss"),
                     best_epoch=h.get("best_epoch"),
+                    first_epoch=0,  # the lists start with the starting map (epoch 0)
                     title=f"{self.method} (half 1)",
                 )
         info = {
