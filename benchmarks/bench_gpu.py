@@ -98,8 +98,18 @@ def _measure(section, op, impl, box, fn, n_items, unit="images/s", note=""):
         torch.cuda.reset_peak_memory_stats()
         sec = _time_cuda(fn)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        return _row(section, op, impl, box, rate=n_items / sec, unit=unit,
-                    ms_per_call=sec * 1e3, batch=n_items, peak_gib=peak, note=note)
+        return _row(
+            section,
+            op,
+            impl,
+            box,
+            rate=n_items / sec,
+            unit=unit,
+            ms_per_call=sec * 1e3,
+            batch=n_items,
+            peak_gib=peak,
+            note=note,
+        )
     except Exception as exc:  # report and go on: one failing path must not hide the others
         traceback.print_exc()
         msg = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -111,14 +121,28 @@ def bench_bounds(device: torch.device, scale: int = 0) -> None:
     n = 1 << (28 - scale)  # 1 GiB of float32
     src = torch.empty(n, device=device, dtype=torch.float32).normal_()
     dst = torch.empty_like(src)
-    _measure("bounds", "d2d copy (read+write)", "torch", "-", lambda: dst.copy_(src),
-             2 * n * 4 / 1e9, unit="GB/s")
+    _measure(
+        "bounds",
+        "d2d copy (read+write)",
+        "torch",
+        "-",
+        lambda: dst.copy_(src),
+        2 * n * 4 / 1e9,
+        unit="GB/s",
+    )
     m = 1 << (26 - scale)  # scattered adds into a 256³ grid
     grid = torch.zeros(256**3, device=device)
     idx = torch.randint(0, grid.numel(), (m,), device=device)
     val = torch.randn(m, device=device)
-    _measure("bounds", "scattered adds (index_add_)", "torch", "-",
-             lambda: grid.index_add_(0, idx, val), m / 1e9, unit="G adds/s")
+    _measure(
+        "bounds",
+        "scattered adds (index_add_)",
+        "torch",
+        "-",
+        lambda: grid.index_add_(0, idx, val),
+        m / 1e9,
+        unit="G adds/s",
+    )
     torch.cuda.empty_cache()
 
 
@@ -128,9 +152,15 @@ def _rotations(n: int, device) -> torch.Tensor:
     w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
     rot = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=1,
     )
@@ -142,8 +172,9 @@ def _ctf(n: int, device):
 
     g = torch.Generator().manual_seed(n)
     dfu = 10000.0 + 15000.0 * torch.rand(n, generator=g)
-    return CTFParams.create(dfu, dfu - 300.0, 360.0 * torch.rand(n, generator=g),
-                            device=device, dtype=torch.float32)
+    return CTFParams.create(
+        dfu, dfu - 300.0, 360.0 * torch.rand(n, generator=g), device=device, dtype=torch.float32
+    )
 
 
 def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float = 2.0) -> None:
@@ -165,24 +196,39 @@ def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float 
     wgt = torch.zeros((p, p, p // 2 + 1), device=device, dtype=torch.float32)
 
     def k_insert():
-        kfs.insert_slices(slices, rot, acc, weights=wgt, ctf=ctf, shifts_px=shifts,
-                          pixel_size_angstrom=apix)
+        kfs.insert_slices(
+            slices, rot, acc, weights=wgt, ctf=ctf, shifts_px=shifts, pixel_size_angstrom=apix
+        )
 
-    _measure("fourier", "slice insertion (+CTF² weights)", "triton", box, k_insert, batch,
-             note=note)
+    _measure(
+        "fourier", "slice insertion (+CTF² weights)", "triton", box, k_insert, batch, note=note
+    )
     packed = kfs.packed_accumulator(p, device=device)
 
     def k_insert_packed():
-        kfs.insert_slices(slices, rot, packed, ctf=ctf, shifts_px=shifts,
-                          pixel_size_angstrom=apix)
+        kfs.insert_slices(slices, rot, packed, ctf=ctf, shifts_px=shifts, pixel_size_angstrom=apix)
 
-    _measure("fourier", "slice insertion (+CTF² weights)", "triton packed", box,
-             k_insert_packed, batch, note=note + ", (re, im, w) records")
+    _measure(
+        "fourier",
+        "slice insertion (+CTF² weights)",
+        "triton packed",
+        box,
+        k_insert_packed,
+        batch,
+        note=note + ", (re, im, w) records",
+    )
     old = os.environ.get("CRYOGRAD_VECTOR_ATOMICS")
     os.environ["CRYOGRAD_VECTOR_ATOMICS"] = "0"
     try:
-        _measure("fourier", "slice insertion (+CTF² weights)", "triton scalar atomics", box,
-                 k_insert, batch, note=note + ", no vector reductions")
+        _measure(
+            "fourier",
+            "slice insertion (+CTF² weights)",
+            "triton scalar atomics",
+            box,
+            k_insert,
+            batch,
+            note=note + ", no vector reductions",
+        )
     finally:
         if old is None:
             os.environ.pop("CRYOGRAD_VECTOR_ATOMICS")
@@ -201,8 +247,7 @@ def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float 
                 fs.insert_slices(slices[sl] * torch.conj(filt), geom, accumulator=ext)
                 fs.insert_slices((c * c).to(torch.complex64), geom, accumulator=ext_w)
 
-    _measure("fourier", "slice insertion (+CTF² weights)", "torch", box, t_insert, batch,
-             note=note)
+    _measure("fourier", "slice insertion (+CTF² weights)", "torch", box, t_insert, batch, note=note)
 
     vol = torch.randn(box, box, box, device=device)
     spec = fs.volume_spectrum(vol, p)
@@ -226,29 +271,74 @@ def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float 
 
     # whole operators, FFTs included
     images = torch.randn(batch, box, box, device=device)
-    _measure("fourier", "project (whole, with FFTs)", "triton", box,
-             lambda: kfs.project(vol, rot, pad=pad), batch, note=f"pad {pad:g}")
+    _measure(
+        "fourier",
+        "project (whole, with FFTs)",
+        "triton",
+        box,
+        lambda: kfs.project(vol, rot, pad=pad),
+        batch,
+        note=f"pad {pad:g}",
+    )
     with _kernels_mode("torch"):
-        _measure("fourier", "project (whole, with FFTs)", "torch", box,
-                 lambda: fs.project(vol, rot, pad=pad), batch, note=f"pad {pad:g}")
-    _measure("fourier", "backproject (whole, with FFTs)", "triton", box,
-             lambda: kfs.backproject(images, rot, pad=pad), batch, note=f"pad {pad:g}")
+        _measure(
+            "fourier",
+            "project (whole, with FFTs)",
+            "torch",
+            box,
+            lambda: fs.project(vol, rot, pad=pad),
+            batch,
+            note=f"pad {pad:g}",
+        )
+    _measure(
+        "fourier",
+        "backproject (whole, with FFTs)",
+        "triton",
+        box,
+        lambda: kfs.backproject(images, rot, pad=pad),
+        batch,
+        note=f"pad {pad:g}",
+    )
     with _kernels_mode("torch"):
-        _measure("fourier", "backproject (whole, with FFTs)", "torch", box,
-                 lambda: fs.backproject(images, rot, pad=pad), batch, note=f"pad {pad:g}")
+        _measure(
+            "fourier",
+            "backproject (whole, with FFTs)",
+            "torch",
+            box,
+            lambda: fs.backproject(images, rot, pad=pad),
+            batch,
+            note=f"pad {pad:g}",
+        )
     try:
         import torch_fourier_slice as tfs
     except ImportError:
-        _row("fourier", "project (whole, with FFTs)", "torch-fourier-slice", box,
-             rate="not installed")
+        _row(
+            "fourier",
+            "project (whole, with FFTs)",
+            "torch-fourier-slice",
+            box,
+            rate="not installed",
+        )
     else:
         tb = min(batch, 256)
-        _measure("fourier", "project (whole, with FFTs)", "torch-fourier-slice", box,
-                 lambda: tfs.project_3d_to_2d(vol, rot[:tb], pad_factor=pad), tb,
-                 note=f"pad {pad:g}")
-        _measure("fourier", "backproject (whole, with FFTs)", "torch-fourier-slice", box,
-                 lambda: tfs.backproject_2d_to_3d(images[:tb], rot[:tb], pad_factor=pad), tb,
-                 note=f"pad {pad:g}")
+        _measure(
+            "fourier",
+            "project (whole, with FFTs)",
+            "torch-fourier-slice",
+            box,
+            lambda: tfs.project_3d_to_2d(vol, rot[:tb], pad_factor=pad),
+            tb,
+            note=f"pad {pad:g}",
+        )
+        _measure(
+            "fourier",
+            "backproject (whole, with FFTs)",
+            "torch-fourier-slice",
+            box,
+            lambda: tfs.backproject_2d_to_3d(images[:tb], rot[:tb], pad_factor=pad),
+            tb,
+            note=f"pad {pad:g}",
+        )
     torch.cuda.empty_cache()
 
 
@@ -261,13 +351,24 @@ def bench_real_space(box: int, batch: int, torch_batch: int, device: torch.devic
     images = torch.randn(batch, box, box, device=device)
     _measure("real", "projection", "triton", box, lambda: krs.project(vol, rot), batch)
     with _kernels_mode("torch"):
-        _measure("real", "projection", "torch", box,
-                 lambda: rs.project(vol, rot[:torch_batch]), torch_batch)
-    _measure("real", "back-projection", "triton", box, lambda: krs.backproject(images, rot),
-             batch)
+        _measure(
+            "real",
+            "projection",
+            "torch",
+            box,
+            lambda: rs.project(vol, rot[:torch_batch]),
+            torch_batch,
+        )
+    _measure("real", "back-projection", "triton", box, lambda: krs.backproject(images, rot), batch)
     with _kernels_mode("torch"):
-        _measure("real", "back-projection", "torch", box,
-                 lambda: rs.backproject(images[:torch_batch], rot[:torch_batch]), torch_batch)
+        _measure(
+            "real",
+            "back-projection",
+            "torch",
+            box,
+            lambda: rs.backproject(images[:torch_batch], rot[:torch_batch]),
+            torch_batch,
+        )
     torch.cuda.empty_cache()
 
 
@@ -340,14 +441,30 @@ def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list
     vol = torch.zeros(box, box, box)
     for _ in range(12):
         centre = (torch.rand(3, generator=g) - 0.5) * box * 0.4
-        vol += torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
-                         / (2 * (box / 16) ** 2))
+        vol += torch.exp(
+            -((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+            / (2 * (box / 16) ** 2)
+        )
     map_path = workdir / "truth.mrc"
     write_map(map_path, vol.numpy(), 1.5)
     sim_dir = workdir / "sim"
     t0 = time.perf_counter()
-    rc = _cli(["simulate", str(map_path), "-n", str(n_particles), "-o", str(sim_dir),
-               "--snr", "1", "--seed", "1", "--batch-size", "1024"])
+    rc = _cli(
+        [
+            "simulate",
+            str(map_path),
+            "-n",
+            str(n_particles),
+            "-o",
+            str(sim_dir),
+            "--snr",
+            "1",
+            "--seed",
+            "1",
+            "--batch-size",
+            "1024",
+        ]
+    )
     t_sim = time.perf_counter() - t0
     star = sim_dir / "particles.star"
     if rc != 0 or not star.exists():
@@ -361,8 +478,17 @@ def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list
     nbytes = _read_files(stacks)
     t_read = time.perf_counter() - t0
     note = f"{size / 1e9:.2f} GB on {workdir}; page cache {'dropped' if cold else 'NOT dropped'}"
-    _row(section, "read the stack from disk", "os read", box, rate=n_particles / t_read,
-         unit="particles/s", seconds=t_read, gb_per_s=nbytes / t_read / 1e9, note=note)
+    _row(
+        section,
+        "read the stack from disk",
+        "os read",
+        box,
+        rate=n_particles / t_read,
+        unit="particles/s",
+        seconds=t_read,
+        gb_per_s=nbytes / t_read / 1e9,
+        note=note,
+    )
     rec_options = _subcommand_options("reconstruct")
     if rec_options is None:
         _row(section, op, "cryograd", box, rate="skipped: cryograd reconstruct not built in")
@@ -379,32 +505,49 @@ def bench_end_to_end(box: int, n_particles: int, workdir: Path, extra_args: list
     if rc != 0:
         _row(section, op, "cryograd", box, rate=f"failed: cryograd reconstruct rc={rc}")
         return
-    _row(section, op, "cryograd", box, rate=n_particles / t_rec, unit="particles/s",
-         seconds=t_rec, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-         note=f"{100 * t_read / t_rec:.0f}% of the raw read rate; {' '.join(extra_args)}")
+    _row(
+        section,
+        op,
+        "cryograd",
+        box,
+        rate=n_particles / t_rec,
+        unit="particles/s",
+        seconds=t_rec,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+        note=f"{100 * t_read / t_rec:.0f}% of the raw read rate; {' '.join(extra_args)}",
+    )
 
 
 # --------------------------------------------------------------------------------- report
 def _format_table() -> str:
-    head = f"{'section':9s} {'operation':33s} {'impl':20s} {'box':>4s} {'rate':>26s} " \
-           f"{'ms/call':>9s} {'batch':>7s} {'peak GiB':>8s}  note"
+    head = (
+        f"{'section':9s} {'operation':33s} {'impl':20s} {'box':>4s} {'rate':>26s} "
+        f"{'ms/call':>9s} {'batch':>7s} {'peak GiB':>8s}  note"
+    )
     lines = [head, "-" * len(head)]
     for r in ROWS:
         rate = r.get("rate")
         note = r.get("note", "")
         if isinstance(rate, (int, float)):
-            rate = f"{rate:,.1f} {r.get('unit', '')}" if rate < 100 else \
-                f"{rate:,.0f} {r.get('unit', '')}"
+            rate = (
+                f"{rate:,.1f} {r.get('unit', '')}"
+                if rate < 100
+                else f"{rate:,.0f} {r.get('unit', '')}"
+            )
         else:
             rate, note = "-", f"{rate}; {note}" if note else str(rate)
         ms = r.get("ms_per_call") or r.get("seconds", 0) * 1e3
         ms = f"{ms:9.2f}" if ms else " " * 9
         counted = "/s" in str(r.get("unit")) and r.get("unit", "").split("/")[0] in (
-            "images", "particles")
+            "images",
+            "particles",
+        )
         batch = f"{r['batch']:7.0f}" if counted and r.get("batch") else " " * 7
         peak = f"{r['peak_gib']:8.2f}" if r.get("peak_gib") is not None else " " * 8
-        lines.append(f"{r['section']:9s} {r['op'][:33]:33s} {r['impl']:20s} {str(r['box']):>4s} "
-                     f"{str(rate)[:26]:>26s} {ms} {batch} {peak}  {note}")
+        lines.append(
+            f"{r['section']:9s} {r['op'][:33]:33s} {r['impl']:20s} {str(r['box']):>4s} "
+            f"{str(rate)[:26]:>26s} {ms} {batch} {peak}  {note}"
+        )
     # speed-ups of the kernels over the torch path, same op and box
     by_key = {(r["op"], r["box"], r["impl"]): r.get("rate") for r in ROWS}
     ratios = []
@@ -420,6 +563,7 @@ def _format_table() -> str:
 
 def _targets(by_key: dict) -> list[str]:
     """The issue's targets, judged on this run's numbers."""
+
     def rate(op, box, impl):
         r = by_key.get((op, box, impl))
         return r if isinstance(r, float) else None
@@ -427,25 +571,32 @@ def _targets(by_key: dict) -> list[str]:
     out = []
     ins, ext = "slice insertion (+CTF² weights)", "slice extraction"
     for box in sorted({k[1] for k in by_key if isinstance(k[1], int)}):
-        best = max([r for r in (rate(ins, box, "triton"), rate(ins, box, "triton packed")) if r]
-                   or [0.0])
+        best = max(
+            [r for r in (rate(ins, box, "triton"), rate(ins, box, "triton packed")) if r] or [0.0]
+        )
         base = rate(ins, box, "torch")
         if best and base:
             goal = "≥ 400,000/s and " if box == 128 else ""
             ok = best >= 3 * base and (box != 128 or best >= 400_000)
-            out.append(f"  insertion @ {box}: {best:,.0f}/s = {best / base:.1f}x torch "
-                       f"({goal}≥ 3x): {'MET' if ok else 'NOT MET'}")
+            out.append(
+                f"  insertion @ {box}: {best:,.0f}/s = {best / base:.1f}x torch "
+                f"({goal}≥ 3x): {'MET' if ok else 'NOT MET'}"
+            )
         e, e_base = rate(ext, box, "triton"), rate(ext, box, "torch")
         if e and e_base and best:
             ok = e >= best and e >= 3 * e_base
-            out.append(f"  extraction @ {box}: {e:,.0f}/s = {e / e_base:.1f}x torch "
-                       f"(≥ insertion, ≥ 3x): {'MET' if ok else 'NOT MET'}")
+            out.append(
+                f"  extraction @ {box}: {e:,.0f}/s = {e / e_base:.1f}x torch "
+                f"(≥ insertion, ≥ 3x): {'MET' if ok else 'NOT MET'}"
+            )
     rec = [r for r in ROWS if r["section"] == "e2e" and r["impl"] == "cryograd"]
     read = [r for r in ROWS if r["section"] == "e2e" and r["impl"] == "os read"]
     if rec and read and isinstance(rec[0].get("rate"), float):
         frac = rec[0]["rate"] / read[0]["rate"]
-        out.append(f"  direct reconstruction from disk: {100 * frac:.0f}% of the raw read rate "
-                   f"(≥ 80%): {'MET' if frac >= 0.8 else 'NOT MET'}")
+        out.append(
+            f"  direct reconstruction from disk: {100 * frac:.0f}% of the raw read rate "
+            f"(≥ 80%): {'MET' if frac >= 0.8 else 'NOT MET'}"
+        )
     return out or ["  (not enough rows to judge)"]
 
 
@@ -467,8 +618,11 @@ def _use_cpu_timers() -> None:
 
 
 def _environment() -> dict:
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": sys.version.split()[0]}
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": sys.version.split()[0],
+    }
     try:
         import triton
 
@@ -477,8 +631,11 @@ def _environment() -> dict:
         info["triton"] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device=props.name, memory_gib=round(props.total_memory / 2**30, 1),
-                    sms=props.multi_processor_count)
+        info.update(
+            device=props.name,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            sms=props.multi_processor_count,
+        )
     else:
         info.update(device="CPU (smoke test, Triton interpreter)", memory_gib=0, sms=0)
     return info
@@ -487,12 +644,18 @@ def _environment() -> dict:
 def _end_to_end(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="cryograd-bench-", dir=args.workdir) as tmp:
         try:
-            bench_end_to_end(args.e2e_box, args.e2e_particles, Path(tmp),
-                             args.reconstruct_args.split())
+            bench_end_to_end(
+                args.e2e_box, args.e2e_particles, Path(tmp), args.reconstruct_args.split()
+            )
         except Exception as exc:  # report and go on
             traceback.print_exc()
-            _row("e2e", "reconstruct --method direct", "cryograd", args.e2e_box,
-                 rate=f"failed: {type(exc).__name__}: {str(exc)[:100]}")
+            _row(
+                "e2e",
+                "reconstruct --method direct",
+                "cryograd",
+                args.e2e_box,
+                rate=f"failed: {type(exc).__name__}: {str(exc)[:100]}",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,18 +663,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write bench.txt and bench.json here")
     parser.add_argument("--boxes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--time-budget", type=float, default=300.0,
-                        help="seconds; later rows are skipped once it is spent")
-    parser.add_argument("--e2e-particles", type=int, default=10000,
-                        help="particles in the simulated stack (0: skip the end-to-end run)")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=300.0,
+        help="seconds; later rows are skipped once it is spent",
+    )
+    parser.add_argument(
+        "--e2e-particles",
+        type=int,
+        default=10000,
+        help="particles in the simulated stack (0: skip the end-to-end run)",
+    )
     parser.add_argument("--e2e-box", type=int, default=128)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="local-disk folder for the simulated stack (default: a temp dir)")
-    parser.add_argument("--reconstruct-args", default="",
-                        help="extra arguments for cryograd reconstruct (e.g. '--batch-size 4096')")
-    parser.add_argument("--cpu-smoke-test", action="store_true",
-                        help="check this script without a GPU: tiny sizes, CPU, Triton interpreter "
-                        "(numbers meaningless)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="local-disk folder for the simulated stack (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--reconstruct-args",
+        default="",
+        help="extra arguments for cryograd reconstruct (e.g. '--batch-size 4096')",
+    )
+    parser.add_argument(
+        "--cpu-smoke-test",
+        action="store_true",
+        help="check this script without a GPU: tiny sizes, CPU, Triton interpreter "
+        "(numbers meaningless)",
+    )
     args = parser.parse_args(argv)
     smoke = args.cpu_smoke_test
     if smoke:
@@ -522,9 +703,11 @@ def main(argv: list[str] | None = None) -> int:
         args.e2e_box = min(args.e2e_box, 32)
         args.e2e_particles = min(args.e2e_particles, 64)
     elif not torch.cuda.is_available():
-        print("bench_gpu.py needs a CUDA GPU: torch.cuda.is_available() is False here. "
-              "Run benchmarks/bench_projectors.py for the CPU, or scripts/gpu_check.sh on a GPU.",
-              file=sys.stderr)
+        print(
+            "bench_gpu.py needs a CUDA GPU: torch.cuda.is_available() is False here. "
+            "Run benchmarks/bench_projectors.py for the CPU, or scripts/gpu_check.sh on a GPU.",
+            file=sys.stderr,
+        )
         return 2
     try:
         import triton  # noqa: F401
@@ -549,15 +732,18 @@ def main(argv: list[str] | None = None) -> int:
             _end_to_end(args)
 
     table = _format_table()
-    header = (f"cryograd GPU benchmark, float32 — {env['device']} ({env['memory_gib']} GiB, "
-              f"{env['sms']} SMs), torch {env['torch']}, CUDA {env['cuda']}, "
-              f"triton {env['triton']}")
+    header = (
+        f"cryograd GPU benchmark, float32 — {env['device']} ({env['memory_gib']} GiB, "
+        f"{env['sms']} SMs), torch {env['torch']}, CUDA {env['cuda']}, "
+        f"triton {env['triton']}"
+    )
     print("\n" + header + "\n" + table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench.txt").write_text(header + "\n" + table + "\n")
-        (args.out / "bench.json").write_text(json.dumps({"environment": env, "rows": ROWS},
-                                                        indent=1))
+        (args.out / "bench.json").write_text(
+            json.dumps({"environment": env, "rows": ROWS}, indent=1)
+        )
         _log(f"wrote {args.out / 'bench.txt'} and bench.json")
     return 0
 
