@@ -274,3 +274,15 @@ def test_run_json_is_strict_json_and_outputs_have_the_maps_mode(tmp_path):
     }
     for p in files:
         assert p.stat().st_mode & 0o777 == expected, (p.name, oct(p.stat().st_mode))
+
+
+def test_one_sided_random_subset_falls_back_to_a_seeded_split(caplog):
+    """A file whose rlnRandomSubset puts every particle in one half still gives two half maps."""
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 60, px, snr=None, seed=31)
+    ps.half_set = np.ones(len(ps), dtype=np.int64)
+    with caplog.at_level("WARNING"):
+        res = reconstruct(ps, "direct", device="cpu", progress=False)
+    assert "rlnRandomSubset puts all 60 selected particles in half 1" in caplog.text
+    assert res.half_maps[0].abs().sum() > 0 and res.half_maps[1].abs().sum() > 0
+    assert not torch.allclose(res.half_maps[0], res.half_maps[1])

@@ -426,6 +426,16 @@ def reconstruct(
     bs = batch_size or (128 if method in ("adam", "sgd") else None)
     check_memory(d, method, pad, bs or 256, dev, dtype)
     half_set = particles.half_set[idx] if particles.half_set is not None else None
+    if half_set is not None and np.unique(half_set).size == 1:
+        logger.warning(
+            "%s: rlnRandomSubset puts all %d selected particles in half %s; using a seeded "
+            "random split (--seed %d) instead",
+            getattr(particles, "path", "particles"),
+            len(idx),
+            half_set[0],
+            seed,
+        )
+        half_set = None
     h1_local, h2_local = split_halves(len(idx), seed, half_set)
     halves = (idx[h1_local], idx[h2_local])
     common = dict(device=dev, dtype=dtype, use_ctf=use_ctf, symmetry=sym_mats, comm=comm)
