@@ -9,6 +9,7 @@ import torch
 
 from cryograd import kernels
 from cryograd.errors import CryogradError
+from tests._kernel_util import rel_error, run_interpreter_checks
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -187,11 +188,6 @@ def _rotations(n: int, generator: torch.Generator, dtype: torch.dtype) -> torch.
     return q.to(dtype)
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max absolute difference relative to the reference's largest magnitude."""
-    return float((a - b).abs().max() / b.abs().max())
-
-
 def _in_mode(mode: str, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` with ``CRYOGRAD_KERNELS=mode``."""
     import os
@@ -281,7 +277,7 @@ def _forward_compare(case: tuple, device: str, kernel_mode: str) -> dict[str, fl
 
     ref, torch_calls = _counting_kernel_calls(_in_mode, "torch", run_all)
     got, kernel_calls = _counting_kernel_calls(_in_mode, kernel_mode, run_all)
-    res = {k: _rel_err(got[k], ref[k]) for k in ref}
+    res = {k: rel_error(got[k], ref[k]) for k in ref}
     res["kernel_calls_torch_mode"] = torch_calls
     res["kernel_calls"] = kernel_calls
     # <A x, y> = <x, Aᵀ y> on the kernel path (float64 sums)
@@ -289,7 +285,7 @@ def _forward_compare(case: tuple, device: str, kernel_mode: str) -> dict[str, fl
     rhs = float((vol.double() * got["backproject"].double()).sum())
     res["dot"] = abs(lhs - rhs) / float(got["project"].double().norm() * img.double().norm())
     # the autograd backward is one back-projection of the images
-    res["autograd_vs_backproject"] = _rel_err(got["autograd"], got["backproject"])
+    res["autograd_vs_backproject"] = rel_error(got["autograd"], got["backproject"])
 
     # Rotations with rows of norm 1 + 4e-4 (within ForwardModel's 1e-3 orthonormality check) put
     # Nyquist samples past q = ±P/2: the kernels clamp as the torch geometry does.
@@ -298,10 +294,10 @@ def _forward_compare(case: tuple, device: str, kernel_mode: str) -> dict[str, fl
     ).to(device) * (1 + 4e-4)
     ref_p = _in_mode("torch", model.project, vol, views)
     got_p = _in_mode(kernel_mode, model.project, vol, views)
-    res["rounded_rotations_project"] = _rel_err(got_p, ref_p)
+    res["rounded_rotations_project"] = rel_error(got_p, ref_p)
     ref_b = _in_mode("torch", model.backproject, img[:1].expand(2, -1, -1), views)
     got_b = _in_mode(kernel_mode, model.backproject, img[:1].expand(2, -1, -1), views)
-    res["rounded_rotations_backproject"] = _rel_err(got_b, ref_b)
+    res["rounded_rotations_backproject"] = rel_error(got_b, ref_b)
     return res
 
 
@@ -341,28 +337,9 @@ def _interpreter_checks() -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def interpreted_forward() -> dict[str, dict[str, float]]:
     """The comparisons in a fresh process with ``TRITON_INTERPRET=1``; their JSON results."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("CRYOGRAD_KERNELS", None)
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreter_checks(__file__, kernels_mode=None)
 
 
 @pytest.mark.parametrize("case", list(FORWARD_CASES))

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests._kernel_util import random_rotations, rel_error, run_interpreter_checks
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -28,37 +28,12 @@ REL_TOL_FLOAT32 = 1e-5
 PIXEL_SIZE = 3.5
 
 
-def _random_rotations(n: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """Uniform random rotations from normalised quaternions, ``(n, 3, 3)``."""
-    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
-    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
-    rot = torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - w * z),
-            2 * (x * z + w * y),
-            2 * (x * y + w * z),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - w * x),
-            2 * (x * z - w * y),
-            2 * (y * z + w * x),
-            1 - 2 * (x * x + y * y),
-        ],
-        dim=1,
-    ).reshape(n, 3, 3)
-    return rot.to(dtype)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
-
-
 def _inputs(box: int, n: int, dtype: torch.dtype, device: str):
     from cryograd.ctf import CTFParams
 
     g = torch.Generator().manual_seed(box * 10 + n)
     volume = torch.randn(box, box, box, generator=g, dtype=dtype)
-    rotations = _random_rotations(n, g, dtype)
+    rotations = random_rotations(n, g, dtype)
     if n > 1:
         rotations[0] = torch.eye(3, dtype=dtype)  # samples exactly on grid planes, q_x = 0 edge
     shifts = 3.0 * torch.randn(n, 2, generator=g, dtype=dtype)
@@ -145,33 +120,33 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
     kw = {"ctf": ctf, "shifts_px": shifts, "pixel_size_angstrom": PIXEL_SIZE}
     res: dict[str, float] = {}
     out = kernel.extract_slices(spec, rot, box, **kw)
-    res["extract"] = _rel(out, ref_extract)
-    res["extract_vs_float64"] = _rel(out.to(truth_extract.dtype), truth_extract)
-    res["extract_extended"] = _rel(kernel.extract_slices(ext, rot, box, **kw), ref_extract)
-    res["extract_ctf_array"] = _rel(
+    res["extract"] = rel_error(out, ref_extract)
+    res["extract_vs_float64"] = rel_error(out.to(truth_extract.dtype), truth_extract)
+    res["extract_extended"] = rel_error(kernel.extract_slices(ext, rot, box, **kw), ref_extract)
+    res["extract_ctf_array"] = rel_error(
         kernel.extract_slices(spec, rot, box, ctf=ctf_values, shifts_px=shifts), ref_extract
     )
-    res["extract_plain"] = _rel(kernel.extract_slices(spec, rot, box), plain)
+    res["extract_plain"] = rel_error(kernel.extract_slices(spec, rot, box), plain)
     res["extract_shape_ok"] = tuple(out.shape) == (n, box, box // 2 + 1) and out.dtype == spec.dtype
 
     acc = torch.zeros_like(spec)
     wgt = torch.zeros(spec.shape, device=device, dtype=dtype)
     kernel.insert_slices(slices, rot, acc, weights=wgt, **kw)
-    res["insert"] = _rel(acc, ref_insert)
-    res["insert_weights"] = _rel(wgt, ref_weights)
+    res["insert"] = rel_error(acc, ref_insert)
+    res["insert_weights"] = rel_error(wgt, ref_weights)
     acc_x = fs.ExtendedSpectrum.zeros(p, device=device, dtype=spec.dtype)
     wgt_x = torch.zeros(acc_x.shape, device=device, dtype=dtype)
     kernel.insert_slices(slices, rot, acc_x, weights=wgt_x, **kw)
-    res["insert_extended"] = _rel(fs.ExtendedSpectrum.fold(acc_x, p), ref_insert)
-    res["insert_extended_weights"] = _rel(fs.ExtendedSpectrum.fold(wgt_x, p), ref_weights)
+    res["insert_extended"] = rel_error(fs.ExtendedSpectrum.fold(acc_x, p), ref_insert)
+    res["insert_extended_weights"] = rel_error(fs.ExtendedSpectrum.fold(wgt_x, p), ref_weights)
     acc_p = torch.zeros_like(spec)
     kernel.insert_slices(slices, rot, acc_p, premultiplied=premult, **kw)
-    res["insert_premultiplied"] = _rel(acc_p, ref_insert_pre)
+    res["insert_premultiplied"] = rel_error(acc_p, ref_insert_pre)
     packed = kernel.packed_accumulator(p, device=device, dtype=dtype)
     kernel.insert_slices(slices, rot, packed, **kw)
     packed_values, packed_weights = kernel.unpack_accumulator(packed)
-    res["insert_packed"] = _rel(packed_values, ref_insert)
-    res["insert_packed_weights"] = _rel(packed_weights, ref_weights)
+    res["insert_packed"] = rel_error(packed_values, ref_insert)
+    res["insert_packed_weights"] = rel_error(packed_weights, ref_weights)
     # direct-reconstruction style: shared per-sample factors, per-particle pixel sizes
     acc_s = torch.zeros_like(spec)
     wgt_s = torch.zeros(spec.shape, device=device, dtype=dtype)
@@ -185,13 +160,13 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
         pixel_size_angstrom=pixel_sizes,
         sample_weights=sample_w,
     )
-    res["insert_sample_weights"] = _rel(acc_s, ref_insert_sw)
-    res["insert_sample_weights_w"] = _rel(wgt_s, ref_weights_sw)
+    res["insert_sample_weights"] = rel_error(acc_s, ref_insert_sw)
+    res["insert_sample_weights_w"] = rel_error(wgt_s, ref_weights_sw)
     # another padding: P / D not an integer
-    res["extract_pad_1.5"] = _rel(kernel.extract_slices(spec_15, rot, box), ref_extract_15)
+    res["extract_pad_1.5"] = rel_error(kernel.extract_slices(spec_15, rot, box), ref_extract_15)
     acc_15 = torch.zeros_like(spec_15)
     kernel.insert_slices(slices, rot, acc_15)
-    res["insert_pad_1.5"] = _rel(acc_15, ref_insert_15)
+    res["insert_pad_1.5"] = rel_error(acc_15, ref_insert_15)
     # <E x, y> = <x, Eᵀ y> in the real inner product Re Σ conj(a) b, kernels only
     lhs = float((torch.conj(out) * slices).real.double().sum())
     rhs = float((torch.conj(spec) * acc).real.double().sum())
@@ -199,8 +174,8 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
     res["dot_slices"] = abs(lhs - rhs) / norm
     proj = kernel.project(volume, rot)
     back = kernel.backproject(images, rot)
-    res["project"] = _rel(proj, ref_project)
-    res["backproject"] = _rel(back, ref_backproject)
+    res["project"] = rel_error(proj, ref_project)
+    res["backproject"] = rel_error(back, ref_backproject)
     lhs = float((proj.double() * images.double()).sum())
     rhs = float((volume.double() * back.double()).sum())
     res["dot_project"] = abs(lhs - rhs) / float(proj.double().norm() * images.double().norm())
@@ -260,9 +235,9 @@ def _nyquist_checks(box: int, dtype: torch.dtype) -> dict[str, float]:
             res[f"{tag}-{layout}-extract_finite"] = float(
                 torch.isfinite(torch.view_as_real(got)).all()
             )
-            res[f"{tag}-{layout}-extract"] = _rel(got, ref_extract)
+            res[f"{tag}-{layout}-extract"] = rel_error(got, ref_extract)
             if tag == "ulp":
-                res[f"{tag}-{layout}-extract_vs_exact"] = _rel(
+                res[f"{tag}-{layout}-extract_vs_exact"] = rel_error(
                     got, kernel.extract_slices(source, exact, box)
                 )
             big, view = _guarded(source.numel(), guard, 0j, cdtype)
@@ -271,7 +246,7 @@ def _nyquist_checks(box: int, dtype: torch.dtype) -> dict[str, float]:
             outside = torch.cat([big[:guard], big[guard + source.numel() :]])
             res[f"{tag}-{layout}-insert_guard"] = float(outside.abs().max())
             folded = acc if layout == "plain" else fs.ExtendedSpectrum.fold(acc, p)
-            res[f"{tag}-{layout}-insert"] = _rel(folded, ref_insert)
+            res[f"{tag}-{layout}-insert"] = rel_error(folded, ref_insert)
     return res
 
 
@@ -289,19 +264,7 @@ def _interpreter_checks() -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict[str, float]]:
     """Run the comparisons in a fresh interpreter-mode process; its JSON results."""
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, TRITON_INTERPRET="1", CRYOGRAD_KERNELS="torch")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreter_checks(__file__)
 
 
 CASES = [f"{b}-{n}-{d}" for b, n, d in INTERPRETER_CASES]
@@ -527,4 +490,4 @@ def test_gpu_vector_reductions_match_scalar_atomics(monkeypatch):
         kernel.insert_slices(slices, rot, packed, **kw)
         results.append((acc, wgt, *kernel.unpack_accumulator(packed)))
     for vec, scalar in zip(*results):
-        assert _rel(vec, scalar) <= REL_TOL_FLOAT32
+        assert rel_error(vec, scalar) <= REL_TOL_FLOAT32

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests._kernel_util import random_rotations, rel_error, run_interpreter_checks
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -29,32 +29,6 @@ INTERPRETER_CASES = [(16, 5, "float32"), (17, 3, "float32"), (16, 1, "float32"),
 REL_TOL_FLOAT32 = 1e-5
 
 
-def _random_rotations(n: int, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """Uniform random rotations from normalised quaternions, ``(n, 3, 3)``."""
-    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
-    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
-    rot = torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - w * z),
-            2 * (x * z + w * y),
-            2 * (x * y + w * z),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - w * x),
-            2 * (x * z - w * y),
-            2 * (y * z + w * x),
-            1 - 2 * (x * x + y * y),
-        ],
-        dim=1,
-    ).reshape(n, 3, 3)
-    return rot.to(dtype)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max absolute difference relative to the reference's largest magnitude."""
-    return float((a - b).abs().max() / b.abs().max())
-
-
 def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
     """Kernel vs torch reference and the kernel pair's dot-product test, on one device."""
     from cryograd.kernels import real_space as kernel
@@ -63,7 +37,7 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
     g = torch.Generator().manual_seed(box * 100 + n)
     volume = torch.randn(box, box, box, generator=g, dtype=dtype).to(device)
     volume[0, 0, :4] = 0.0  # zero voxels take the kernel's skip path
-    rotations = _random_rotations(n, g, dtype).to(device)
+    rotations = random_rotations(n, g, dtype).to(device)
     if n > 1:
         rotations[0] = torch.eye(3, dtype=dtype)  # voxels land exactly on pixel edges
     images = torch.randn(n, box, box, generator=g, dtype=dtype).to(device)
@@ -83,8 +57,8 @@ def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, flo
     lhs = float((proj.double() * images.double()).sum())
     rhs = float((volume.double() * back.double()).sum())
     return {
-        "project_rel": _rel(proj, ref_proj),
-        "backproject_rel": _rel(back, ref_back),
+        "project_rel": rel_error(proj, ref_proj),
+        "backproject_rel": rel_error(back, ref_back),
         "dot": abs(lhs - rhs) / float(proj.double().norm() * images.double().norm()),
         "project_shape_ok": tuple(proj.shape) == (n, box, box) and proj.dtype == dtype,
         "backproject_shape_ok": tuple(back.shape) == (box,) * 3 and back.dtype == dtype,
@@ -102,19 +76,7 @@ def _interpreter_checks() -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict[str, float]]:
     """Run the comparisons in a fresh interpreter-mode process; its JSON results."""
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, TRITON_INTERPRET="1", CRYOGRAD_KERNELS="torch")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--interpreter-checks"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreter_checks(__file__)
 
 
 @pytest.mark.parametrize("case", [f"{b}-{n}-{d}" for b, n, d in INTERPRETER_CASES])

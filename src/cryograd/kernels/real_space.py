@@ -31,6 +31,36 @@ _PARTICLES_PER_PROGRAM = 4
 _BLOCK_BACKPROJECT = 256
 
 
+@triton.jit
+def _image_point(r, x, y, z, c, D):
+    """Bilinear footprint of voxels ``(x, y, z)`` (centred) under the rotation at ``r``.
+
+    Returns the 4 neighbouring pixels' corners ``x0, y0, x1 = x0 + 1, y1 = y0 + 1`` (int32), the
+    fractional offsets ``fx, fy`` and the in-image masks ``mx0, mx1, my0, my1`` of each corner.
+    """
+    a00 = tl.load(r + 0)
+    a01 = tl.load(r + 1)
+    a02 = tl.load(r + 2)
+    a10 = tl.load(r + 3)
+    a11 = tl.load(r + 4)
+    a12 = tl.load(r + 5)
+    px = a00 * x + a01 * y + a02 * z + c
+    py = a10 * x + a11 * y + a12 * z + c
+    x0f = tl.floor(px)
+    y0f = tl.floor(py)
+    fx = px - x0f
+    fy = py - y0f
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    x1 = x0 + 1
+    y1 = y0 + 1
+    mx0 = (x0 >= 0) & (x0 < D)
+    mx1 = (x1 >= 0) & (x1 < D)
+    my0 = (y0 >= 0) & (y0 < D)
+    my1 = (y1 >= 0) & (y1 < D)
+    return x0, y0, x1, y1, fx, fy, mx0, mx1, my0, my1
+
+
 @triton.jit(do_not_specialize=["n_particles", "D"])
 def _project_kernel(
     vol_ptr,  # (D, D, D) contiguous
@@ -58,26 +88,7 @@ def _project_kernel(
         ok = (offs * 0 + b) < n_particles  # vector mask (a scalar one upsets the interpreter)
         bb = tl.minimum(b, n_particles - 1).to(tl.int64)
         r = rot_ptr + bb * 9
-        a00 = tl.load(r + 0)
-        a01 = tl.load(r + 1)
-        a02 = tl.load(r + 2)
-        a10 = tl.load(r + 3)
-        a11 = tl.load(r + 4)
-        a12 = tl.load(r + 5)
-        px = a00 * x + a01 * y + a02 * z + c
-        py = a10 * x + a11 * y + a12 * z + c
-        x0f = tl.floor(px)
-        y0f = tl.floor(py)
-        fx = px - x0f
-        fy = py - y0f
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        x1 = x0 + 1
-        y1 = y0 + 1
-        mx0 = (x0 >= 0) & (x0 < D)
-        mx1 = (x1 >= 0) & (x1 < D)
-        my0 = (y0 >= 0) & (y0 < D)
-        my1 = (y1 >= 0) & (y1 < D)
+        x0, y0, x1, y1, fx, fy, mx0, mx1, my0, my1 = _image_point(r, x, y, z, c, D)
         m = live & ok
         img = out_ptr + bb * D * D
         gx = 1.0 - fx
@@ -111,26 +122,9 @@ def _backproject_kernel(
     acc = zero
     for b in range(n_particles):
         r = rot_ptr + b * 9
-        a00 = tl.load(r + 0)
-        a01 = tl.load(r + 1)
-        a02 = tl.load(r + 2)
-        a10 = tl.load(r + 3)
-        a11 = tl.load(r + 4)
-        a12 = tl.load(r + 5)
-        px = a00 * x + a01 * y + a02 * z + c
-        py = a10 * x + a11 * y + a12 * z + c
-        x0f = tl.floor(px)
-        y0f = tl.floor(py)
-        fx = px - x0f
-        fy = py - y0f
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        x1 = x0 + 1
-        y1 = y0 + 1
-        mx0 = (x0 >= 0) & (x0 < D)
-        mx1 = (x1 >= 0) & (x1 < D)
-        my0 = in_vol & (y0 >= 0) & (y0 < D)
-        my1 = in_vol & (y1 >= 0) & (y1 < D)
+        x0, y0, x1, y1, fx, fy, mx0, mx1, my0, my1 = _image_point(r, x, y, z, c, D)
+        my0 = in_vol & my0
+        my1 = in_vol & my1
         img = img_ptr + b * plane
         v00 = tl.load(img + y0 * D + x0, mask=my0 & mx0, other=0.0)
         v01 = tl.load(img + y0 * D + x1, mask=my0 & mx1, other=0.0)
