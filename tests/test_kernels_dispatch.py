@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cryograd import kernels
+from cryograd.projectors import backend
 from cryograd.errors import CryogradError
 from tests._kernel_util import rel_error, run_interpreter_checks
 
@@ -54,7 +55,7 @@ def test_triton_forces_kernels_even_on_cpu(monkeypatch):
 
 
 def test_triton_missing_is_reported(monkeypatch):
-    monkeypatch.setattr(kernels, "_TRITON_OK", False)
+    monkeypatch.setattr(backend, "_TRITON_OK", False)
     assert kernels.use_kernels(torch.zeros(3)) is False
     monkeypatch.setenv("CRYOGRAD_KERNELS", "triton")
     with pytest.raises(CryogradError, match="CRYOGRAD_KERNELS=triton"):
