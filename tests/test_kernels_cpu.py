@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cryograd.kernels import cpu
+from cryograd.projectors.fourier_slice import _cpu as cpu
 from cryograd.projectors import fourier_slice as fs
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU loops not built")

@@ -163,11 +163,19 @@ class ChunkedProjector:
         raise NotImplementedError
 
     def project(
-        self, volume: torch.Tensor, rotations: torch.Tensor, filters: ImageFilters | None = None
+        self,
+        volume: torch.Tensor,
+        rotations: torch.Tensor,
+        filters: ImageFilters | None = None,
+        *,
+        steps: ProjectorSteps | None = None,
     ) -> torch.Tensor:
-        """``T C P x``: ``(D, D, D)`` -> ``(B, D, D)``, chunk by chunk, in the volume's dtype."""
+        """``T C P x``: ``(D, D, D)`` -> ``(B, D, D)``, chunk by chunk, in the volume's dtype.
+
+        ``steps`` forces a backend's steps (default: :meth:`steps` of the volume's device).
+        """
         filters = filters or ImageFilters()
-        steps = self.steps(volume.device)
+        steps = steps or self.steps(volume.device)
         state = steps.prepare(volume)
         rotations = rotations.to(device=volume.device, dtype=volume.dtype)
         d = self.box_size
@@ -178,11 +186,16 @@ class ChunkedProjector:
         return torch.cat(out)
 
     def backproject(
-        self, images: torch.Tensor, rotations: torch.Tensor, filters: ImageFilters | None = None
+        self,
+        images: torch.Tensor,
+        rotations: torch.Tensor,
+        filters: ImageFilters | None = None,
+        *,
+        steps: ProjectorSteps | None = None,
     ) -> torch.Tensor:
         """Exact transpose of :meth:`project`: ``(B, D, D)`` -> ``(D, D, D)``."""
         filters = filters or ImageFilters()
-        steps = self.steps(images.device)
+        steps = steps or self.steps(images.device)
         rotations = rotations.to(device=images.device, dtype=images.dtype)
         acc = steps.new_accumulator(images)
         for sl in chunks(rotations.shape[0], steps.batch_size):
@@ -196,10 +209,12 @@ class ChunkedProjector:
         images: torch.Tensor,
         rotations: torch.Tensor,
         filters: ImageFilters | None = None,
+        *,
+        steps: ProjectorSteps | None = None,
     ) -> tuple[torch.Tensor, float]:
         """``(Aᵀ (A x − b), ½ ||A x − b||²)`` with ``A = T C P``, one geometry per chunk."""
         filters = filters or ImageFilters()
-        steps = self.steps(volume.device)
+        steps = steps or self.steps(volume.device)
         state = steps.prepare(volume)
         acc = steps.new_accumulator(volume)
         # summed on the device (no host sync per chunk), in float64

@@ -54,7 +54,9 @@ from cryograd.projectors._launch import (
 from cryograd.projectors.backend import interpreter_enabled
 from cryograd.projectors.base import ImageFilters
 from cryograd.projectors.fourier_slice._torch import TorchSteps
+from cryograd.projectors.backend import kernel_batch_size
 from cryograd.projectors.fourier_slice.geometry import SliceGeometry
+from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 
 __all__ = [
     "ctf_coefficients",
@@ -64,6 +66,8 @@ __all__ = [
     "unpack_accumulator",
     "vector_atomics",
     "TritonSteps",
+    "project",
+    "backproject",
 ]
 
 _BLOCK = 256
@@ -731,3 +735,45 @@ class TritonSteps(TorchSteps):
 
     def insert(self, spectra, geom: SliceGeometry, filters: ImageFilters, acc) -> None:
         insert_slices(spectra, geom.rotations, acc, **self._kw(filters))
+
+
+def _forced(box_size: int, pad: float, gridding: bool, batch_size: int | None):
+    proj = FourierSliceProjector(box_size, pad=pad, gridding=gridding, batch_size=batch_size)
+    size = proj.batch_size or kernel_batch_size(box_size)
+    return proj, TritonSteps(box_size, proj.padded_size, proj.gridding, size)
+
+
+def project(
+    volume: torch.Tensor,
+    rotations: torch.Tensor,
+    *,
+    pad: float = 2.0,
+    gridding: bool = True,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """:func:`cryograd.projectors.fourier_slice.project` on the kernels whatever the device (the
+    projector's one chunk loop with :class:`TritonSteps`); for tests and benchmarks."""
+    if volume.dim() != 3 or len(set(volume.shape)) != 1:
+        raise CryogradError(
+            f"Fourier-slice projection: volume must be cubic (D, D, D), got {tuple(volume.shape)}"
+        )
+    proj, steps = _forced(volume.shape[-1], pad, gridding, batch_size)
+    return proj.project(volume, torch.as_tensor(rotations), steps=steps)
+
+
+def backproject(
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    *,
+    pad: float = 2.0,
+    gridding: bool = True,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Exact transpose of :func:`project` (kernels whatever the device)."""
+    if images.dim() != 3 or images.shape[-1] != images.shape[-2]:
+        raise CryogradError(
+            "Fourier-slice back-projection: images must have shape (B, D, D), got "
+            f"{tuple(images.shape)}"
+        )
+    proj, steps = _forced(images.shape[-1], pad, gridding, batch_size)
+    return proj.backproject(images, torch.as_tensor(rotations), steps=steps)
