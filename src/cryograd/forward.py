@@ -151,8 +151,9 @@ class ForwardModel:
             projector, self.box_size, pad=self.pad, gridding=self.gridding, batch_size=batch_size
         )
         self.padded_size = getattr(self.operator, "padded_size", self.box_size)
-        #: Particles per chunk asked for (None: each backend's default).
-        self.batch_size = batch_size
+        #: Particles per chunk of the reference backends (the one given, or the projector's
+        #: memory-based default; the Triton path defaults to larger chunks).
+        self.batch_size = int(batch_size or self.operator.default_batch_size("torch"))
 
     def __repr__(self) -> str:
         return (

@@ -123,7 +123,7 @@ def insert_slices(
     """
     if not grid_flat.is_contiguous():
         raise ValueError("the accumulator must be contiguous")
-    box_size = slices.shape[-1] if not slices.is_complex() else slices.shape[-2]
+    box_size = slices.shape[-2]  # (b, D, D // 2 + 1), complex or real
     src = slices.to(grid_flat.dtype).contiguous()
     src_real = torch.view_as_real(src) if src.is_complex() else src
     grid_real = torch.view_as_real(grid_flat) if grid_flat.is_complex() else grid_flat
