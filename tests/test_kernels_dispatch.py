@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cryograd import kernels
-from cryograd.projectors import backend
 from cryograd.errors import CryogradError
+from cryograd.projectors import backend
 from tests._kernel_util import rel_error, run_interpreter_checks
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None

@@ -63,8 +63,8 @@ def _inputs(box: int, n: int, dtype: torch.dtype, device: str):
 def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
     """Every kernel entry point against the torch reference, plus dot-product tests."""
     from cryograd.ctf import ctf_2d
-    from cryograd.projectors.fourier_slice import _triton as kernel
     from cryograd.projectors import fourier_slice as fs
+    from cryograd.projectors.fourier_slice import _triton as kernel
     from cryograd.shift import phase_ramp
 
     old = os.environ.get("CRYOGRAD_KERNELS")
@@ -208,8 +208,8 @@ def _nyquist_checks(box: int, dtype: torch.dtype) -> dict[str, float]:
     the same rotations (whose ``slice_geometry`` clamps ``q`` to the Nyquist bounding box), and
     for the ulp-sized excess also the result of the exact rotations.
     """
-    from cryograd.projectors.fourier_slice import _triton as kernel
     from cryograd.projectors import fourier_slice as fs
+    from cryograd.projectors.fourier_slice import _triton as kernel
 
     assert os.environ.get("CRYOGRAD_KERNELS") == "torch"  # the reference must not dispatch
     g = torch.Generator().manual_seed(7)

@@ -31,8 +31,8 @@ REL_TOL_FLOAT32 = 1e-5
 
 def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
     """Kernel vs torch reference and the kernel pair's dot-product test, on one device."""
-    from cryograd.projectors.real_space import _triton as kernel
     from cryograd.projectors import real_space as reference
+    from cryograd.projectors.real_space import _triton as kernel
 
     g = torch.Generator().manual_seed(box * 100 + n)
     volume = torch.randn(box, box, box, generator=g, dtype=dtype).to(device)

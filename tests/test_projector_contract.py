@@ -103,8 +103,14 @@ def _run(name: str, vol, images, rot, filters) -> dict[str, torch.Tensor]:
         )
         out["insert"], out["insert_weights"] = acc, w
         bare = torch.zeros_like(ext)
-        proj.insert(spectra, rot, bare, ctf=filters.ctf, shifts_px=filters.shifts_px,
-                    pixel_size_angstrom=filters.pixel_size_angstrom)
+        proj.insert(
+            spectra,
+            rot,
+            bare,
+            ctf=filters.ctf,
+            shifts_px=filters.shifts_px,
+            pixel_size_angstrom=filters.pixel_size_angstrom,
+        )
         out["ext"], out["spectra"], out["insert_bare"] = ext, spectra, bare
     return out
 
@@ -117,9 +123,10 @@ def contract_errors(name: str, mode: str, box: int = BOX) -> dict[str, float]:
     res = {k: rel_error(got[k], ref[k]) for k in ("project", "backproject", "gradient")}
     lhs, rhs = _dot(got["project"], images), _dot(vol, got["backproject"])
     res["adjoint"] = abs(lhs - rhs) / float(got["project"].norm() * images.norm())
-    expected = ref["backproject"] - _in_mode("torch", _run, name, vol, ref["project"], rot, filters)[
-        "backproject"
-    ]
+    expected = (
+        ref["backproject"]
+        - _in_mode("torch", _run, name, vol, ref["project"], rot, filters)["backproject"]
+    )
     res["gradient_formula"] = rel_error(got["gradient"], -expected)
     if name == "fourier":
         for k in ("extract", "insert", "insert_weights"):

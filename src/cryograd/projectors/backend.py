@@ -99,7 +99,7 @@ def interpreter_enabled() -> bool:
 
 @cache
 def cpu_library(op: str) -> ctypes.CDLL | None:
-    """The loaded compiled CPU loops of operation ``op``, or None (none, not built, not loadable)."""
+    """The compiled CPU loops of operation ``op``, loaded; None if it has none or they fail."""
     name = OPERATIONS[op]
     if name is None:
         return None
@@ -121,7 +121,7 @@ def cpu_available(op: str = "fourier_slice") -> bool:
 
 
 def triton_module(op: str) -> ModuleType:
-    """The module of ``op``'s Triton kernels (imports Triton; call only for the ``triton`` backend)."""
+    """The module of ``op``'s Triton kernels (imports Triton: only for the ``triton`` backend)."""
     return importlib.import_module(_TRITON_MODULES[op])
 
 

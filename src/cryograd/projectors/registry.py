@@ -1,5 +1,5 @@
-"""The projectors by name: the CLI's ``--projector`` choices and :class:`~cryograd.forward.ForwardModel`'s
-``projector`` argument come from :data:`PROJECTORS`.
+"""The projectors by name: the CLI's ``--projector`` choices and the ``projector`` argument of
+:class:`~cryograd.forward.ForwardModel` come from :data:`PROJECTORS`.
 
 To add a projector: a package ``projectors/<name>/`` with its ``geometry.py`` and backends, a class
 following :class:`cryograd.projectors.base.Projector` (subclass

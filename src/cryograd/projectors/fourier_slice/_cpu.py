@@ -68,7 +68,7 @@ def available() -> bool:
 
 
 def usable(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` (32/64-bit) goes the compiled way (:func:`select_backend` says ``cpu``)."""
+    """Whether ``tensor`` (32/64-bit) takes the compiled loops (:func:`select_backend`: ``cpu``)."""
     real = tensor.real.dtype if tensor.is_complex() else tensor.dtype
     if real not in _SUFFIX:
         return False

@@ -1,6 +1,6 @@
 """Triton Fourier-slice extraction and insertion, with CTF and shift fused in.
 
-The math is that of :mod:`cryograd.projectors.fourier_slice.geometry` (read its module docstring): the
+The math is that of :mod:`cryograd.projectors.fourier_slice.geometry` (read its docstring): the
 half-grid sample ``(kx, ky)`` of a particle's ``D``-grid spectrum (``|k| <= D // 2``) sits at
 ``q = (P / D) · Aᵀ (kx, ky, 0)`` of the padded ``(P, P, P // 2 + 1)`` volume spectrum; a sample
 with ``q_x < 0`` uses ``conj F(-q)``; ``kz``/``ky`` wrap periodically, the ``kx`` axis stops at
@@ -24,7 +24,8 @@ Fused into the same kernel, per sample and without any ``(b, D, D // 2 + 1)`` ar
 So ``extract_slices`` returns ``T C S(F)`` (``S`` the central-slice sampling) and ``insert_slices``
 accumulates ``Sᵀ(C Tᵀ y)`` (and ``Sᵀ(C²)``). Both accept the volume spectrum in the plain layout
 ``(P, P, P // 2 + 1)`` or the flat extended layout of :class:`~cryograd.projectors.fourier_slice.
-geometry.ExtendedSpectrum` (``((P + 2)² (P // 2 + 2),)``), which the torch reference accumulates into.
+geometry.ExtendedSpectrum` (``((P + 2)² (P // 2 + 2),)``), which the torch reference
+accumulates into.
 
 Insertion issues 8 corners × (re, im, weight) atomic adds per sample. On sm_90 and newer (float32,
 compiled) the (re, im) pair goes out as one 8-byte vector reduction (``red.global.add.v2.f32``),
@@ -51,10 +52,9 @@ from cryograd.projectors._launch import (
     ensure_runnable,
     interleaved,
 )
-from cryograd.projectors.backend import interpreter_enabled
+from cryograd.projectors.backend import interpreter_enabled, kernel_batch_size
 from cryograd.projectors.base import ImageFilters
 from cryograd.projectors.fourier_slice._torch import TorchSteps
-from cryograd.projectors.backend import kernel_batch_size
 from cryograd.projectors.fourier_slice.geometry import SliceGeometry
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 
@@ -204,7 +204,6 @@ def _red_v4(ptr, a, b, c, mask):
         is_pure=False,
         pack=1,
     )
-
 
 
 @triton.jit(do_not_specialize=["D", "P"])
@@ -715,8 +714,6 @@ def unpack_accumulator(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """Split a :func:`packed_accumulator` into the complex spectrum and the real weights."""
     data = torch.view_as_complex(packed[..., :2].contiguous())
     return data, packed[..., 2].contiguous()
-
-
 
 
 class TritonSteps(TorchSteps):

@@ -280,7 +280,7 @@ class SliceGeometry:
 
 
 def extended_strides(padded: int) -> tuple[int, int]:
-    """Flat strides ``(sz, sy)`` of the extended spectrum of side ``P`` (:class:`ExtendedSpectrum`)."""
+    """Flat strides ``(sz, sy)`` of the extended spectrum of side ``P`` (ExtendedSpectrum)."""
     half = padded // 2 + 1
     return (padded + 2) * (half + 1), half + 1
 
@@ -348,5 +348,3 @@ def images_to_spectra_adjoint(images: torch.Tensor) -> torch.Tensor:
     n = images.shape[-1]
     c = _column_weights(n, images.device, images.dtype)
     return rfft2_centered(images) * (c / float(n * n))
-
-

@@ -14,7 +14,6 @@ import torch
 
 from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
-from cryograd.fourier import rfft2_centered
 from cryograd.projectors.backend import kernel_batch_size, select_backend, triton_module
 from cryograd.projectors.base import ChunkedProjector, ImageFilters
 from cryograd.projectors.fourier_slice import _cpu, _torch
@@ -176,9 +175,9 @@ class FourierSliceProjector(ChunkedProjector):
             return
         values, wts = _filtered_values(spectra, filters, premultiplied, sample_weights)
         if symmetry is not None:
-            rotations = (rotations[:, None] @ symmetry.to(rotations).transpose(-1, -2)[None]).reshape(
-                -1, 3, 3
-            )
+            rotations = (
+                rotations[:, None] @ symmetry.to(rotations).transpose(-1, -2)[None]
+            ).reshape(-1, 3, 3)
             values = values.repeat_interleave(len(ops), dim=0)
             wts = wts.repeat_interleave(len(ops), dim=0)
         steps = self.steps(accumulator.device)

@@ -1,6 +1,7 @@
 """Triton real-space projector and its exact transpose.
 
-Geometry (CONVENTIONS.md, and :mod:`cryograd.projectors.real_space.geometry`): a volume ``[z, y, x]`` of
+Geometry (CONVENTIONS.md, and :mod:`cryograd.projectors.real_space.geometry`): a volume
+``[z, y, x]`` of
 side ``D``; voxel ``(i, j, k)`` sits at ``r = (k, j, i) - D // 2``; for a particle with RELION
 matrix ``A`` its image point is ``p = (A r)[:2] + D // 2`` (``p = (x, y)``, image ``[y, x]``), and
 its value is spread over the 4 neighbouring pixels with bilinear weights. Pixels outside the image

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 __all__ = ["RealSpaceGeometry", "real_space_geometry", "default_batch_size", "crop_slice"]
 
 #: Voxel-particle pairs per chunk (each costs 16 bytes of geometry in float32).
@@ -107,7 +106,6 @@ def real_space_geometry(
     base = base.add_(offset.view(b, 1, 1, 1)).reshape(-1)
     fx, fy = fractions
     return RealSpaceGeometry(base, fx, fy, b, n, centre, side)
-
 
 
 def crop_slice(geom: RealSpaceGeometry) -> slice:
