@@ -40,24 +40,8 @@ def _library() -> ctypes.CDLL | None:
     for dtype, suffix in _SUFFIX.items():
         for name in ("insert", "extract"):
             fn = getattr(lib, f"cryograd_{name}_{suffix}")
-            # (n, rot, ns, kx, ky, flat, hw, slices, channels, conj_channel, scale, h, grid, sz, sy)
-            fn.argtypes = [
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int64,
-                _CTYPE[dtype],
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int64,
-            ]
+            # (dims[8], rot, kx, ky, flat, slices, scale, grid); dims as in _cpu_slices.c
+            fn.argtypes = [ctypes.c_void_p] * 6 + [_CTYPE[dtype], ctypes.c_void_p]
             fn.restype = None
     return lib
 
@@ -85,22 +69,28 @@ def _call(name: str, rotations, box_size, padded, slices_real, channels, grid_re
     kx, ky, flat = slice_sample_positions(box_size, dtype=dtype)
     sz, sy = extended_strides(padded)
     fn = getattr(_library(), f"cryograd_{name}_{_SUFFIX[dtype]}")
+    dims = torch.tensor(
+        [
+            rot.shape[0],
+            kx.numel(),
+            box_size * (box_size // 2 + 1),
+            channels,
+            1 if channels == 2 else -1,
+            padded // 2,
+            sz,
+            sy,
+        ],
+        dtype=torch.int64,
+    )
     fn(
-        rot.shape[0],
+        _ptr(dims),
         _ptr(rot),
-        kx.numel(),
         _ptr(kx),
         _ptr(ky),
         _ptr(flat),
-        box_size * (box_size // 2 + 1),
         _ptr(slices_real),
-        channels,
-        1 if channels == 2 else -1,
         padded / box_size,
-        padded // 2,
         _ptr(grid_real),
-        sz,
-        sy,
     )
 
 
