@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "cryograd.kernels._cpu_slices",
-            sources=["src/cryograd/kernels/_cpu_slices.c"],
+            "cryograd.projectors.fourier_slice._cpu_slices",
+            sources=["src/cryograd/projectors/fourier_slice/_cpu_slices.c"],
             extra_compile_args=["-O3", "-fno-math-errno"],
             optional=True,
         )

@@ -179,8 +179,8 @@ def _ctf(n: int, device):
 
 def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float = 2.0) -> None:
     from cryograd.ctf import ctf_2d
-    from cryograd.kernels import fourier_slice as kfs
     from cryograd.projectors import fourier_slice as fs
+    from cryograd.projectors.fourier_slice import _triton as kfs
     from cryograd.shift import phase_ramp
 
     apix = 1.0
@@ -343,8 +343,8 @@ def bench_fourier_slices(box: int, batch: int, device: torch.device, pad: float 
 
 
 def bench_real_space(box: int, batch: int, torch_batch: int, device: torch.device) -> None:
-    from cryograd.kernels import real_space as krs
     from cryograd.projectors import real_space as rs
+    from cryograd.projectors.real_space import _triton as krs
 
     rot = _rotations(batch, device)
     vol = torch.randn(box, box, box, device=device)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cryograd.kernels import cpu
 from cryograd.projectors import fourier_slice as fs
+from cryograd.projectors.fourier_slice import _cpu as cpu
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="compiled CPU loops not built")
 

@@ -9,6 +9,7 @@ import torch
 
 from cryograd import kernels
 from cryograd.errors import CryogradError
+from cryograd.projectors import backend
 from tests._kernel_util import rel_error, run_interpreter_checks
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -54,7 +55,7 @@ def test_triton_forces_kernels_even_on_cpu(monkeypatch):
 
 
 def test_triton_missing_is_reported(monkeypatch):
-    monkeypatch.setattr(kernels, "_TRITON_OK", False)
+    monkeypatch.setattr(backend, "_TRITON_OK", False)
     assert kernels.use_kernels(torch.zeros(3)) is False
     monkeypatch.setenv("CRYOGRAD_KERNELS", "triton")
     with pytest.raises(CryogradError, match="CRYOGRAD_KERNELS=triton"):
@@ -205,8 +206,8 @@ def _in_mode(mode: str, fn, *args, **kwargs):
 
 def _counting_kernel_calls(fn, *args):
     """``(fn(*args), number of calls of the Triton entry points that it made)``."""
-    from cryograd.kernels import fourier_slice as kfs
-    from cryograd.kernels import real_space as krs
+    from cryograd.projectors.fourier_slice import _triton as kfs
+    from cryograd.projectors.real_space import _triton as krs
 
     count = [0]
     saved = []
@@ -399,7 +400,7 @@ def test_cpu_default_path_never_imports_triton():
 def test_cpu_default_uses_compiled_slice_loops(monkeypatch):
     """auto on the CPU: the Fourier projector runs the compiled loops when they were built."""
     from cryograd.forward import ForwardModel
-    from cryograd.kernels import cpu as cpu_kernels
+    from cryograd.projectors.fourier_slice import _cpu as cpu_kernels
 
     if not cpu_kernels.available():
         pytest.skip("the compiled CPU slice loops were not built")

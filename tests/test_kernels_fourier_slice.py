@@ -63,8 +63,8 @@ def _inputs(box: int, n: int, dtype: torch.dtype, device: str):
 def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
     """Every kernel entry point against the torch reference, plus dot-product tests."""
     from cryograd.ctf import ctf_2d
-    from cryograd.kernels import fourier_slice as kernel
     from cryograd.projectors import fourier_slice as fs
+    from cryograd.projectors.fourier_slice import _triton as kernel
     from cryograd.shift import phase_ramp
 
     old = os.environ.get("CRYOGRAD_KERNELS")
@@ -208,8 +208,8 @@ def _nyquist_checks(box: int, dtype: torch.dtype) -> dict[str, float]:
     the same rotations (whose ``slice_geometry`` clamps ``q`` to the Nyquist bounding box), and
     for the ulp-sized excess also the result of the exact rotations.
     """
-    from cryograd.kernels import fourier_slice as kernel
     from cryograd.projectors import fourier_slice as fs
+    from cryograd.projectors.fourier_slice import _triton as kernel
 
     assert os.environ.get("CRYOGRAD_KERNELS") == "torch"  # the reference must not dispatch
     g = torch.Generator().manual_seed(7)
@@ -337,7 +337,7 @@ def test_ctf_coefficients_reproduce_relion_ctf():
     """The kernels' CTF rewrite (no atan2) equals :func:`ctf_2d` in float64 (no Triton needed)."""
     from cryograd.ctf import ctf_2d
     from cryograd.fourier import frequency_grid_2d
-    from cryograd.kernels.fourier_slice import ctf_coefficients
+    from cryograd.projectors.fourier_slice._triton import ctf_coefficients
 
     _, _, _, ctf, _, _ = _inputs(20, 4, torch.float64, "cpu")
     coef = ctf_coefficients(ctf, 20, PIXEL_SIZE)
@@ -362,7 +362,7 @@ def test_ctf_coefficients_reproduce_relion_ctf():
 
 def test_mismatched_inputs_raise_cryograd_error():
     from cryograd.errors import CryogradError
-    from cryograd.kernels import fourier_slice as kernel
+    from cryograd.projectors.fourier_slice import _triton as kernel
 
     rot = torch.eye(3)[None].repeat(2, 1, 1)
     slices = torch.zeros(2, 8, 5, dtype=torch.complex64)
@@ -416,6 +416,23 @@ if __name__ == "__main__" and "--interpreter-checks" in sys.argv:
     print(json.dumps(_interpreter_checks()))
 
 
+def _flag_bits(kernel, named: dict) -> int:
+    """The kernels' FLAGS bit field from named switches (CTF_MODE, HAS_SHIFT, ...)."""
+    bits = {
+        "HAS_SHIFT": kernel._SHIFT,
+        "HAS_WEIGHTS": kernel._WEIGHTS,
+        "HAS_PREMULT": kernel._PREMULT,
+        "HAS_SAMPLE_W": kernel._SAMPLE_W,
+        "EXTENDED": kernel._EXTENDED,
+        "PACKED": kernel._PACKED,
+        "VEC_ATOMICS": kernel._VEC,
+    }
+    value = int(named.get("CTF_MODE", 0))
+    for name, bit in bits.items():
+        value |= bit if named.get(name) else 0
+    return value
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="on a GPU the kernels are compiled and run by the gpu tests")
 @pytest.mark.parametrize(
     "kind,dtype,flags",
@@ -434,14 +451,14 @@ def test_kernels_compile_for_hopper(kind, dtype, flags):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    from cryograd.kernels import fourier_slice as kernel
+    from cryograd.projectors.fourier_slice import _triton as kernel
 
     ptr = f"*{dtype}"
-    common = {"rot_ptr": ptr, "ctfc_ptr": ptr, "ctfa_ptr": ptr, "shift_ptr": ptr}
-    sizes = {"D": "i32", "W": "i32", "P": "i32", "W3": "i32"}
+    common = {"rot_ptr": ptr, "ctf_ptr": ptr, "shift_ptr": ptr}
+    sizes = {"D": "i32", "P": "i32"}
     if kind == "extract":
         sig = {"spec_ptr": ptr, **common, "out_ptr": ptr, **sizes}
-        fn, consts = kernel._extract_kernel, {**flags, "BLOCK": 256}
+        fn, named = kernel._extract_kernel, flags
     else:
         sig = {
             "slice_ptr": ptr,
@@ -452,16 +469,16 @@ def test_kernels_compile_for_hopper(kind, dtype, flags):
             "wgt_ptr": ptr,
             **sizes,
         }
-        consts = {
+        named = {
             "CTF_MODE": 1,
             "HAS_SHIFT": True,
             "HAS_WEIGHTS": not flags["PACKED"],
             "HAS_PREMULT": True,
             "HAS_SAMPLE_W": True,
             **flags,
-            "BLOCK": 256,
         }
         fn = kernel._insert_kernel
+    consts = {"FLAGS": _flag_bits(kernel, named), "BLOCK": 256}
     compiled = compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
     ptx = compiled.asm["ptx"]
     if kind == "insert" and flags["VEC_ATOMICS"]:
@@ -474,7 +491,7 @@ def test_kernels_compile_for_hopper(kind, dtype, flags):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_gpu_vector_reductions_match_scalar_atomics(monkeypatch):
-    from cryograd.kernels import fourier_slice as kernel
+    from cryograd.projectors.fourier_slice import _triton as kernel
 
     box, n = 128, 16
     _, rot, shifts, ctf, slices, _ = _inputs(box, n, torch.float32, "cuda")

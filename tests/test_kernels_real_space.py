@@ -31,8 +31,8 @@ REL_TOL_FLOAT32 = 1e-5
 
 def _compare(box: int, n: int, dtype: torch.dtype, device: str) -> dict[str, float]:
     """Kernel vs torch reference and the kernel pair's dot-product test, on one device."""
-    from cryograd.kernels import real_space as kernel
     from cryograd.projectors import real_space as reference
+    from cryograd.projectors.real_space import _triton as kernel
 
     g = torch.Generator().manual_seed(box * 100 + n)
     volume = torch.randn(box, box, box, generator=g, dtype=dtype).to(device)
@@ -104,7 +104,7 @@ def test_interpreted_kernels_are_adjoint(interpreted, case):
 
 def test_bad_shapes_and_dtypes_raise_cryograd_error():
     from cryograd.errors import CryogradError
-    from cryograd.kernels import real_space as kernel
+    from cryograd.projectors.real_space import _triton as kernel
 
     rotations = torch.eye(3).expand(2, 3, 3)
     with pytest.raises(CryogradError, match="dtype"):
@@ -118,7 +118,7 @@ def test_bad_shapes_and_dtypes_raise_cryograd_error():
 @pytest.mark.skipif(HAS_CUDA, reason="CPU-only check")
 def test_cpu_tensor_without_interpreter_is_a_clear_error(monkeypatch):
     from cryograd.errors import CryogradError
-    from cryograd.kernels import real_space as kernel
+    from cryograd.projectors.real_space import _triton as kernel
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(CryogradError, match="CRYOGRAD_KERNELS=torch"):
@@ -156,7 +156,7 @@ def test_kernels_compile_for_hopper(dtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    from cryograd.kernels import real_space as kernel
+    from cryograd.projectors.real_space import _triton as kernel
 
     ptr = f"*{dtype}"
     target = GPUTarget("cuda", 90, 32)

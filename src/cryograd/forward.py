@@ -1,28 +1,27 @@
 """The image formation model ``b_i = T_i C_i P_i x`` and its exact adjoint.
 
-``P_i`` is a projector (:mod:`cryograd.projectors`, ``"fourier"`` with its gridding correction, or
-``"real"``), ``C_i`` the particle's CTF (RELION sign, :func:`cryograd.ctf.ctf_2d`) and ``T_i`` the
-shift by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels, :attr:`ParticleSet.shifts_px`): the
-forward model moves the centred projection by ``-origin``; back-projection moves the image by
-``+origin``.
+``P_i`` is a projector (:data:`cryograd.projectors.PROJECTORS`: ``"fourier"`` with its gridding
+correction, or ``"real"``), ``C_i`` the particle's CTF (RELION sign, :func:`cryograd.ctf.ctf_2d`)
+and ``T_i`` the shift by ``-origin`` (RELION's ``rlnOriginX/Y`` in pixels,
+:attr:`ParticleSet.shifts_px`): the forward model moves the centred projection by ``-origin``;
+back-projection moves the image by ``+origin``.
 
 ``C`` and ``T`` are diagonal on the 2D half spectrum. As real-linear maps on images,
 ``image -> irfft2(herm(d · rfft2(image)))``, their transposes multiply by ``conj(d)`` (the CTF is
 real, so ``C`` is self-adjoint). With the Fourier-slice projector they are applied to the slice
 directly, before its single inverse FFT.
 
+:class:`ForwardModel` composes ``T C P`` over any :class:`cryograd.projectors.Projector`: it
+validates and converts the inputs and hands them, with the CTF and shifts as
+:class:`cryograd.projectors.ImageFilters`, to the projector object, which runs the backend that
+:func:`cryograd.projectors.select_backend` chooses (torch, compiled CPU loops, or Triton kernels
+with geometry, CTF and shift fused in). All backends compute the same operator.
+
 :meth:`ForwardModel.project` is a :class:`torch.autograd.Function` when the volume requires a
 gradient: its backward is one call of :meth:`ForwardModel.backproject`, not autograd through the
 scatter.
 All public methods accept torch tensors, NumPy arrays and CuPy arrays and return the kind they were
 given (:mod:`cryograd.arrays`).
-
-Backends: when :func:`cryograd.kernels.use_kernels` says so (CUDA tensors with Triton present, or
-any tensor with ``CRYOGRAD_KERNELS=triton``) each chunk runs the Triton kernels, which compute the
-slice geometry, the CTF and the shift ramp on the fly (:func:`cryograd.kernels.fourier_slice.
-extract_slices` / ``insert_slices``, :mod:`cryograd.kernels.real_space`); otherwise the torch
-reference path (with the compiled CPU slice loops of :mod:`cryograd.kernels.cpu` where built).
-``CRYOGRAD_KERNELS=torch`` forces the reference. Both compute the same operator.
 """
 
 from __future__ import annotations
@@ -31,35 +30,18 @@ from typing import Any
 
 import torch
 
-from cryograd import kernels
 from cryograd.arrays import array_kind, from_tensor, to_tensor
 from cryograd.ctf import CTFParams, ctf_2d
 from cryograd.errors import CryogradError
-from cryograd.fourier import rfft2_centered
-from cryograd.projectors import fourier_slice as fs
-from cryograd.projectors import real_space as rs
+from cryograd.projectors import ImageFilters, make_projector
+from cryograd.projectors.backend import kernel_batch_size
+from cryograd.projectors.real_space._torch import fourier_filter
 from cryograd.shift import phase_ramp
 
 __all__ = ["ForwardModel", "fourier_filter", "apply_ctf", "apply_shift"]
 
-#: Image samples (``D²`` per particle) per chunk on the kernel path: bounds the ``(b, D, D)`` and
-#: ``(b, D, D // 2 + 1)`` temporaries only (the kernels keep no per-sample geometry).
-_KERNEL_CHUNK_SAMPLES = 1 << 24
-
-
-def _kernel_batch_size(box_size: int) -> int:
-    """Default particles per chunk on the Triton path (about 16 M image samples)."""
-    return max(1, _KERNEL_CHUNK_SAMPLES // (box_size * box_size))
-
-
-def fourier_filter(images: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
-    """``irfft2(herm(filt · rfft2(images)))`` for ``(b, N, N)`` images and ``(b, N, N // 2 + 1)``
-    filters.
-
-    Its exact transpose is ``fourier_filter(images, conj(filt))``.
-    """
-    n = images.shape[-1]
-    return fs.spectra_to_images(rfft2_centered(images) * filt, n)
+#: Former name of :func:`cryograd.projectors.backend.kernel_batch_size` (kept for old imports).
+_kernel_batch_size = kernel_batch_size
 
 
 def apply_ctf(
@@ -155,8 +137,6 @@ class ForwardModel:
         gridding: bool = True,
         batch_size: int | None = None,
     ) -> None:
-        if projector not in ("fourier", "real"):
-            raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
         if int(box_size) < 2:
             raise CryogradError(f"box size must be at least 2 pixels, got {box_size}")
         if not pixel_size_angstrom > 0:
@@ -165,18 +145,15 @@ class ForwardModel:
         self.pixel_size_angstrom = float(pixel_size_angstrom)
         self.projector = projector
         self.pad = float(pad)
-        self.padded_size = fs.padded_size(self.box_size, self.pad)
         self.gridding = bool(gridding)
-        self._kernel_batch_size = (
-            int(batch_size) if batch_size is not None else _kernel_batch_size(self.box_size)
+        #: The projector object (:data:`cryograd.projectors.PROJECTORS`).
+        self.operator = make_projector(
+            projector, self.box_size, pad=self.pad, gridding=self.gridding, batch_size=batch_size
         )
-        if batch_size is None:
-            batch_size = (
-                fs.default_batch_size(self.box_size)
-                if projector == "fourier"
-                else rs.default_batch_size(self.box_size)
-            )
-        self.batch_size = int(batch_size)
+        self.padded_size = getattr(self.operator, "padded_size", self.box_size)
+        #: Particles per chunk of the reference backends (the one given, or the projector's
+        #: memory-based default; the Triton path defaults to larger chunks).
+        self.batch_size = int(batch_size or self.operator.default_batch_size("torch"))
 
     def __repr__(self) -> str:
         return (
@@ -245,37 +222,8 @@ class ForwardModel:
         rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, vol)
         if img.shape[0] != rot.shape[0]:
             raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
-        loss = 0.0
         with torch.no_grad():
-            if kernels.use_kernels(vol):
-                grad, loss = self._data_gradient_kernels(vol, img, rot, shifts, ctf)
-            elif self.projector == "fourier":
-                ext = self._fourier_start(vol)
-                acc = torch.zeros_like(ext)
-                for sl, geom in self._fourier_chunks(rot):
-                    filt = self._filter(sl, shifts, ctf, vol)
-                    spectra = fs.extract_slices(ext, geom)
-                    if filt is not None:
-                        spectra = spectra * filt
-                    resid = fs.spectra_to_images(spectra, self.box_size) - img[sl]
-                    loss += 0.5 * float((resid * resid).sum())
-                    back = fs.images_to_spectra_adjoint(resid)
-                    if filt is not None:
-                        back = back * torch.conj(filt)
-                    fs.insert_slices(back, geom, accumulator=acc)
-                grad = self._fourier_finish(acc)
-            else:
-                grad = torch.zeros_like(vol)
-                for sl, geom in self._real_chunks(rot):
-                    filt = self._filter(sl, shifts, ctf, vol)
-                    proj = rs.project_geometry(vol, geom)
-                    if filt is not None:
-                        proj = fourier_filter(proj, filt)
-                    resid = proj - img[sl]
-                    loss += 0.5 * float((resid * resid).sum())
-                    if filt is not None:
-                        resid = fourier_filter(resid, torch.conj(filt))
-                    grad += rs.backproject_geometry(resid, geom)
+            grad, loss = self.operator.data_gradient(vol, img, rot, self._filters(shifts, ctf))
         grad = from_tensor(grad, kind)
         return (grad, loss) if return_loss else grad
 
@@ -325,174 +273,15 @@ class ForwardModel:
                     raise CryogradError(f"CTF array has shape {tuple(ctf.shape)}, expected {shape}")
         return rot, shifts, ctf
 
-    def _filter(self, sl: slice, shifts, ctf, ref: torch.Tensor) -> torch.Tensor | None:
-        """Half-grid product ``ramp(-origin) · CTF`` of a chunk, or None."""
-        filt = None
-        if ctf is not None:
-            if isinstance(ctf, CTFParams):
-                filt = ctf_2d(
-                    ctf[sl],
-                    self.box_size,
-                    self.pixel_size_angstrom,
-                    device=ref.device,
-                    dtype=ref.dtype,
-                )
-            else:
-                filt = ctf[sl]
-        if shifts is not None:
-            ramp = phase_ramp(-shifts[sl], self.box_size, dtype=ref.dtype)
-            filt = ramp if filt is None else ramp * filt
-        return filt
-
-    def _fourier_chunks(self, rot: torch.Tensor):
-        for start in range(0, rot.shape[0], self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            yield sl, fs.slice_geometry(rot[sl], self.box_size, self.padded_size)
-
-    def _real_chunks(self, rot: torch.Tensor):
-        for start in range(0, rot.shape[0], self.batch_size):
-            sl = slice(start, start + self.batch_size)
-            yield sl, rs.real_space_geometry(rot[sl], self.box_size)
-
-    def _kernel_chunks(self, n: int):
-        for start in range(0, n, self._kernel_batch_size):
-            yield slice(start, start + self._kernel_batch_size)
-
-    def _kernel_filter(self, sl: slice, shifts, ctf) -> dict[str, Any]:
-        """Keyword arguments of the fused Triton slice kernels for a chunk (CTF and shifts)."""
-        return {
-            "ctf": None if ctf is None else ctf[sl],
-            "shifts_px": None if shifts is None else shifts[sl],
-            "pixel_size_angstrom": self.pixel_size_angstrom,
-        }
-
-    def _fourier_start(self, vol: torch.Tensor) -> torch.Tensor:
-        """Flat extended spectrum of the (gridding-corrected) volume."""
-        vin = fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
-        return fs.ExtendedSpectrum.from_spectrum(fs.volume_spectrum(vin, self.padded_size))
-
-    def _fourier_finish(self, acc: torch.Tensor) -> torch.Tensor:
-        vol = fs.volume_spectrum_adjoint(
-            fs.ExtendedSpectrum.fold(acc, self.padded_size), self.box_size
-        )
-        return fs.gridding_correction(vol, self.padded_size) if self.gridding else vol
+    def _filters(self, shifts, ctf) -> ImageFilters:
+        return ImageFilters(ctf, shifts, self.pixel_size_angstrom)
 
     def _project(self, vol, rot, shifts, ctf) -> torch.Tensor:
-        d = self.box_size
-        out = [vol.new_zeros((0, d, d))]
         with torch.no_grad():
-            if kernels.use_kernels(vol):
-                out.extend(self._project_kernels(vol, rot, shifts, ctf))
-            elif self.projector == "fourier":
-                ext = self._fourier_start(vol)
-                for sl, geom in self._fourier_chunks(rot):
-                    spectra = fs.extract_slices(ext, geom)
-                    filt = self._filter(sl, shifts, ctf, vol)
-                    if filt is not None:
-                        spectra = spectra * filt
-                    out.append(fs.spectra_to_images(spectra, d))
-            else:
-                for sl, geom in self._real_chunks(rot):
-                    proj = rs.project_geometry(vol, geom)
-                    filt = self._filter(sl, shifts, ctf, vol)
-                    if filt is not None:
-                        proj = fourier_filter(proj, filt)
-                    out.append(proj)
-        return torch.cat(out)
+            return self.operator.project(vol, rot, self._filters(shifts, ctf))
 
     def _backproject(self, img, rot, shifts, ctf) -> torch.Tensor:
         if img.shape[0] != rot.shape[0]:
             raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
         with torch.no_grad():
-            if kernels.use_kernels(img):
-                return self._backproject_kernels(img, rot, shifts, ctf)
-            if self.projector == "fourier":
-                cdtype = torch.complex128 if img.dtype == torch.float64 else torch.complex64
-                acc = fs.ExtendedSpectrum.zeros(self.padded_size, device=img.device, dtype=cdtype)
-                for sl, geom in self._fourier_chunks(rot):
-                    back = fs.images_to_spectra_adjoint(img[sl])
-                    filt = self._filter(sl, shifts, ctf, img)
-                    if filt is not None:
-                        back = back * torch.conj(filt)
-                    fs.insert_slices(back, geom, accumulator=acc)
-                return self._fourier_finish(acc)
-            vol = img.new_zeros((self.box_size,) * 3)
-            for sl, geom in self._real_chunks(rot):
-                part = img[sl]
-                filt = self._filter(sl, shifts, ctf, img)
-                if filt is not None:
-                    part = fourier_filter(part, torch.conj(filt))
-                vol += rs.backproject_geometry(part, geom)
-            return vol
-
-    # ------------------------------------------------------------------ Triton kernel path
-    # Same operator as the torch path above (the kernels are tested against it). The Fourier
-    # kernels fuse slice geometry, CTF (computed from the parameters) and shift ramp, so neither
-    # slice_geometry nor a (b, D, D // 2 + 1) filter is built here; the real-space kernels replace
-    # real_space_geometry + project/backproject_geometry and keep the 2D filter of the torch path.
-    def _project_chunk_kernels(self, vol, rot, shifts, ctf, sl, ext, filt=None) -> torch.Tensor:
-        """Images ``(b, D, D)`` of chunk ``sl``.
-
-        ``ext`` is the volume's flat extended spectrum (Fourier projector); ``filt`` the chunk's
-        :meth:`_filter` (real-space projector; None: no CTF and no shift).
-        """
-        d = self.box_size
-        if self.projector == "fourier":
-            kw = self._kernel_filter(sl, shifts, ctf)
-            spectra = kernels.fourier_slice.extract_slices(ext, rot[sl], d, **kw)
-            return fs.spectra_to_images(spectra, d)
-        proj = kernels.real_space.project(vol, rot[sl])
-        return proj if filt is None else fourier_filter(proj, filt)
-
-    def _backproject_chunk_kernels(self, img_chunk, rot, shifts, ctf, sl, acc, filt=None) -> None:
-        """Add the transpose of :meth:`_project_chunk_kernels` of ``(b, D, D)`` images into
-        ``acc`` (flat extended spectrum, or the ``(D, D, D)`` volume of the real projector)."""
-        if self.projector == "fourier":
-            kw = self._kernel_filter(sl, shifts, ctf)
-            back = fs.images_to_spectra_adjoint(img_chunk)
-            kernels.fourier_slice.insert_slices(back, rot[sl], acc, **kw)
-            return
-        if filt is not None:
-            img_chunk = fourier_filter(img_chunk, torch.conj(filt))
-        acc += kernels.real_space.backproject(img_chunk, rot[sl])
-
-    def _chunk_filter(self, sl, shifts, ctf, ref) -> torch.Tensor | None:
-        """The 2D filter the real-space kernel path applies (the Fourier kernels fuse theirs)."""
-        return None if self.projector == "fourier" else self._filter(sl, shifts, ctf, ref)
-
-    def _new_accumulator(self, ref: torch.Tensor) -> torch.Tensor:
-        if self.projector == "fourier":
-            cdtype = torch.complex128 if ref.dtype == torch.float64 else torch.complex64
-            return fs.ExtendedSpectrum.zeros(self.padded_size, device=ref.device, dtype=cdtype)
-        return ref.new_zeros((self.box_size,) * 3)
-
-    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
-        return self._fourier_finish(acc) if self.projector == "fourier" else acc
-
-    def _project_kernels(self, vol, rot, shifts, ctf) -> list[torch.Tensor]:
-        ext = self._fourier_start(vol) if self.projector == "fourier" else None
-        return [
-            self._project_chunk_kernels(
-                vol, rot, shifts, ctf, sl, ext, self._chunk_filter(sl, shifts, ctf, vol)
-            )
-            for sl in self._kernel_chunks(rot.shape[0])
-        ]
-
-    def _backproject_kernels(self, img, rot, shifts, ctf) -> torch.Tensor:
-        acc = self._new_accumulator(img)
-        for sl in self._kernel_chunks(rot.shape[0]):
-            filt = self._chunk_filter(sl, shifts, ctf, img)
-            self._backproject_chunk_kernels(img[sl], rot, shifts, ctf, sl, acc, filt)
-        return self._finish(acc)
-
-    def _data_gradient_kernels(self, vol, img, rot, shifts, ctf) -> tuple[torch.Tensor, float]:
-        ext = self._fourier_start(vol) if self.projector == "fourier" else None
-        acc = self._new_accumulator(vol)
-        # summed on the device (no host sync per chunk), in float64 like the torch path's floats
-        loss = torch.zeros((), device=vol.device, dtype=torch.float64)
-        for sl in self._kernel_chunks(rot.shape[0]):
-            filt = self._chunk_filter(sl, shifts, ctf, vol)
-            resid = self._project_chunk_kernels(vol, rot, shifts, ctf, sl, ext, filt) - img[sl]
-            loss += 0.5 * (resid * resid).sum().double()
-            self._backproject_chunk_kernels(resid, rot, shifts, ctf, sl, acc, filt)
-        return self._finish(acc), float(loss)
+            return self.operator.backproject(img, rot, self._filters(shifts, ctf))

@@ -1,6 +1,6 @@
 """Triton Fourier-slice extraction and insertion, with CTF and shift fused in.
 
-The math is that of :mod:`cryograd.projectors.fourier_slice` (read its module docstring): the
+The math is that of :mod:`cryograd.projectors.fourier_slice.geometry` (read its docstring): the
 half-grid sample ``(kx, ky)`` of a particle's ``D``-grid spectrum (``|k| <= D // 2``) sits at
 ``q = (P / D) · Aᵀ (kx, ky, 0)`` of the padded ``(P, P, P // 2 + 1)`` volume spectrum; a sample
 with ``q_x < 0`` uses ``conj F(-q)``; ``kz``/``ky`` wrap periodically, the ``kx`` axis stops at
@@ -24,7 +24,8 @@ Fused into the same kernel, per sample and without any ``(b, D, D // 2 + 1)`` ar
 So ``extract_slices`` returns ``T C S(F)`` (``S`` the central-slice sampling) and ``insert_slices``
 accumulates ``Sᵀ(C Tᵀ y)`` (and ``Sᵀ(C²)``). Both accept the volume spectrum in the plain layout
 ``(P, P, P // 2 + 1)`` or the flat extended layout of :class:`~cryograd.projectors.fourier_slice.
-ExtendedSpectrum` (``((P + 2)² (P // 2 + 2),)``), which the torch reference accumulates into.
+geometry.ExtendedSpectrum` (``((P + 2)² (P // 2 + 2),)``), which the torch reference
+accumulates into.
 
 Insertion issues 8 corners × (re, im, weight) atomic adds per sample. On sm_90 and newer (float32,
 compiled) the (re, im) pair goes out as one 8-byte vector reduction (``red.global.add.v2.f32``),
@@ -44,13 +45,18 @@ import triton.language as tl
 
 from cryograd.ctf import CTFParams, electron_wavelength_angstrom
 from cryograd.errors import CryogradError
-from cryograd.kernels import (
+from cryograd.projectors._launch import (
     allocate,
     check_inputs,
     device_guard,
     ensure_runnable,
-    interpreter_enabled,
+    interleaved,
 )
+from cryograd.projectors.backend import interpreter_enabled, kernel_batch_size
+from cryograd.projectors.base import ImageFilters
+from cryograd.projectors.fourier_slice._torch import TorchSteps
+from cryograd.projectors.fourier_slice.geometry import SliceGeometry
+from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 
 __all__ = [
     "ctf_coefficients",
@@ -59,12 +65,15 @@ __all__ = [
     "packed_accumulator",
     "unpack_accumulator",
     "vector_atomics",
+    "TritonSteps",
     "project",
     "backproject",
 ]
 
 _BLOCK = 256
 _CTF_NONE, _CTF_PARAMS, _CTF_ARRAY = 0, 1, 2
+# Bits of the kernels' FLAGS constexpr (bits 0-1: the CTF mode).
+_SHIFT, _WEIGHTS, _PREMULT, _SAMPLE_W, _EXTENDED, _PACKED, _VEC = 4, 8, 16, 32, 64, 128, 256
 
 
 @triton.jit
@@ -115,9 +124,10 @@ def _sample_geometry(offs, b, rot_ptr, D, W, P):
 
 @triton.jit
 def _corner_index(
-    x0, y0, z0, dx: tl.constexpr, dy: tl.constexpr, dz: tl.constexpr, P, W3, EXTENDED: tl.constexpr
+    x0, y0, z0, dx: tl.constexpr, dy: tl.constexpr, dz: tl.constexpr, P, EXTENDED: tl.constexpr
 ):
     """Flat element index of a trilinear corner and whether it lies on the grid."""
+    W3 = P // 2 + 1
     if EXTENDED:
         # (P + 2, P + 2, P // 2 + 2) with ext[z, y] = F[(z - P // 2) mod P, (y - P // 2) mod P]
         h = P // 2
@@ -133,23 +143,14 @@ def _corner_index(
 
 @triton.jit
 def _filter_values(
-    kx,
-    ky,
-    b,
-    inside,
-    ctfc_ptr,
-    ctfa_ptr,
-    shift_ptr,
-    offs,
-    DW,
-    D,
-    CTF_MODE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    SHIFT_SIGN: tl.constexpr,
+    kx, ky, b, inside, offs, ctf_ptr, shift_ptr, D, FLAGS: tl.constexpr, SHIFT_SIGN: tl.constexpr
 ):
-    """CTF value and phase ramp ``exp(SHIFT_SIGN · 2πi k·origin / D)`` of each sample."""
-    if CTF_MODE == 1:
-        c = ctfc_ptr + b * 7
+    """CTF value and phase ramp ``exp(SHIFT_SIGN · 2πi k·origin / D)`` of each sample.
+
+    ``ctf_ptr`` holds ``(b, 7)`` coefficients (CTF mode 1) or ``(b, D, D // 2 + 1)`` values (2).
+    """
+    if (FLAGS & 3) == 1:
+        c = ctf_ptr + b * 7
         c_mean = tl.load(c + 0)
         c_cos = tl.load(c + 1)
         c_sin = tl.load(c + 2)
@@ -161,11 +162,11 @@ def _filter_values(
         defocus = c_mean * k2 + c_cos * (kx * kx - ky * ky) + c_sin * (2.0 * kx * ky)
         gamma = c_4 * (k2 * k2) - defocus - c_0
         ctf = -tl.sin(gamma) * tl.exp(-c_b * k2) * c_scale
-    elif CTF_MODE == 2:
-        ctf = tl.load(ctfa_ptr + b * DW + offs, mask=inside, other=0.0)
+    elif (FLAGS & 3) == 2:
+        ctf = tl.load(ctf_ptr + b * (D * (D // 2 + 1)) + offs, mask=inside, other=0.0)
     else:
         ctf = kx * 0.0 + 1.0
-    if HAS_SHIFT:
+    if FLAGS & 4:
         tx = tl.load(shift_ptr + b * 2)
         ty = tl.load(shift_ptr + b * 2 + 1)
         phase = (SHIFT_SIGN * 6.283185307179586) * (kx * tx + ky * ty) / D
@@ -205,23 +206,19 @@ def _red_v4(ptr, a, b, c, mask):
     )
 
 
-@triton.jit(do_not_specialize=["D", "W", "P", "W3"])
+@triton.jit(do_not_specialize=["D", "P"])
 def _extract_kernel(
     spec_ptr,  # volume spectrum as interleaved floats (plain or extended layout)
     rot_ptr,  # (b, 3, 3)
-    ctfc_ptr,  # (b, 7) CTF coefficients (CTF_MODE 1)
-    ctfa_ptr,  # (b, D, W) CTF values (CTF_MODE 2)
+    ctf_ptr,  # (b, 7) CTF coefficients (mode 1) or (b, D, W) CTF values (mode 2)
     shift_ptr,  # (b, 2) origins in pixels
     out_ptr,  # (b, D, W) complex as interleaved floats
     D,
-    W,
     P,
-    W3,
-    CTF_MODE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    EXTENDED: tl.constexpr,
+    FLAGS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    W = D // 2 + 1
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     kx, ky, inside, mirror, x0, y0, z0, fx, fy, fz = _sample_geometry(offs, b, rot_ptr, D, W, P)
@@ -233,13 +230,13 @@ def _extract_kernel(
             wzy = wz * (fy if dy == 1 else 1.0 - fy)
             for dx in tl.static_range(2):
                 w = wzy * (fx if dx == 1 else 1.0 - fx)
-                idx, ok = _corner_index(x0, y0, z0, dx, dy, dz, P, W3, EXTENDED)
+                idx, ok = _corner_index(x0, y0, z0, dx, dy, dz, P, (FLAGS & 64) != 0)
                 m = inside & ok
                 acc_re += w * tl.load(spec_ptr + 2 * idx, mask=m, other=0.0)
                 acc_im += w * tl.load(spec_ptr + 2 * idx + 1, mask=m, other=0.0)
     acc_im = tl.where(mirror, -acc_im, acc_im)
     ctf, ramp_re, ramp_im = _filter_values(
-        kx, ky, b, inside, ctfc_ptr, ctfa_ptr, shift_ptr, offs, D * W, D, CTF_MODE, HAS_SHIFT, 1.0
+        kx, ky, b, inside, offs, ctf_ptr, shift_ptr, D, FLAGS, 1.0
     )
     f_re = ctf * ramp_re
     f_im = ctf * ramp_im
@@ -251,31 +248,46 @@ def _extract_kernel(
     tl.store(o + 1, tl.where(inside, out_im, 0.0), mask=in_grid)
 
 
-@triton.jit(do_not_specialize=["D", "W", "P", "W3"])
+@triton.jit
+def _scatter_corner(acc_ptr, wgt_ptr, idx, m, w, u_re, u_im, c2, FLAGS: tl.constexpr):
+    """Add one trilinear corner's share of values (and CTF² weights) into the accumulators."""
+    if FLAGS & 128:  # packed: one 16-byte (re, im, weight, 0) record per voxel
+        if FLAGS & 256:
+            _red_v4(acc_ptr + 4 * idx, w * u_re, w * u_im, w * c2, m)
+        else:
+            ch = tl.arange(0, 4)[None, :]
+            rec = tl.where(ch == 2, (w * c2)[:, None], 0.0)
+            rec = tl.where(ch == 1, (w * u_im)[:, None], rec)
+            rec = tl.where(ch == 0, (w * u_re)[:, None], rec)
+            tl.atomic_add(
+                acc_ptr + (4 * idx)[:, None] + ch, rec, mask=m[:, None] & (ch >= 0), sem="relaxed"
+            )
+    else:
+        if FLAGS & 256:
+            _red_v2(acc_ptr + 2 * idx, w * u_re, w * u_im, m)
+        else:
+            tl.atomic_add(acc_ptr + 2 * idx, w * u_re, mask=m, sem="relaxed")
+            tl.atomic_add(acc_ptr + 2 * idx + 1, w * u_im, mask=m, sem="relaxed")
+        if FLAGS & 8:
+            tl.atomic_add(wgt_ptr + idx, w * c2, mask=m, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["D", "P"])
 def _insert_kernel(
     slice_ptr,  # (b, D, W) complex as interleaved floats
     rot_ptr,  # (b, 3, 3)
-    ctfc_ptr,  # (b, 7)
-    ctfa_ptr,  # (b, D, W)
+    ctf_ptr,  # (b, 7) coefficients (mode 1) or (b, D, W) values (mode 2)
     shift_ptr,  # (b, 2)
-    premult_ptr,  # (b,) int8
-    sw_ptr,  # (D, W) real factor of every sample (HAS_SAMPLE_W)
+    premult_ptr,  # (b,) int8 (FLAGS & _PREMULT)
+    sw_ptr,  # (D, W) real factor of every sample (FLAGS & _SAMPLE_W)
     acc_ptr,  # volume accumulator, interleaved floats (plain or extended layout)
-    wgt_ptr,  # real weight accumulator, same layout (HAS_WEIGHTS)
+    wgt_ptr,  # real weight accumulator, same layout (FLAGS & _WEIGHTS)
     D,
-    W,
     P,
-    W3,
-    CTF_MODE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    HAS_WEIGHTS: tl.constexpr,
-    HAS_PREMULT: tl.constexpr,
-    HAS_SAMPLE_W: tl.constexpr,
-    EXTENDED: tl.constexpr,
-    PACKED: tl.constexpr,
-    VEC_ATOMICS: tl.constexpr,
+    FLAGS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    W = D // 2 + 1
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     kx, ky, inside, mirror, x0, y0, z0, fx, fy, fz = _sample_geometry(offs, b, rot_ptr, D, W, P)
@@ -283,10 +295,10 @@ def _insert_kernel(
     v_re = tl.load(s, mask=inside, other=0.0)
     v_im = tl.load(s + 1, mask=inside, other=0.0)
     ctf, ramp_re, ramp_im = _filter_values(
-        kx, ky, b, inside, ctfc_ptr, ctfa_ptr, shift_ptr, offs, D * W, D, CTF_MODE, HAS_SHIFT, -1.0
+        kx, ky, b, inside, offs, ctf_ptr, shift_ptr, D, FLAGS, -1.0
     )
     c_val = ctf
-    if HAS_PREMULT:
+    if FLAGS & 16:
         pre = tl.load(premult_ptr + b)
         c_val = tl.where(pre != 0, kx * 0.0 + 1.0, ctf)
     # value · CTF · conj(ramp(-origin)) = value · CTF · ramp(+origin)
@@ -296,7 +308,7 @@ def _insert_kernel(
     u_im = v_re * f_im + v_im * f_re
     u_im = tl.where(mirror, -u_im, u_im)
     c2 = ctf * ctf
-    if HAS_SAMPLE_W:
+    if FLAGS & 32:
         sw = tl.load(sw_ptr + offs, mask=inside, other=0.0)
         u_re = u_re * sw
         u_im = u_im * sw
@@ -307,33 +319,11 @@ def _insert_kernel(
             wzy = wz * (fy if dy == 1 else 1.0 - fy)
             for dx in tl.static_range(2):
                 w = wzy * (fx if dx == 1 else 1.0 - fx)
-                idx, ok = _corner_index(x0, y0, z0, dx, dy, dz, P, W3, EXTENDED)
-                m = inside & ok
-                if PACKED:
-                    # one 16-byte (re, im, weight, 0) record per voxel
-                    if VEC_ATOMICS:
-                        _red_v4(acc_ptr + 4 * idx, w * u_re, w * u_im, w * c2, m)
-                    else:
-                        ch = tl.arange(0, 4)[None, :]
-                        rec = tl.where(ch == 2, (w * c2)[:, None], 0.0)
-                        rec = tl.where(ch == 1, (w * u_im)[:, None], rec)
-                        rec = tl.where(ch == 0, (w * u_re)[:, None], rec)
-                        tl.atomic_add(
-                            acc_ptr + (4 * idx)[:, None] + ch,
-                            rec,
-                            mask=m[:, None] & (ch >= 0),
-                            sem="relaxed",
-                        )
-                else:
-                    if VEC_ATOMICS:
-                        _red_v2(acc_ptr + 2 * idx, w * u_re, w * u_im, m)
-                    else:
-                        tl.atomic_add(acc_ptr + 2 * idx, w * u_re, mask=m, sem="relaxed")
-                        tl.atomic_add(acc_ptr + 2 * idx + 1, w * u_im, mask=m, sem="relaxed")
-                    if HAS_WEIGHTS:
-                        tl.atomic_add(wgt_ptr + idx, w * c2, mask=m, sem="relaxed")
+                idx, ok = _corner_index(x0, y0, z0, dx, dy, dz, P, (FLAGS & 64) != 0)
+                _scatter_corner(acc_ptr, wgt_ptr, idx, inside & ok, w, u_re, u_im, c2, FLAGS)
 
 
+# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # host side
 
@@ -477,10 +467,6 @@ def _as_rotations(op: str, rotations: torch.Tensor, b: int | None, device, dtype
     return rot.to(device=device, dtype=dtype).contiguous()
 
 
-def _interleaved(t: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
 def extract_slices(
     spectrum: torch.Tensor,
     rotations: torch.Tensor,
@@ -531,24 +517,20 @@ def extract_slices(
     out = allocate(op, (b, d, w), device=device, dtype=spectrum.dtype, zero=False)
     if b == 0:
         return out
-    spec = _interleaved(spectrum.contiguous())
+    spec = interleaved(spectrum.contiguous())
     grid = (b, triton.cdiv(d * w, _BLOCK))
     ensure_runnable(op, device)
+    flags = mode | (_SHIFT if shifts is not None else 0) | (_EXTENDED if extended else 0)
     with device_guard(device):
         _extract_kernel[grid](
             spec,
             rot,
-            coef,
-            values,
+            values if mode == _CTF_ARRAY else coef,
             shifts if shifts is not None else coef,
-            _interleaved(out),
+            interleaved(out),
             d,
-            w,
             p,
-            p // 2 + 1,
-            CTF_MODE=mode,
-            HAS_SHIFT=shifts is not None,
-            EXTENDED=extended,
+            FLAGS=flags,
             BLOCK=_BLOCK,
         )
     return out
@@ -595,6 +577,57 @@ def insert_slices(
         applied to values and weights alike (e.g. ½ on the ``kx = 0`` column, a resolution mask).
     """
     op = "Fourier slice insertion"
+    p, extended, packed = _check_accumulators(op, slices, accumulator, weights)
+    device, dtype = slices.device, _real(slices)
+    b, d, w = (int(s) for s in slices.shape)
+    rot = _as_rotations(op, rotations, b, device, dtype)
+    mode, coef, values, shifts = _prepare_filters(
+        op, b, d, device, dtype, ctf, shifts_px, pixel_size_angstrom
+    )
+    premult = _premultiplied_flags(op, premultiplied, b, device)
+    sw = _sample_weights(op, sample_weights, d, device, dtype)
+    if b == 0:
+        return
+    grid = (b, triton.cdiv(d * w, _BLOCK))
+    ensure_runnable(op, device)
+    # vector reductions need 8-byte (complex) or 16-byte (packed) aligned records
+    vec = vector_atomics(device, dtype) and accumulator.data_ptr() % (16 if packed else 8) == 0
+    flags = mode
+    for bit, on in (
+        (_SHIFT, shifts is not None),
+        (_WEIGHTS, weights is not None),
+        (_PREMULT, premult is not None),
+        (_SAMPLE_W, sw is not None),
+        (_EXTENDED, extended),
+        (_PACKED, packed),
+        (_VEC, vec),
+    ):
+        flags |= bit if on else 0
+    with device_guard(device):
+        _insert_kernel[grid](
+            interleaved(slices.contiguous()),
+            rot,
+            values if mode == _CTF_ARRAY else coef,
+            shifts if shifts is not None else coef,
+            premult if premult is not None else coef,
+            sw if sw is not None else coef,
+            interleaved(accumulator),
+            weights if weights is not None else coef,
+            d,
+            p,
+            FLAGS=flags,
+            BLOCK=_BLOCK,
+        )
+
+
+def _real(t: torch.Tensor) -> torch.dtype:
+    return t.real.dtype if t.is_complex() else t.dtype
+
+
+def _check_accumulators(
+    op: str, slices: torch.Tensor, accumulator: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[int, bool, bool]:
+    """Validate insertion's slices and accumulators; ``(P, extended layout, packed)``."""
     packed = (
         isinstance(accumulator, torch.Tensor)
         and not accumulator.is_complex()
@@ -609,7 +642,7 @@ def insert_slices(
     data = {"slices": slices, "accumulator": accumulator}
     if weights is not None:
         data["weights"] = weights
-    device, dtype = check_inputs(op, data)
+    check_inputs(op, data)
     if packed:
         p, extended = accumulator.shape[0], False
         if tuple(accumulator.shape) != (p, p, p // 2 + 1, 4):
@@ -623,74 +656,47 @@ def insert_slices(
             )
     else:
         p, extended = _spectrum_layout(op, "accumulator", accumulator)
-    if weights is not None:
-        if weights.is_complex() or weights.shape != accumulator.shape:
-            raise CryogradError(
-                f"{op}: weights must be real with the accumulator's shape "
-                f"{tuple(accumulator.shape)}, got {weights.dtype} "
-                f"{tuple(weights.shape)}"
-            )
+    if weights is not None and (weights.is_complex() or weights.shape != accumulator.shape):
+        raise CryogradError(
+            f"{op}: weights must be real with the accumulator's shape "
+            f"{tuple(accumulator.shape)}, got {weights.dtype} "
+            f"{tuple(weights.shape)}"
+        )
     for name, t in (("accumulator", accumulator), ("weights", weights)):
         if t is not None and not t.is_contiguous():
             raise CryogradError(f"{op}: {name} must be contiguous (it is added to in place)")
     if slices.dim() != 3 or slices.shape[-1] != slices.shape[-2] // 2 + 1:
         raise CryogradError(f"{op}: slices must be (b, D, D // 2 + 1), got {tuple(slices.shape)}")
-    b, d, w = (int(s) for s in slices.shape)
-    rot = _as_rotations(op, rotations, b, device, dtype)
-    mode, coef, values, shifts = _prepare_filters(
-        op, b, d, device, dtype, ctf, shifts_px, pixel_size_angstrom
-    )
-    premult = None
-    if premultiplied is not None:
-        premult = torch.as_tensor(premultiplied).to(device=device, dtype=torch.int8).reshape(-1)
-        if premult.shape[0] != b:
-            raise CryogradError(f"{op}: {premult.shape[0]} premultiplied flags for {b} slices")
-        premult = premult.contiguous()
-    sw = None
-    if sample_weights is not None:
-        sw = torch.as_tensor(sample_weights)
-        try:
-            if sw.is_complex():
-                raise RuntimeError("complex")
-            sw = torch.broadcast_to(sw, (d, w))
-        except RuntimeError:
-            raise CryogradError(
-                f"{op}: sample_weights must be real and broadcast to "
-                f"(D, D // 2 + 1) = {(d, w)}, got {sw.dtype} "
-                f"{tuple(sw.shape)}"
-            ) from None
-        sw = sw.to(device=device, dtype=dtype).contiguous()
-    if b == 0:
-        return
-    grid = (b, triton.cdiv(d * w, _BLOCK))
-    ensure_runnable(op, device)
-    # vector reductions need 8-byte (complex) or 16-byte (packed) aligned records
-    vec = vector_atomics(device, dtype) and accumulator.data_ptr() % (16 if packed else 8) == 0
-    with device_guard(device):
-        _insert_kernel[grid](
-            _interleaved(slices.contiguous()),
-            rot,
-            coef,
-            values,
-            shifts if shifts is not None else coef,
-            premult if premult is not None else coef,
-            sw if sw is not None else coef,
-            _interleaved(accumulator),
-            weights if weights is not None else coef,
-            d,
-            w,
-            p,
-            p // 2 + 1,
-            CTF_MODE=mode,
-            HAS_SHIFT=shifts is not None,
-            HAS_WEIGHTS=weights is not None,
-            HAS_PREMULT=premult is not None,
-            HAS_SAMPLE_W=sw is not None,
-            EXTENDED=extended,
-            PACKED=packed,
-            VEC_ATOMICS=vec,
-            BLOCK=_BLOCK,
-        )
+    return int(p), extended, packed
+
+
+def _premultiplied_flags(op: str, premultiplied, b: int, device) -> torch.Tensor | None:
+    """``(b,)`` int8 flags of CTF-premultiplied particles, or None."""
+    if premultiplied is None:
+        return None
+    premult = torch.as_tensor(premultiplied).to(device=device, dtype=torch.int8).reshape(-1)
+    if premult.shape[0] != b:
+        raise CryogradError(f"{op}: {premult.shape[0]} premultiplied flags for {b} slices")
+    return premult.contiguous()
+
+
+def _sample_weights(op: str, sample_weights, d: int, device, dtype) -> torch.Tensor | None:
+    """Per-sample factors broadcast to ``(D, D // 2 + 1)``, or None."""
+    if sample_weights is None:
+        return None
+    w = d // 2 + 1
+    sw = torch.as_tensor(sample_weights)
+    try:
+        if sw.is_complex():
+            raise RuntimeError("complex")
+        sw = torch.broadcast_to(sw, (d, w))
+    except RuntimeError:
+        raise CryogradError(
+            f"{op}: sample_weights must be real and broadcast to "
+            f"(D, D // 2 + 1) = {(d, w)}, got {sw.dtype} "
+            f"{tuple(sw.shape)}"
+        ) from None
+    return sw.to(device=device, dtype=dtype).contiguous()
 
 
 def packed_accumulator(
@@ -710,15 +716,28 @@ def unpack_accumulator(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return data, packed[..., 2].contiguous()
 
 
-# ---------------------------------------------------------------------------------------------
-# drop-ins for cryograd.projectors.fourier_slice.project / backproject (same signatures)
+class TritonSteps(TorchSteps):
+    """Chunk steps on the Triton kernels: slice geometry, CTF and shift ramp fused in the kernel
+    (the lazy :class:`SliceGeometry` is never expanded; only its rotations are read)."""
 
-#: Particles per chunk of the kernel path: bounds the (b, D, D // 2 + 1) temporaries only.
-_KERNEL_CHUNK_SAMPLES = 1 << 26
+    def _kw(self, filters: ImageFilters) -> dict:
+        return {
+            "ctf": filters.ctf,
+            "shifts_px": filters.shifts_px,
+            "pixel_size_angstrom": filters.pixel_size_angstrom,
+        }
+
+    def extract(self, ext: torch.Tensor, geom: SliceGeometry, filters: ImageFilters):
+        return extract_slices(ext, geom.rotations, self.box_size, **self._kw(filters))
+
+    def insert(self, spectra, geom: SliceGeometry, filters: ImageFilters, acc) -> None:
+        insert_slices(spectra, geom.rotations, acc, **self._kw(filters))
 
 
-def _chunk(box_size: int) -> int:
-    return max(1, _KERNEL_CHUNK_SAMPLES // (box_size * (box_size // 2 + 1)))
+def _forced(box_size: int, pad: float, gridding: bool, batch_size: int | None):
+    proj = FourierSliceProjector(box_size, pad=pad, gridding=gridding, batch_size=batch_size)
+    size = proj.batch_size or kernel_batch_size(box_size)
+    return proj, TritonSteps(box_size, proj.padded_size, proj.gridding, size)
 
 
 def project(
@@ -729,35 +748,14 @@ def project(
     gridding: bool = True,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Fourier-slice projections, as :func:`cryograd.projectors.fourier_slice.project` (Triton).
-
-    The 3D and 2D FFTs are torch's; slice extraction is the Triton kernel, which computes the
-    geometry on the fly. ``batch_size`` (particles per chunk) bounds the ``(b, D, D // 2 + 1)``
-    temporaries only; by default about 64 M samples per chunk.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, D, D)`` images in the volume's dtype.
-    """
-    from cryograd.projectors import fourier_slice as ref
-
-    op = "Fourier-slice projection"
+    """:func:`cryograd.projectors.fourier_slice.project` on the kernels whatever the device (the
+    projector's one chunk loop with :class:`TritonSteps`); for tests and benchmarks."""
     if volume.dim() != 3 or len(set(volume.shape)) != 1:
-        raise CryogradError(f"{op}: volume must be cubic (D, D, D), got {tuple(volume.shape)}")
-    device, dtype = check_inputs(op, {"volume": volume})
-    ensure_runnable(op, device)
-    n = volume.shape[-1]
-    p = ref.padded_size(n, pad)
-    rot = _as_rotations(op, rotations, None, device, dtype)
-    vol = ref.gridding_correction(volume, p) if gridding else volume
-    spectrum = ref.volume_spectrum(vol, p)
-    step = int(batch_size) if batch_size else _chunk(n)
-    out = [volume.new_zeros((0, n, n))]
-    for start in range(0, rot.shape[0], step):
-        spectra = extract_slices(spectrum, rot[start : start + step], n)
-        out.append(ref.spectra_to_images(spectra, n))
-    return torch.cat(out)
+        raise CryogradError(
+            f"Fourier-slice projection: volume must be cubic (D, D, D), got {tuple(volume.shape)}"
+        )
+    proj, steps = _forced(volume.shape[-1], pad, gridding, batch_size)
+    return proj.project(volume, torch.as_tensor(rotations), steps=steps)
 
 
 def backproject(
@@ -768,30 +766,11 @@ def backproject(
     gridding: bool = True,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """Exact transpose of :func:`project`, as the torch reference's ``backproject`` (Triton).
-
-    ``batch_size`` as in :func:`project`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(D, D, D)`` in the images' dtype.
-    """
-    from cryograd.projectors import fourier_slice as ref
-
-    op = "Fourier-slice back-projection"
+    """Exact transpose of :func:`project` (kernels whatever the device)."""
     if images.dim() != 3 or images.shape[-1] != images.shape[-2]:
-        raise CryogradError(f"{op}: images must have shape (B, D, D), got {tuple(images.shape)}")
-    device, dtype = check_inputs(op, {"images": images})
-    ensure_runnable(op, device)
-    n = images.shape[-1]
-    p = ref.padded_size(n, pad)
-    rot = _as_rotations(op, rotations, images.shape[0], device, dtype)
-    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    acc = allocate(op, (p, p, p // 2 + 1), device=device, dtype=cdtype)
-    step = int(batch_size) if batch_size else _chunk(n)
-    for start in range(0, rot.shape[0], step):
-        spectra = ref.images_to_spectra_adjoint(images[start : start + step])
-        insert_slices(spectra, rot[start : start + step], acc)
-    volume = ref.volume_spectrum_adjoint(acc, n)
-    return ref.gridding_correction(volume, p) if gridding else volume
+        raise CryogradError(
+            "Fourier-slice back-projection: images must have shape (B, D, D), got "
+            f"{tuple(images.shape)}"
+        )
+    proj, steps = _forced(images.shape[-1], pad, gridding, batch_size)
+    return proj.backproject(images, torch.as_tensor(rotations), steps=steps)

@@ -1,26 +1,32 @@
 """Compiled CPU loops for Fourier-slice insertion and extraction (optional, loaded with ctypes).
 
-The torch path of :mod:`cryograd.projectors.fourier_slice` computes the slice geometry as
+The torch path (``_torch.py``) computes the slice geometry as
 ``(batch × samples)`` tensors and scatters each sample into its 8 trilinear corners with 8
 ``index_add_`` passes; on a CPU that is bound by memory traffic (about 140 particles/s at box 128,
 ``pad 2``, on one core). The C loops in ``_cpu_slices.c`` are the CPU counterpart of the Triton
 kernels: the same geometry per sample, all 8 corners and all channels together, no temporaries.
 
-They are used for CPU tensors when the extension was built (``pip install`` compiles it where a C
-compiler is present) and ``CRYOGRAD_KERNELS`` is not ``torch``. The tests compare them with the
-torch reference.
+They are used for CPU tensors when :func:`cryograd.projectors.backend.select_backend` answers
+``"cpu"`` (the extension was built, ``CRYOGRAD_KERNELS`` is ``auto`` or ``cpu``). The tests compare
+them with the torch reference.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
 from functools import cache
 
 import torch
 
-__all__ = ["available", "usable", "insert_slices", "extract_slices"]
+from cryograd.projectors.backend import cpu_library, select_backend
+from cryograd.projectors.fourier_slice._torch import TorchSteps
+from cryograd.projectors.fourier_slice.geometry import (
+    SliceGeometry,
+    extended_strides,
+    slice_sample_positions,
+)
+
+__all__ = ["available", "usable", "insert_slices", "extract_slices", "CpuSteps"]
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _CTYPE = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
@@ -28,34 +34,14 @@ _CTYPE = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("cryograd.kernels._cpu_slices")
-    if spec is None or spec.origin is None or not spec.origin.endswith((".so", ".pyd", ".dylib")):
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
+    lib = cpu_library("fourier_slice")
+    if lib is None:
         return None
     for dtype, suffix in _SUFFIX.items():
         for name in ("insert", "extract"):
             fn = getattr(lib, f"cryograd_{name}_{suffix}")
-            # (n, rot, ns, kx, ky, flat, hw, slices, channels, conj_channel, scale, h, grid, sz, sy)
-            fn.argtypes = [
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int64,
-                _CTYPE[dtype],
-                ctypes.c_int64,
-                ctypes.c_void_p,
-                ctypes.c_int64,
-                ctypes.c_int64,
-            ]
+            # (dims[8], rot, kx, ky, flat, slices, scale, grid); dims as in _cpu_slices.c
+            fn.argtypes = [ctypes.c_void_p] * 6 + [_CTYPE[dtype], ctypes.c_void_p]
             fn.restype = None
     return lib
 
@@ -66,11 +52,11 @@ def available() -> bool:
 
 
 def usable(tensor: torch.Tensor) -> bool:
-    """Whether to take the compiled path for ``tensor`` (CPU, 32/64-bit, allowed by the env)."""
-    if os.environ.get("CRYOGRAD_KERNELS", "").strip().lower() == "torch":
-        return False
+    """Whether ``tensor`` (32/64-bit) takes the compiled loops (:func:`select_backend`: ``cpu``)."""
     real = tensor.real.dtype if tensor.is_complex() else tensor.dtype
-    return tensor.device.type == "cpu" and real in _SUFFIX and available()
+    if real not in _SUFFIX:
+        return False
+    return select_backend(tensor.device, "fourier_slice") == "cpu"
 
 
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
@@ -78,29 +64,33 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 
 
 def _call(name: str, rotations, box_size, padded, slices_real, channels, grid_real) -> None:
-    from cryograd.projectors.fourier_slice import _ext_strides, slice_sample_positions
-
     dtype = grid_real.dtype
     rot = rotations.to(dtype).contiguous()
     kx, ky, flat = slice_sample_positions(box_size, dtype=dtype)
-    sz, sy = _ext_strides(padded)
+    sz, sy = extended_strides(padded)
     fn = getattr(_library(), f"cryograd_{name}_{_SUFFIX[dtype]}")
+    dims = torch.tensor(
+        [
+            rot.shape[0],
+            kx.numel(),
+            box_size * (box_size // 2 + 1),
+            channels,
+            1 if channels == 2 else -1,
+            padded // 2,
+            sz,
+            sy,
+        ],
+        dtype=torch.int64,
+    )
     fn(
-        rot.shape[0],
+        _ptr(dims),
         _ptr(rot),
-        kx.numel(),
         _ptr(kx),
         _ptr(ky),
         _ptr(flat),
-        box_size * (box_size // 2 + 1),
         _ptr(slices_real),
-        channels,
-        1 if channels == 2 else -1,
         padded / box_size,
-        padded // 2,
         _ptr(grid_real),
-        sz,
-        sy,
     )
 
 
@@ -123,7 +113,7 @@ def insert_slices(
     """
     if not grid_flat.is_contiguous():
         raise ValueError("the accumulator must be contiguous")
-    box_size = slices.shape[-1] if not slices.is_complex() else slices.shape[-2]
+    box_size = slices.shape[-2]  # (b, D, D // 2 + 1), complex or real
     src = slices.to(grid_flat.dtype).contiguous()
     src_real = torch.view_as_real(src) if src.is_complex() else src
     grid_real = torch.view_as_real(grid_flat) if grid_flat.is_complex() else grid_flat
@@ -142,3 +132,16 @@ def extract_slices(
     out = torch.zeros(shape + ((2,) if channels == 2 else ()), dtype=grid_real.dtype)
     _call("extract", rotations, box_size, padded, out, channels, grid_real)
     return torch.view_as_complex(out) if channels == 2 else out
+
+
+class CpuSteps(TorchSteps):
+    """Chunk steps on the compiled CPU loops (the torch reference's filters around them)."""
+
+    def raw_extract(self, ext: torch.Tensor, geom: SliceGeometry) -> torch.Tensor:
+        return extract_slices(ext, geom.rotations, geom.box_size, geom.padded)
+
+    def raw_insert(self, slices: torch.Tensor, geom: SliceGeometry, acc: torch.Tensor) -> None:
+        if not acc.is_contiguous():  # the loops add into the memory of a contiguous grid
+            super().raw_insert(slices, geom, acc)
+            return
+        insert_slices(slices, geom.rotations, geom.padded, acc)

@@ -1,6 +1,7 @@
-"""Triton real-space projector and its exact transpose (same signatures as the torch reference).
+"""Triton real-space projector and its exact transpose.
 
-Geometry (CONVENTIONS.md, and :mod:`cryograd.projectors.real_space`): a volume ``[z, y, x]`` of
+Geometry (CONVENTIONS.md, and :mod:`cryograd.projectors.real_space.geometry`): a volume
+``[z, y, x]`` of
 side ``D``; voxel ``(i, j, k)`` sits at ``r = (k, j, i) - D // 2``; for a particle with RELION
 matrix ``A`` its image point is ``p = (A r)[:2] + D // 2`` (``p = (x, y)``, image ``[y, x]``), and
 its value is spread over the 4 neighbouring pixels with bilinear weights. Pixels outside the image
@@ -22,9 +23,10 @@ import triton
 import triton.language as tl
 
 from cryograd.errors import CryogradError
-from cryograd.kernels import allocate, check_inputs, device_guard, ensure_runnable
+from cryograd.projectors._launch import allocate, check_inputs, device_guard, ensure_runnable
+from cryograd.projectors.real_space._torch import TorchSteps
 
-__all__ = ["project", "backproject"]
+__all__ = ["project", "backproject", "TritonSteps"]
 
 _BLOCK_PROJECT = 256
 _PARTICLES_PER_PROGRAM = 4
@@ -230,3 +232,16 @@ def backproject(
     with device_guard(device):
         _backproject_kernel[grid](img, rot, out, n, d, BLOCK=_BLOCK_BACKPROJECT)
     return out
+
+
+class TritonSteps(TorchSteps):
+    """Chunk steps on the Triton kernels (the geometry is the rotations: computed in-kernel)."""
+
+    def geometry(self, rotations: torch.Tensor) -> torch.Tensor:
+        return rotations
+
+    def raw_project(self, volume: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
+        return project(volume, geom)
+
+    def raw_backproject(self, images: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
+        return backproject(images, geom)

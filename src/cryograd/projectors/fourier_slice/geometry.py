@@ -1,4 +1,7 @@
-"""Fourier-slice projector (trilinear, half grid, Friedel symmetry) and its exact transpose.
+"""Geometry of the Fourier-slice projector (trilinear, half grid, Friedel symmetry).
+
+This module holds the maths shared by every backend (``_torch.py``, ``_cpu.py``, ``_triton.py``)
+and imports nothing else from cryograd but :mod:`cryograd.fourier`.
 
 Sampling and normalisation (the contract other modules rely on)
 ----------------------------------------------------------------
@@ -10,7 +13,7 @@ Sampling and normalisation (the contract other modules rely on)
   ``D × (D // 2 + 1)``, :func:`cryograd.fourier.frequency_grid_2d`) takes the value of ``F`` at
   ``q = (P / D) · Aᵀ (kx, ky, 0)`` by trilinear interpolation. Samples with ``|k| > D // 2``
   (beyond the Nyquist circle) are zero. A sample with ``q_x < 0`` takes ``conj F(-q)`` (Friedel
-  symmetry); the ``ky``/``kz`` axes wrap periodically. This is :func:`extract_slices`.
+  symmetry); the ``ky``/``kz`` axes wrap periodically. This is ``extract_slices``.
 * The image is ``irfft2_centered`` of the slice on the ``D`` grid (after the ``kx = 0`` and Nyquist
   columns are made Hermitian, so that every FFT backend gives the same real-linear map). With these
   scalings the image is the line integral ``∫ V(Aᵀ (x, y, z)) dz`` in voxel units, exactly as the
@@ -22,7 +25,7 @@ Sampling and normalisation (the contract other modules rely on)
 
 Transposes (exact, in the real inner product ``<a, b> = Re Σ conj(a) b``)
 ------------------------------------------------------------------------
-* :func:`insert_slices` scatters with the same 8 weights (conjugated values for mirrored samples).
+* ``insert_slices`` scatters with the same 8 weights (conjugated values for mirrored samples).
 * :func:`images_to_spectra_adjoint` is ``(c / D²) · rfft2_centered`` with ``c = 1`` on the ``kx =
   0`` (and Nyquist) column and ``2`` elsewhere: the transpose of :func:`spectra_to_images`.
 * :func:`volume_spectrum_adjoint` is ``crop(P³ · irfftn_centered(herm(G / c)))``: the transpose of
@@ -38,9 +41,7 @@ from functools import cached_property
 
 import torch
 
-from cryograd import kernels
 from cryograd.fourier import irfft2_centered, irfftn_centered, rfft2_centered, rfftn_centered
-from cryograd.kernels import cpu as cpu_kernels
 
 __all__ = [
     "padded_size",
@@ -53,14 +54,11 @@ __all__ = [
     "SliceGeometry",
     "slice_geometry",
     "slice_sample_positions",
-    "extract_slices",
-    "insert_slices",
+    "extended_strides",
     "ExtendedSpectrum",
     "hermitian_part_rfft",
     "spectra_to_images",
     "images_to_spectra_adjoint",
-    "project",
-    "backproject",
     "default_batch_size",
 ]
 
@@ -193,7 +191,7 @@ class SliceGeometry:
     """Trilinear interpolation geometry of a chunk of central slices.
 
     The per-sample arrays are computed on first use: the compiled CPU loops
-    (:mod:`cryograd.kernels.cpu`) and the Triton kernels compute the same geometry on the fly from
+    (``_cpu.py``) and the Triton kernels compute the same geometry on the fly from
     ``rotations`` and never need them.
 
     Attributes
@@ -240,7 +238,7 @@ class SliceGeometry:
         q0 = torch.floor(q)
         frac = q - q0
         i0 = q0.long()
-        sz, sy = _ext_strides(self.padded)
+        sz, sy = extended_strides(self.padded)
         h = self.padded // 2
         base = (i0[..., 2] + h) * sz + (i0[..., 1] + h) * sy + i0[..., 0]
         return (
@@ -262,7 +260,7 @@ class SliceGeometry:
     @property
     def strides(self) -> tuple[int, int]:
         """Flat strides ``(sz, sy)`` of the extended spectrum."""
-        return _ext_strides(self.padded)
+        return extended_strides(self.padded)
 
     def corner_offsets(self) -> list[int]:
         sz, sy = self.strides
@@ -281,7 +279,8 @@ class SliceGeometry:
         return out
 
 
-def _ext_strides(padded: int) -> tuple[int, int]:
+def extended_strides(padded: int) -> tuple[int, int]:
+    """Flat strides ``(sz, sy)`` of the extended spectrum of side ``P`` (ExtendedSpectrum)."""
     half = padded // 2 + 1
     return (padded + 2) * (half + 1), half + 1
 
@@ -339,79 +338,6 @@ class ExtendedSpectrum:
         return ext.new_zeros((padded, padded, half)).index_add_(1, w, tmp)
 
 
-def _extract_from_ext(ext_flat: torch.Tensor, geom: SliceGeometry) -> torch.Tensor:
-    n = geom.box_size
-    acc = None
-    for off, wgt in zip(geom.corner_offsets(), geom.corner_weights()):
-        vals = ext_flat[off:].index_select(0, geom.base) * wgt
-        acc = vals if acc is None else acc + vals
-    acc = torch.complex(acc.real, acc.imag * geom.sign)
-    out = acc.new_zeros((geom.batch, n * (n // 2 + 1)))
-    out[:, geom.flat] = acc.view(geom.batch, -1)
-    return out.view(geom.batch, n, n // 2 + 1)
-
-
-def _insert_into_ext(slices: torch.Tensor, geom: SliceGeometry, ext_flat: torch.Tensor) -> None:
-    if cpu_kernels.usable(ext_flat) and ext_flat.is_contiguous():
-        cpu_kernels.insert_slices(slices, geom.rotations, geom.padded, ext_flat)
-        return
-    vals = slices.reshape(geom.batch, -1)[:, geom.flat].reshape(-1)
-    vals = torch.complex(vals.real, vals.imag * geom.sign)
-    for off, wgt in zip(geom.corner_offsets(), geom.corner_weights()):
-        ext_flat[off:].index_add_(0, geom.base, vals * wgt)
-
-
-def extract_slices(spectrum: torch.Tensor, geom: SliceGeometry) -> torch.Tensor:
-    """Central slices of a padded half spectrum.
-
-    Parameters
-    ----------
-    spectrum
-        ``(P, P, P // 2 + 1)`` complex (:func:`volume_spectrum`), or its flat extended layout
-        (:meth:`ExtendedSpectrum.from_spectrum`) to reuse it across chunks.
-    geom
-        :func:`slice_geometry` of ``b`` particles.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(b, D, D // 2 + 1)`` complex half spectra on the ``D`` grid (unshifted layout).
-    """
-    ext = spectrum if spectrum.dim() == 1 else ExtendedSpectrum.from_spectrum(spectrum)
-    if cpu_kernels.usable(ext):
-        return cpu_kernels.extract_slices(ext, geom.rotations, geom.box_size, geom.padded)
-    return _extract_from_ext(ext, geom)
-
-
-def insert_slices(
-    slices: torch.Tensor, geom: SliceGeometry, *, accumulator: torch.Tensor | None = None
-) -> torch.Tensor | None:
-    """Exact transpose of :func:`extract_slices`.
-
-    Parameters
-    ----------
-    slices
-        ``(b, D, D // 2 + 1)`` complex.
-    geom
-        The geometry they were (or would be) extracted with.
-    accumulator
-        Optional flat extended accumulator (:meth:`ExtendedSpectrum.zeros`) to add into; then
-        nothing is returned and :meth:`ExtendedSpectrum.fold` gives the spectrum once all chunks
-        are in.
-
-    Returns
-    -------
-    torch.Tensor or None
-        ``(P, P, P // 2 + 1)`` complex when no accumulator is given.
-    """
-    if accumulator is not None:
-        _insert_into_ext(slices, geom, accumulator)
-        return None
-    ext = ExtendedSpectrum.zeros(geom.padded, device=slices.device, dtype=slices.dtype)
-    _insert_into_ext(slices, geom, ext)
-    return ExtendedSpectrum.fold(ext, geom.padded)
-
-
 def spectra_to_images(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
     """``(b, D, D // 2 + 1)`` half spectra -> ``(b, D, D)`` real images (``irfft2_centered``)."""
     return irfft2_centered(hermitian_part_rfft(spectra, box_size, 2), box_size)
@@ -422,87 +348,3 @@ def images_to_spectra_adjoint(images: torch.Tensor) -> torch.Tensor:
     n = images.shape[-1]
     c = _column_weights(n, images.device, images.dtype)
     return rfft2_centered(images) * (c / float(n * n))
-
-
-def project(
-    volume: torch.Tensor,
-    rotations: torch.Tensor,
-    *,
-    pad: float = 2.0,
-    gridding: bool = True,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Fourier-slice projections (line integrals, voxel units) of a volume.
-
-    Parameters
-    ----------
-    volume
-        ``(D, D, D)`` real.
-    rotations
-        ``(B, 3, 3)`` RELION ``A``.
-    pad
-        Padding factor of the 3D transform.
-    gridding
-        Apply :func:`gridding_correction` first.
-    batch_size
-        Particles per chunk.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, D, D)``.
-
-    Notes
-    -----
-    CUDA tensors (or any, with ``CRYOGRAD_KERNELS=triton``) run the Triton version
-    :func:`cryograd.kernels.fourier_slice.project` (:func:`cryograd.kernels.use_kernels`); CPU
-    tensors the compiled loops of :mod:`cryograd.kernels.cpu` when built, else torch.
-    """
-    if kernels.use_kernels(volume):
-        return kernels.fourier_slice.project(
-            volume, rotations, pad=pad, gridding=gridding, batch_size=batch_size
-        )
-    n = volume.shape[-1]
-    p = padded_size(n, pad)
-    rotations = rotations.to(device=volume.device, dtype=volume.dtype)
-    if gridding:
-        volume = gridding_correction(volume, p)
-    ext = ExtendedSpectrum.from_spectrum(volume_spectrum(volume, p))
-    step = batch_size or default_batch_size(n)
-    out = [volume.new_zeros((0, n, n))]
-    for start in range(0, rotations.shape[0], step):
-        geom = slice_geometry(rotations[start : start + step], n, p)
-        out.append(spectra_to_images(extract_slices(ext, geom), n))
-    return torch.cat(out)
-
-
-def backproject(
-    images: torch.Tensor,
-    rotations: torch.Tensor,
-    *,
-    pad: float = 2.0,
-    gridding: bool = True,
-    batch_size: int | None = None,
-) -> torch.Tensor:
-    """Exact transpose of :func:`project`: ``(B, D, D)`` images -> ``(D, D, D)``.
-
-    Dispatches like :func:`project` (Triton :func:`cryograd.kernels.fourier_slice.backproject`).
-    """
-    if kernels.use_kernels(images):
-        return kernels.fourier_slice.backproject(
-            images, rotations, pad=pad, gridding=gridding, batch_size=batch_size
-        )
-    n = images.shape[-1]
-    p = padded_size(n, pad)
-    rotations = rotations.to(device=images.device, dtype=images.dtype)
-    cdtype = torch.complex128 if images.dtype == torch.float64 else torch.complex64
-    acc = ExtendedSpectrum.zeros(p, device=images.device, dtype=cdtype)
-    step = batch_size or default_batch_size(n)
-    for start in range(0, rotations.shape[0], step):
-        geom = slice_geometry(rotations[start : start + step], n, p)
-        spectra = images_to_spectra_adjoint(images[start : start + step])
-        insert_slices(spectra, geom, accumulator=acc)
-    volume = volume_spectrum_adjoint(ExtendedSpectrum.fold(acc, p), n)
-    if gridding:
-        volume = gridding_correction(volume, p)
-    return volume

@@ -42,11 +42,17 @@
                   az * ay * (1 - ax),             az * ay * ax};                                  \
   const int64_t off[8] = {0, 1, sy, sy + 1, sz, sz + 1, sz + sy, sz + sy + 1};
 
+/* The integer sizes, packed by the caller as dims[8] = {n, ns, hw, channels, conj_channel, h, sz,
+ * sy}: particles, samples per slice, half-grid size D (D/2+1), channels per cell (2 complex, 1
+ * real), the channel negated for mirrored samples (-1: none), P/2, extended strides. */
+#define UNPACK_DIMS                                                                               \
+  const int64_t n = dims[0], ns = dims[1], hw = dims[2], channels = dims[3];                      \
+  const int64_t conj_channel = dims[4], h = dims[5], sz = dims[6], sy = dims[7];
+
 #define DEFINE_KERNELS(T, SUFFIX)                                                                 \
-  void cryograd_insert_##SUFFIX(int64_t n, const T *rot, int64_t ns, const T *kx, const T *ky,   \
-                                const int64_t *flat, int64_t hw, const T *slices,                 \
-                                int64_t channels, int64_t conj_channel, T scale, int64_t h,       \
-                                T *grid, int64_t sz, int64_t sy) {                                \
+  void cryograd_insert_##SUFFIX(const int64_t *dims, const T *rot, const T *kx, const T *ky,    \
+                                const int64_t *flat, const T *slices, T scale, T *grid) {         \
+    UNPACK_DIMS                                                                                   \
     for (int64_t i = 0; i < n; ++i) {                                                             \
       for (int64_t s = 0; s < ns; ++s) {                                                          \
         SAMPLE_GEOMETRY(T)                                                                        \
@@ -61,10 +67,9 @@
       }                                                                                           \
     }                                                                                             \
   }                                                                                               \
-  void cryograd_extract_##SUFFIX(int64_t n, const T *rot, int64_t ns, const T *kx, const T *ky,  \
-                                 const int64_t *flat, int64_t hw, T *slices, int64_t channels,     \
-                                 int64_t conj_channel, T scale, int64_t h, const T *grid,          \
-                                 int64_t sz, int64_t sy) {                                         \
+  void cryograd_extract_##SUFFIX(const int64_t *dims, const T *rot, const T *kx, const T *ky,   \
+                                 const int64_t *flat, T *slices, T scale, const T *grid) {        \
+    UNPACK_DIMS                                                                                   \
     for (int64_t i = 0; i < n; ++i) {                                                             \
       for (int64_t s = 0; s < ns; ++s) {                                                          \
         SAMPLE_GEOMETRY(T)                                                                        \
