@@ -11,7 +11,7 @@ from cryograd.cli.main import main
 from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
 from cryograd.io.mrc import read_map, write_map
-from cryograd.particles import read_particles
+from cryograd.io.registry import read_particles
 from cryograd.simulate import default_stack_size, random_rotations, simulate
 from tests.conftest import shared_file
 

@@ -7,9 +7,8 @@ index). Metadata are arrays, so a million particles cost tens of MB; images are 
 :meth:`ParticleSet.images`, grouped by stack file, from memory-mapped stacks kept open in a small
 cache.
 
-``read_particles`` dispatches on the file type: RELION STAR (``cryograd.io.star``), cryoSPARC
-``.cs`` (``cryograd.io.cryosparc``) and cryoDRGN pose ``.pkl`` files with a CTF pkl
-(``cryograd.io.drgn``).
+This module imports nothing from the readers: they build sets. To read a file use
+:func:`cryograd.io.registry.read_particles`, which picks the reader by the file's extension.
 """
 
 from __future__ import annotations
@@ -26,12 +25,13 @@ import torch
 
 from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
+from cryograd.io.mrc import open_stack, read_map_header
 
 __all__ = [
     "CTF_COLUMNS",
     "OpticsGroup",
     "ParticleSet",
-    "read_particles",
+    "parse_image_names",
     "resolve_image_path",
 ]
 
@@ -86,8 +86,6 @@ class _StackCache:
         self._open: OrderedDict[str, tuple[np.ndarray, object]] = OrderedDict()
 
     def get(self, path: Path) -> np.ndarray:
-        from cryograd.io.mrc import open_stack
-
         key = str(path)
         if key in self._open:
             self._open.move_to_end(key)
@@ -270,8 +268,6 @@ class ParticleSet:
         CryogradError
             On the first problem (or on a missing stack when ``missing_ok`` is False).
         """
-        from cryograd.io.mrc import read_map_header
-
         missing = []
         used = np.unique(self.stack_ids[self.stack_ids >= 0])
         if len(used) == 0:
@@ -430,9 +426,7 @@ class ParticleSet:
         image_names: list[str] | None = None,
         images: np.ndarray | None = None,
         ctf_premultiplied: bool = False,
-        n: int | None = None,
         datadir: str | os.PathLike | None = None,
-        path: str | os.PathLike | None = None,
     ) -> ParticleSet:
         """Build a set from arrays (simulated data, conversions).
 
@@ -452,14 +446,19 @@ class ParticleSet:
             ``NNNNNN@path`` names (relative to ``datadir`` or the working folder), or None.
         images
             ``(n, D, D)`` images held in memory, or None.
-        n
-            Number of particles when no array gives it.
+        ctf_premultiplied
+            Whether the images are CTF-premultiplied.
+        datadir
+            Folder ``image_names`` are relative to (default: the working folder).
+
+        The number of particles ``n`` is the length of the first array given.
         """
         arrays = {
             "rotations": _to_numpy(rotations),
             "shifts_px": _to_numpy(shifts_px),
         }
         ctf_table = None
+        n = None
         if ctf is not None:
             ctf_table = ctf.as_tensor().detach().cpu().double().numpy().reshape(-1, 9)
         for candidate in (arrays["rotations"], arrays["shifts_px"], ctf_table, images, half_set):
@@ -468,7 +467,7 @@ class ParticleSet:
         if n is None and image_names is not None:
             n = len(image_names)
         if n is None:
-            raise ValueError("from_arrays needs at least one per-particle array or n")
+            raise ValueError("from_arrays needs at least one per-particle array")
         rot = arrays["rotations"]
         if rot is not None and rot.shape != (n, 3, 3):
             raise ValueError(f"rotations must be ({n}, 3, 3), got {rot.shape}")
@@ -482,10 +481,10 @@ class ParticleSet:
         if image_names is not None:
             base = Path(datadir) if datadir is not None else Path.cwd()
             stack_files, stack_ids, stack_indices = parse_image_names(
-                np.asarray(image_names, dtype=object), base, None, path or "<memory>"
+                np.asarray(image_names, dtype=object), base, None, "<memory>"
             )
         return cls(
-            path=Path(path) if path is not None else None,
+            path=None,
             box_size=int(box_size),
             pixel_size_angstrom=float(pixel_size_angstrom),
             rotations=None if rot is None else rot.astype(np.float64),
@@ -655,53 +654,3 @@ def parse_image_names(
     codes, uniques = pd.factorize(files)
     stack_files = [resolve_image_path(str(u), base, datadir) for u in uniques]
     return stack_files, codes.astype(np.int32), numbers - 1
-
-
-def read_particles(
-    path: str | os.PathLike,
-    *,
-    datadir: str | os.PathLike | None = None,
-    angpix: float | None = None,
-    box_size: int | None = None,
-) -> ParticleSet:
-    """Read particle metadata: RELION STAR (3.0–5.0), cryoSPARC ``.cs`` or cryoDRGN pose ``.pkl``.
-
-    Parameters
-    ----------
-    path
-        ``.star``, ``.cs``, or a cryoDRGN pose ``.pkl`` (its CTF pkl is then needed: use
-        :func:`cryograd.io.drgn.read_drgn`).
-    datadir
-        Folder the image paths are relative to (default: the metadata file's folder).
-    angpix
-        Pixel size in Å; overrides the file's (needed for RELION 3.0 files without
-        ``rlnDetectorPixelSize``/``rlnMagnification``).
-    box_size
-        Box size in pixels when the file does not state it and no image is at hand.
-
-    Raises
-    ------
-    CryogradError
-        Missing or malformed file, no particle table, unknown pixel size, NaN/inf metadata, ...
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CryogradError(f"{path}: file not found")
-    if path.is_dir():
-        raise CryogradError(f"{path}: is a folder, not a particle file")
-    if angpix is not None and not (np.isfinite(angpix) and angpix > 0):
-        raise CryogradError(f"{path}: --angpix must be a positive number, got {angpix}")
-    dd = Path(datadir) if datadir is not None else None
-    suffix = path.suffix.lower()
-    if suffix == ".cs":
-        from cryograd.io.cryosparc import read_cs
-
-        return read_cs(path, datadir=dd, angpix=angpix)
-    if suffix == ".pkl":
-        raise CryogradError(
-            f"{path}: a cryoDRGN pose file needs its CTF file too "
-            "(cryograd convert --poses POSES.pkl --ctf CTF.pkl OUT.star)"
-        )
-    from cryograd.io.star import read_star
-
-    return read_star(path, datadir=dd, angpix=angpix, box_size=box_size)

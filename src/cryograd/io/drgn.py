@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cryograd.errors import CryogradError
+from cryograd.io.mrc import temporary_path
 from cryograd.particles import OpticsGroup, ParticleSet
 
 __all__ = ["read_drgn_poses", "read_drgn_ctf", "read_drgn", "write_drgn"]
@@ -177,8 +178,6 @@ def read_drgn(
 
 
 def _atomic_pickle(path: Path, obj) -> Path:
-    from cryograd.io.mrc import temporary_path
-
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as fh:

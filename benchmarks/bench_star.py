@@ -1,0 +1,173 @@
+"""Time and peak memory of opening a large RELION 3.1 STAR file: ``starfile`` vs cryograd.
+
+Writes a synthetic RELION 3.1 particle file (one optics group; image name, micrograph name,
+coordinates, Euler angles, origins in Å, CTF and the usual bookkeeping columns: 22 columns) with
+``--rows`` particles, then opens it in a fresh interpreter per reader and run:
+
+* ``starfile``: ``starfile.read(path, always_dict=True)`` (tables only);
+* ``cryograd parser``: ``cryograd.io.star_parser.read_star_file`` (the same tables);
+* ``cryograd read_particles``: the whole :func:`cryograd.io.registry.read_particles` (tables,
+  RELION conventions, rotation matrices, image-name parsing).
+
+Prints a table of rows, seconds, peak resident memory (MB, the child's ``ru_maxrss``, which
+includes the interpreter and the imports) and file size. Usage::
+
+    python benchmarks/bench_star.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+_OPTICS = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnSphericalAberration #5
+_rlnAmplitudeContrast #6
+_rlnImagePixelSize #7
+_rlnImageSize #8
+_rlnImageDimensionality #9
+_rlnCtfDataAreCtfPremultiplied #10
+opticsGroup1 1 0.885000 300.000000 2.700000 0.100000 1.062000 256 2 0
+
+
+# version 30001
+
+data_particles
+
+"""
+
+_COLUMNS = [
+    "rlnCoordinateX",
+    "rlnCoordinateY",
+    "rlnAutopickFigureOfMerit",
+    "rlnClassNumber",
+    "rlnAnglePsi",
+    "rlnImageName",
+    "rlnMicrographName",
+    "rlnOpticsGroup",
+    "rlnCtfMaxResolution",
+    "rlnCtfFigureOfMerit",
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
+    "rlnPhaseShift",
+    "rlnGroupNumber",
+    "rlnAngleRot",
+    "rlnAngleTilt",
+    "rlnOriginXAngst",
+    "rlnOriginYAngst",
+    "rlnRandomSubset",
+]
+
+
+def write_star(path: Path, rows: int, chunk: int = 100_000) -> None:
+    """A RELION 3.1 particle file of ``rows`` particles, written a chunk at a time."""
+    rng = np.random.default_rng(0)
+    with open(path, "w") as fh:
+        fh.write(_OPTICS)
+        fh.write("loop_\n" + "".join(f"_{c} #{i + 1}\n" for i, c in enumerate(_COLUMNS)))
+        for start in range(0, rows, chunk):
+            m = min(chunk, rows - start)
+            i = np.arange(start, start + m)
+            mic = i // 200
+            f = lambda a: np.char.mod("%.6f", a)  # noqa: E731
+            cols = [
+                f(rng.uniform(0, 4000, m)),
+                f(rng.uniform(0, 4000, m)),
+                f(rng.uniform(0, 1, m)),
+                np.char.mod("%d", rng.integers(1, 4, m)),
+                f(rng.uniform(-180, 180, m)),
+                np.char.add(
+                    np.char.mod("%06d", i % 200 + 1),
+                    np.char.mod("@Extract/job012/Movies/mic_%05d.mrcs", mic),
+                ),
+                np.char.mod("MotionCorr/job002/Movies/mic_%05d.mrc", mic),
+                np.full(m, "1"),
+                f(rng.uniform(3, 8, m)),
+                f(rng.uniform(0, 0.3, m)),
+                f(rng.uniform(8000, 25000, m)),
+                f(rng.uniform(8000, 25000, m)),
+                f(rng.uniform(-180, 180, m)),
+                np.full(m, "0.000000"),
+                np.full(m, "1.000000"),
+                np.full(m, "0.000000"),
+                np.char.mod("%d", mic % 50 + 1),
+                f(rng.uniform(-180, 180, m)),
+                f(rng.uniform(0, 180, m)),
+                f(rng.uniform(-10, 10, m)),
+                f(rng.uniform(-10, 10, m)),
+                np.char.mod("%d", i % 2 + 1),
+            ]
+            fh.write("\n".join(" ".join(r) for r in zip(*[c.tolist() for c in cols])) + "\n")
+
+
+_READERS = {
+    "starfile": "import starfile; starfile.read(PATH, always_dict=True)",
+    "cryograd parser": ("from cryograd.io.star_parser import read_star_file; read_star_file(PATH)"),
+    "cryograd read_particles": (
+        "from cryograd.io.registry import read_particles; read_particles(PATH)"
+    ),
+}
+
+_CHILD = """
+import resource, sys, time
+PATH = sys.argv[1]
+{imports}
+t = time.perf_counter()
+{call}
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def measure(reader: str, path: Path) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one reader in a fresh interpreter (imports not timed)."""
+    imports, call = _READERS[reader].split("; ", 1)
+    code = _CHILD.format(imports=imports, call=call)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    seconds, peak = out.stdout.split()[-2:]
+    return float(seconds), float(peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--repeats", type=int, default=1, help="runs per reader (best kept)")
+    parser.add_argument("--readers", nargs="+", default=list(_READERS), choices=list(_READERS))
+    args = parser.parse_args()
+    print(f"{'rows':>9} {'reader':<24} {'seconds':>8} {'peak MB':>8} {'file MB':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in args.rows:
+            path = Path(tmp) / f"particles_{rows}.star"
+            t = time.perf_counter()
+            write_star(path, rows)
+            size = os.path.getsize(path) / 1e6
+            print(f"# wrote {path.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            for reader in args.readers:
+                runs = [measure(reader, path) for _ in range(args.repeats)]
+                seconds = min(r[0] for r in runs)
+                peak = min(r[1] for r in runs)
+                print(f"{rows:>9} {reader:<24} {seconds:>8.2f} {peak:>8.0f} {size:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
