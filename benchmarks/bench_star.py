@@ -9,8 +9,9 @@ coordinates, Euler angles, origins in Å, CTF and the usual bookkeeping columns:
 * ``cryograd read_particles``: the whole :func:`cryograd.io.registry.read_particles` (tables,
   RELION conventions, rotation matrices, image-name parsing).
 
-Prints a table of rows, seconds, peak resident memory (MB, the child's ``ru_maxrss``, which
-includes the interpreter and the imports) and file size. Usage::
+Prints a table of rows, wall and CPU seconds (user + system, all threads), peak resident memory
+(MB, the child's ``ru_maxrss``, which includes the interpreter and the imports) and file size.
+On a shared machine the CPU time is the steadier number. Usage::
 
     python benchmarks/bench_star.py --rows 1000000
 """
@@ -79,7 +80,7 @@ _COLUMNS = [
 
 
 def write_star(path: Path, rows: int, chunk: int = 100_000) -> None:
-    """A RELION 3.1 particle file of ``rows`` particles, written a chunk at a time."""
+    """A RELION 3.1 particle file of ``rows`` particles as RELION writes it, a chunk at a time."""
     rng = np.random.default_rng(0)
     with open(path, "w") as fh:
         fh.write(_OPTICS)
@@ -88,33 +89,35 @@ def write_star(path: Path, rows: int, chunk: int = 100_000) -> None:
             m = min(chunk, rows - start)
             i = np.arange(start, start + m)
             mic = i // 200
-            f = lambda a: np.char.mod("%.6f", a)  # noqa: E731
+            # RELION writes numbers right-aligned in 12 characters (``%12.6f``, ``%12d``)
+            f = lambda a: np.char.rjust(np.char.mod("%.6f", a), 12)  # noqa: E731
+            d = lambda a: np.char.rjust(np.char.mod("%d", a), 12)  # noqa: E731
             cols = [
                 f(rng.uniform(0, 4000, m)),
                 f(rng.uniform(0, 4000, m)),
                 f(rng.uniform(0, 1, m)),
-                np.char.mod("%d", rng.integers(1, 4, m)),
+                d(rng.integers(1, 4, m)),
                 f(rng.uniform(-180, 180, m)),
                 np.char.add(
                     np.char.mod("%06d", i % 200 + 1),
                     np.char.mod("@Extract/job012/Movies/mic_%05d.mrcs", mic),
                 ),
                 np.char.mod("MotionCorr/job002/Movies/mic_%05d.mrc", mic),
-                np.full(m, "1"),
+                d(np.ones(m, dtype=np.int64)),
                 f(rng.uniform(3, 8, m)),
                 f(rng.uniform(0, 0.3, m)),
                 f(rng.uniform(8000, 25000, m)),
                 f(rng.uniform(8000, 25000, m)),
                 f(rng.uniform(-180, 180, m)),
-                np.full(m, "0.000000"),
-                np.full(m, "1.000000"),
-                np.full(m, "0.000000"),
-                np.char.mod("%d", mic % 50 + 1),
+                f(np.zeros(m)),
+                f(np.ones(m)),
+                f(np.zeros(m)),
+                d(mic % 50 + 1),
                 f(rng.uniform(-180, 180, m)),
                 f(rng.uniform(0, 180, m)),
                 f(rng.uniform(-10, 10, m)),
                 f(rng.uniform(-10, 10, m)),
-                np.char.mod("%d", i % 2 + 1),
+                d(i % 2 + 1),
             ]
             fh.write("\n".join(" ".join(r) for r in zip(*[c.tolist() for c in cols])) + "\n")
 
@@ -131,21 +134,25 @@ _CHILD = """
 import resource, sys, time
 PATH = sys.argv[1]
 {imports}
-t = time.perf_counter()
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+t, c = time.perf_counter(), cpu()
 {call}
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(time.perf_counter() - t, cpu() - c, peak)
 """
 
 
-def measure(reader: str, path: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one reader in a fresh interpreter (imports not timed)."""
+def measure(reader: str, path: Path) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of one reader in a fresh interpreter (imports not timed)."""
     imports, call = _READERS[reader].split("; ", 1)
     code = _CHILD.format(imports=imports, call=call)
     out = subprocess.run(
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
     )
-    seconds, peak = out.stdout.split()[-2:]
-    return float(seconds), float(peak)
+    wall, cpu, peak = out.stdout.split()[-3:]
+    return float(wall), float(cpu), float(peak)
 
 
 def main() -> None:
@@ -154,7 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per reader (best kept)")
     parser.add_argument("--readers", nargs="+", default=list(_READERS), choices=list(_READERS))
     args = parser.parse_args()
-    print(f"{'rows':>9} {'reader':<24} {'seconds':>8} {'peak MB':>8} {'file MB':>8}")
+    print(f"{'rows':>9} {'reader':<24} {'wall s':>7} {'CPU s':>7} {'peak MB':>8} {'file MB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for rows in args.rows:
             path = Path(tmp) / f"particles_{rows}.star"
@@ -164,9 +171,8 @@ def main() -> None:
             print(f"# wrote {path.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for reader in args.readers:
                 runs = [measure(reader, path) for _ in range(args.repeats)]
-                seconds = min(r[0] for r in runs)
-                peak = min(r[1] for r in runs)
-                print(f"{rows:>9} {reader:<24} {seconds:>8.2f} {peak:>8.0f} {size:>8.0f}")
+                wall, cpu, peak = (min(r[k] for r in runs) for k in range(3))
+                print(f"{rows:>9} {reader:<24} {wall:>7.2f} {cpu:>7.2f} {peak:>8.0f} {size:>8.0f}")
 
 
 if __name__ == "__main__":

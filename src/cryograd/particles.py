@@ -27,6 +27,12 @@ from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import open_stack, read_map_header
 
+try:  # optional: splits a million image names in C++ (pandas' Arrow strings)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+except ImportError:  # pragma: no cover - pandas' own string methods then
+    pa = pc = None
+
 __all__ = [
     "CTF_COLUMNS",
     "OpticsGroup",
@@ -588,13 +594,16 @@ def _as_index(indices, n: int) -> np.ndarray:
     return np.where(idx < 0, idx + n, idx)
 
 
-def resolve_image_path(name: str, base: Path, datadir: Path | None) -> Path:
+def resolve_image_path(
+    name: str, base: Path, datadir: Path | None, listing: _FolderListing | None = None
+) -> Path:
     """Where an image file named in metadata lives.
 
     With ``datadir``: ``datadir/name``, else ``datadir/basename(name)``. Without: ``name``
     relative to ``base`` (the metadata file's folder) when that exists, else relative to the
     working folder.
-    The first candidate is returned when none exists (so the error names it).
+    The first candidate is returned when none exists (so the error names it). ``listing``
+    answers "is this a file" from one listing per folder (for many names at once).
     """
     p = Path(name)
     if datadir is not None:
@@ -603,10 +612,57 @@ def resolve_image_path(name: str, base: Path, datadir: Path | None) -> Path:
         )
     else:
         candidates = [p] if p.is_absolute() else [base / p, Path.cwd() / p]
+    is_file = listing.is_file if listing is not None else Path.is_file
     for c in candidates:
-        if c.is_file():
+        if is_file(c):
             return c
     return candidates[0]
+
+
+class _FolderListing:
+    """``Path.is_file`` for many paths, from one ``os.scandir`` per folder."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, frozenset[str]] = {}
+
+    def is_file(self, path: Path) -> bool:
+        folder = path.parent
+        if folder not in self._files:
+            try:
+                with os.scandir(folder) as entries:
+                    self._files[folder] = frozenset(e.name for e in entries if e.is_file())
+            except OSError:
+                self._files[folder] = frozenset()
+        return path.name in self._files[folder]
+
+
+def _split_names_arrow(names: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(1-based numbers, file index, unique files) of ``NNNNNN@path`` names, by pyarrow.
+
+    Only for the usual case: Arrow-backed strings with the ``@`` at the same place in every
+    name and a number before it; None otherwise (the caller's general path then checks).
+    """
+    if pa is None or not isinstance(names.dtype, pd.StringDtype):
+        return None
+    if names.dtype.storage != "pyarrow":
+        return None
+    arr = pa.chunked_array(pa.array(names)).combine_chunks()
+    if len(arr) == 0 or arr.null_count:
+        return None
+    at = pc.min_max(pc.find_substring(arr, "@")).as_py()
+    if at["min"] != at["max"] or at["min"] <= 0:
+        return None
+    try:
+        numbers = pc.cast(pc.utf8_slice_codeunits(arr, 0, at["min"]), pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    files = pc.utf8_slice_codeunits(arr, at["min"] + 1, np.iinfo(np.int32).max)
+    encoded = pc.dictionary_encode(files)
+    return (
+        numbers.to_numpy(zero_copy_only=False),
+        encoded.indices.to_numpy(zero_copy_only=False),
+        encoded.dictionary.to_pylist(),
+    )
 
 
 def parse_image_names(
@@ -620,6 +676,11 @@ def parse_image_names(
     """
     s = names if isinstance(names, pd.Series) else pd.Series(np.asarray(names, dtype=object))
     s = s.reset_index(drop=True)
+    fast = _split_names_arrow(s)
+    if fast is not None and fast[0].min() >= 1 and all(fast[2]):
+        listing = _FolderListing()
+        stack_files = [resolve_image_path(f, base, datadir, listing) for f in fast[2]]
+        return stack_files, fast[1].astype(np.int32), fast[0] - 1
     if pd.api.types.infer_dtype(s, skipna=False) != "string":
         s = s.astype(object).map(str)
     s = s.astype("str")
@@ -652,5 +713,6 @@ def parse_image_names(
             f"{source}: row {row + 1}: rlnImageName {str(s.iloc[row])!r} is not NNNNNN@path"
         )
     codes, uniques = pd.factorize(files)
-    stack_files = [resolve_image_path(str(u), base, datadir) for u in uniques]
+    listing = _FolderListing()
+    stack_files = [resolve_image_path(str(u), base, datadir, listing) for u in uniques]
     return stack_files, codes.astype(np.int32), numbers - 1

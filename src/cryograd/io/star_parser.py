@@ -21,17 +21,29 @@ from __future__ import annotations
 import io
 import mmap
 import os
-import re
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+try:  # optional: reads single-space separated loops (cryograd's own files) on all cores
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+except ImportError:  # pragma: no cover - pandas reads every loop then
+    pa = pc = pa_csv = None
+
 __all__ = ["read_star_file"]
 
-_DATA_LINE = re.compile(rb"^[ \t\r\f\v]*data_", re.MULTILINE)
+_LINE_START_BLANKS = b" \t\r\f\v"
+# Characters that make a loop's rows need pandas' tokenizer (quotes, comments, tabs, ...).
+_NOT_SIMPLE = "[\"'#\\s]"
+# Values pandas reads as missing (starfile's ``na_values``).
+_NA_STRINGS = ["nan", "NaN", "<NA>"]
+_ARROW_TYPES = () if pa is None else (pa.int64(), pa.float64(), pa.bool_(), pa.string())
 
 
 @dataclass
@@ -135,38 +147,147 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
     while not cur.at_end and cur.peek() == "":
         cur.advance()
     start = cur.pos
-    found = _DATA_LINE.search(cur.buf, start)
-    end = len(cur.buf) if found is None else found.start()
+    end = _next_data_line(cur.buf, start)
     cur.pos = end
     if start >= end:
         frame = pd.DataFrame(np.zeros(shape=(0, len(columns))))
         frame.columns = columns
         return frame
-    frame = _read_rows(path, cur.buf, start, end)
+    frame = _read_rows_arrow(path, start, end, len(columns))
+    if frame is None:
+        frame = _numeric_columns(_read_rows(path, cur.buf, start, end))
     frame.columns = columns
-    return _numeric_columns(frame)
+    return frame
+
+
+def _next_data_line(buf, start: int) -> int:
+    """Offset of the first line at or after ``start`` that starts ``data_`` (after blanks)."""
+    pos = start
+    while (pos := buf.find(b"data_", pos)) >= 0:
+        line_start = max(buf.rfind(b"\n", start, pos) + 1, start)
+        if not buf[line_start:pos].strip(_LINE_START_BLANKS):
+            return line_start
+        pos += 5
+    return len(buf)
+
+
+def _read_rows_arrow(path: Path, start: int, end: int, n_columns: int) -> pd.DataFrame | None:
+    """The rows ``[start, end)`` by pyarrow's (multi-threaded) CSV reader, or None.
+
+    Used when every value is separated from the next by exactly one space (leading and trailing
+    spaces allowed) and no value holds a quote, ``#`` or tab: then splitting on one space and
+    pandas' whitespace tokenizer give the same values. None when that does not hold (an empty
+    field between two spaces, a wrong column count, a quote), or when the columns are not what
+    pandas would make of them (a missing-value word among strings, a date, ...): the caller then
+    reads the rows with pandas.
+    """
+    if pa is None:
+        return None
+    source = pa.memory_map(str(path))  # pyarrow's own map: its buffers outlive ours freely
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(source.read_buffer().slice(start, end - start)),
+            read_options=pa_csv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24),
+            parse_options=pa_csv.ParseOptions(delimiter=" ", quote_char=False),
+            convert_options=pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    finally:
+        source.close()
+    table = _trim_blank_edges(table)
+    if table is None or table.num_columns != n_columns or not _as_pandas_reads(table):
+        return None
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+def _trim_blank_edges(table: pa.Table) -> pa.Table | None:
+    """Without the all-empty first / last column that leading / trailing spaces make."""
+    if table.num_columns and table.schema.types[-1] == pa.null():
+        table = table.remove_column(table.num_columns - 1)
+    if table.num_columns and table.schema.types[0] == pa.null():
+        table = table.remove_column(0)
+    return table
+
+
+def _as_pandas_reads(table: pa.Table) -> bool:
+    """Whether pandas (then ``pandas.to_numeric``) would give these columns these values."""
+    for column, kind in zip(table.columns, table.schema.types, strict=True):
+        if kind not in _ARROW_TYPES or column.null_count:
+            return False  # another type (dates, ...), or an empty field (two spaces in a row)
+        if kind == pa.string():
+            if pc.any(pc.is_in(column, pa.array(_NA_STRINGS))).as_py():
+                return False
+            if pc.any(pc.match_substring_regex(column, _NOT_SIMPLE)).as_py():
+                return False  # quotes, comments, tabs: pandas' tokenizer reads these otherwise
+            try:
+                pc.cast(column, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue  # not numbers: strings for pandas too
+            return False
+    return True
+
+
+_PANDAS_OPTIONS = dict(
+    sep=r"\s+",
+    header=None,
+    comment="#",
+    keep_default_na=False,
+    na_values=_NA_STRINGS,
+    engine="c",
+    encoding="utf-8",
+)
+# Rows are read in pieces of about this many bytes, on several threads (pandas' tokenizer and
+# number parser run without the GIL), so that a large loop never sits in memory twice.
+_PIECE_BYTES = 16 << 20
 
 
 def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
-    """``pandas.read_csv`` of the bytes ``[start, end)`` with starfile's options."""
-    options = dict(
-        sep=r"\s+",
-        header=None,
-        comment="#",
-        keep_default_na=False,
-        na_values=["nan", "NaN", "<NA>"],
-        engine="c",
-        encoding="utf-8",
-    )
-    if buf.find(b"'", start, end) >= 0:
+    """``pandas.read_csv`` of the bytes ``[start, end)`` with starfile's options.
+
+    Large loops are read in pieces split at line ends, on up to four threads, and joined (the
+    pieces' columns are joined as pandas joins its own internal chunks: int with float gives
+    float). Every piece after the first is read with the first piece's column count, so short
+    and long rows behave as in one read.
+    """
+    bounds = [start]
+    while end - bounds[-1] > _PIECE_BYTES:
+        cut = buf.find(b"\n", bounds[-1] + _PIECE_BYTES, end)
+        if cut < 0:
+            break
+        bounds.append(cut + 1)
+    bounds.append(end)
+    first = _read_piece(buf, bounds[0], bounds[1], None)
+    if len(bounds) == 2:
+        if first is None:
+            raise pd.errors.EmptyDataError("No columns to parse from file")
+        return first
+    n_fields = None if first is None else first.shape[1]
+    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        rest = list(
+            pool.map(
+                lambda k: _read_piece(buf, bounds[k], bounds[k + 1], n_fields),
+                range(1, len(bounds) - 1),
+            )
+        )
+    pieces = [p for p in [first, *rest] if p is not None and len(p)]
+    if not pieces:
+        raise pd.errors.EmptyDataError("No columns to parse from file")
+    return pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
+
+
+def _read_piece(buf, start: int, end: int, n_fields: int | None) -> pd.DataFrame | None:
+    """One piece of rows (None when it holds none: only comments or blank lines)."""
+    data = buf[start:end]
+    if b"'" in data:
         # starfile reads single quotes as double quotes (the only quote read_csv knows)
-        return pd.read_csv(io.BytesIO(buf[start:end].replace(b"'", b'"')), **options)
-    if end < len(buf):
-        return pd.read_csv(io.BytesIO(buf[start:end]), **options)
-    # the loop runs to the end of the file: read_csv reads the file itself from the first row
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        return pd.read_csv(fh, **options)
+        data = data.replace(b"'", b'"')
+    names = None if n_fields is None else list(range(n_fields))
+    try:
+        return pd.read_csv(io.BytesIO(data), names=names, **_PANDAS_OPTIONS)
+    except pd.errors.EmptyDataError:
+        return None  # only comments or blank lines; an error when every piece is so
 
 
 def _numeric_columns(frame: pd.DataFrame) -> pd.DataFrame:
