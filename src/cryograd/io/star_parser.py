@@ -19,7 +19,6 @@ only ``nan``/``NaN``/``<NA>`` as missing). Columns that parse as numbers become 
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ except ImportError:  # pragma: no cover - pandas reads every loop then
 
 __all__ = ["read_star_file"]
 
-_LINE_START_BLANKS = b" \t\r\f\v"
+_BLANKS = (b" ", b"\t", b"\r", b"\f", b"\v")
 # Characters that make a loop's rows need pandas' tokenizer (quotes, comments, tabs, ...).
 _NOT_SIMPLE = "[\"'#\\s]"
 # Values pandas reads as missing (starfile's ``na_values``).
@@ -46,26 +45,70 @@ _NA_STRINGS = ["nan", "NaN", "<NA>"]
 _ARROW_TYPES = () if pa is None else (pa.int64(), pa.float64(), pa.bool_(), pa.string())
 
 
+class _FileBytes:
+    """Read-only byte access to a file by positioned reads.
+
+    Offers the slice of the ``bytes`` interface the parser needs (``len``, slicing, ``find``).
+    Reads go through the page cache without mapping the file, so a large file does not count
+    towards the process's resident memory; each read opens its own handle (safe from threads).
+    """
+
+    _BLOCK = 1 << 22
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = os.path.getsize(path)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, span: slice) -> bytes:
+        start, stop = (
+            max(span.start or 0, 0),
+            min(self.size, self.size if span.stop is None else span.stop),
+        )
+        if stop <= start:
+            return b""
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(stop - start)
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        end = self.size if end is None else min(end, self.size)
+        pos = start
+        while pos < end:
+            chunk = self[pos : min(end, pos + self._BLOCK + len(sub) - 1)]
+            found = chunk.find(sub)
+            if found >= 0:
+                return pos + found
+            pos += self._BLOCK
+        return -1
+
+
 @dataclass
 class _Cursor:
-    """A position in the file's bytes, read one line at a time."""
+    """A position in the file, read one line at a time."""
 
-    buf: mmap.mmap | bytes
+    buf: _FileBytes
     pos: int = 0
+    _line_end: int = -1
 
     @property
     def at_end(self) -> bool:
         return self.pos >= len(self.buf)
 
+    def _end_of_line(self) -> int:
+        if self._line_end < self.pos:
+            end = self.buf.find(b"\n", self.pos)
+            self._line_end = len(self.buf) if end < 0 else end
+        return self._line_end
+
     def peek(self) -> str:
         """The line at ``pos``, stripped (``''`` at the end of the file)."""
-        end = self.buf.find(b"\n", self.pos)
-        end = len(self.buf) if end < 0 else end
-        return self.buf[self.pos : end].decode("utf-8", errors="replace").strip()
+        return self.buf[self.pos : self._end_of_line()].decode("utf-8", errors="replace").strip()
 
     def advance(self) -> None:
-        end = self.buf.find(b"\n", self.pos)
-        self.pos = len(self.buf) if end < 0 else end + 1
+        self.pos = min(len(self.buf), self._end_of_line() + 1)
 
 
 def read_star_file(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
@@ -90,12 +133,9 @@ def read_star_file(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
         Malformed content (where ``starfile`` raises too).
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            return {}
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse_blocks(path, _Cursor(buf))
+    with open(path, "rb"):  # FileNotFoundError, IsADirectoryError, PermissionError as usual
+        pass
+    return _parse_blocks(path, _Cursor(_FileBytes(path)))
 
 
 def _parse_blocks(path: Path, cur: _Cursor) -> dict[str, pd.DataFrame | dict]:
@@ -153,25 +193,29 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
         frame = pd.DataFrame(np.zeros(shape=(0, len(columns))))
         frame.columns = columns
         return frame
-    frame = _read_rows_arrow(path, start, end, len(columns))
+    frame = _read_rows_arrow(path, cur.buf, start, end, len(columns))
     if frame is None:
         frame = _numeric_columns(_read_rows(path, cur.buf, start, end))
     frame.columns = columns
     return frame
 
 
-def _next_data_line(buf, start: int) -> int:
+def _next_data_line(buf: _FileBytes, start: int) -> int:
     """Offset of the first line at or after ``start`` that starts ``data_`` (after blanks)."""
     pos = start
     while (pos := buf.find(b"data_", pos)) >= 0:
-        line_start = max(buf.rfind(b"\n", start, pos) + 1, start)
-        if not buf[line_start:pos].strip(_LINE_START_BLANKS):
+        line_start = pos
+        while line_start > start and buf[line_start - 1 : line_start] in _BLANKS:
+            line_start -= 1
+        if line_start == start or buf[line_start - 1 : line_start] == b"\n":
             return line_start
         pos += 5
     return len(buf)
 
 
-def _read_rows_arrow(path: Path, start: int, end: int, n_columns: int) -> pd.DataFrame | None:
+def _read_rows_arrow(
+    path: Path, buf: _FileBytes, start: int, end: int, n_columns: int
+) -> pd.DataFrame | None:
     """The rows ``[start, end)`` by pyarrow's (multi-threaded) CSV reader, or None.
 
     Used when every value is separated from the next by exactly one space (leading and trailing
@@ -183,10 +227,14 @@ def _read_rows_arrow(path: Path, start: int, end: int, n_columns: int) -> pd.Dat
     """
     if pa is None:
         return None
-    source = pa.memory_map(str(path))  # pyarrow's own map: its buffers outlive ours freely
+    if end >= len(buf):  # to the end of the file: pyarrow reads it itself, no copy here
+        source = pa.OSFile(str(path))
+        source.seek(start)
+    else:
+        source = pa.BufferReader(buf[start:end])
     try:
         table = pa_csv.read_csv(
-            pa.BufferReader(source.read_buffer().slice(start, end - start)),
+            source,
             read_options=pa_csv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24),
             parse_options=pa_csv.ParseOptions(delimiter=" ", quote_char=False),
             convert_options=pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True),
@@ -239,7 +287,8 @@ _PANDAS_OPTIONS = dict(
 )
 # Rows are read in pieces of about this many bytes, on several threads (pandas' tokenizer and
 # number parser run without the GIL), so that a large loop never sits in memory twice.
-_PIECE_BYTES = 16 << 20
+_PIECE_BYTES = 8 << 20
+_MAX_THREADS = 4
 
 
 def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
@@ -263,7 +312,7 @@ def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
             raise pd.errors.EmptyDataError("No columns to parse from file")
         return first
     n_fields = None if first is None else first.shape[1]
-    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    workers = min(_MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         rest = list(
             pool.map(
@@ -272,9 +321,38 @@ def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
             )
         )
     pieces = [p for p in [first, *rest] if p is not None and len(p)]
+    del first, rest
     if not pieces:
         raise pd.errors.EmptyDataError("No columns to parse from file")
-    return pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
+    return _join_pieces(pieces)
+
+
+def _join_pieces(pieces: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat(pieces, ignore_index=True)``, emptying ``pieces`` as it goes (less memory).
+
+    A column whose pieces share one NumPy dtype is copied into one array piece by piece, each
+    piece's column freed once copied; other columns (strings, mixed types) are joined by
+    ``pd.concat``, which gives the same result.
+    """
+    if len(pieces) == 1:
+        return pieces.pop()
+    n = sum(len(p) for p in pieces)
+    columns: dict = {}
+    for name in pieces[0].columns:
+        dtypes = {p[name].dtype for p in pieces}
+        dtype = dtypes.pop() if len(dtypes) == 1 else None
+        if isinstance(dtype, np.dtype):
+            out = np.empty(n, dtype=dtype)
+            row = 0
+            for p in pieces:
+                out[row : row + len(p)] = p[name].to_numpy()
+                row += len(p)
+            columns[name] = out
+        else:
+            columns[name] = pd.concat([p[name] for p in pieces], ignore_index=True)
+        for p in pieces:
+            del p[name]
+    return pd.DataFrame(columns)
 
 
 def _read_piece(buf, start: int, end: int, n_fields: int | None) -> pd.DataFrame | None:
