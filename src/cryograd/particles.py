@@ -605,35 +605,35 @@ def resolve_image_path(
     The first candidate is returned when none exists (so the error names it). ``listing``
     answers "is this a file" from one listing per folder (for many names at once).
     """
-    p = Path(name)
+    join, absolute = os.path.join, os.path.isabs(name)
     if datadir is not None:
-        candidates = (
-            [datadir / p, datadir / p.name] if not p.is_absolute() else [p, datadir / p.name]
-        )
+        other = join(datadir, os.path.basename(name))
+        candidates = [name, other] if absolute else [join(datadir, name), other]
     else:
-        candidates = [p] if p.is_absolute() else [base / p, Path.cwd() / p]
-    is_file = listing.is_file if listing is not None else Path.is_file
+        candidates = [name] if absolute else [join(base, name), join(os.getcwd(), name)]
+    is_file = listing.is_file if listing is not None else os.path.isfile
     for c in candidates:
         if is_file(c):
-            return c
-    return candidates[0]
+            return Path(c)
+    return Path(candidates[0])
 
 
 class _FolderListing:
     """``Path.is_file`` for many paths, from one ``os.scandir`` per folder."""
 
     def __init__(self) -> None:
-        self._files: dict[Path, frozenset[str]] = {}
+        self._files: dict[str, frozenset[str]] = {}
 
-    def is_file(self, path: Path) -> bool:
-        folder = path.parent
+    def is_file(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        folder = folder or "."
         if folder not in self._files:
             try:
                 with os.scandir(folder) as entries:
                     self._files[folder] = frozenset(e.name for e in entries if e.is_file())
             except OSError:
                 self._files[folder] = frozenset()
-        return path.name in self._files[folder]
+        return name in self._files[folder]
 
 
 def _split_names_arrow(names: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]] | None:

@@ -158,14 +158,17 @@ def _rotations(table: StarTable, notes: list[str]) -> np.ndarray | None:
 
 def _origins_px(table: StarTable, particle_pixel: np.ndarray) -> np.ndarray | None:
     """``(n, 2)`` origins in px: ``rlnOriginX/YAngst`` / pixel size (3.1+), or ``rlnOriginX/Y``."""
-    zeros = np.zeros(len(table))
     if table.has("rlnOriginXAngst") or table.has("rlnOriginYAngst"):
-        sx = table.col_or("rlnOriginXAngst", zeros)
-        sy = table.col_or("rlnOriginYAngst", zeros)
-        return np.stack([sx, sy], axis=1) / particle_pixel[:, None]
-    if table.has("rlnOriginX") or table.has("rlnOriginY"):
-        return np.stack([table.col_or("rlnOriginX", zeros), table.col_or("rlnOriginY", zeros)], 1)
-    return None
+        names, pixel = ("rlnOriginXAngst", "rlnOriginYAngst"), particle_pixel
+    elif table.has("rlnOriginX") or table.has("rlnOriginY"):
+        names, pixel = ("rlnOriginX", "rlnOriginY"), None
+    else:
+        return None
+    shifts = np.zeros((len(table), 2))
+    for k, name in enumerate(names):
+        if table.has(name):
+            shifts[:, k] = table.col(name) if pixel is None else table.col(name) / pixel
+    return shifts
 
 
 def _ctf_table(optics: StarOptics, notes: list[str]) -> np.ndarray | None:
@@ -192,15 +195,17 @@ def _ctf_table(optics: StarOptics, notes: list[str]) -> np.ndarray | None:
     if np.any(voltage <= 0):
         raise CryogradError(f"{path}: rlnVoltage must be positive")
 
-    def opt(column: str, default: float) -> np.ndarray:
-        v = optics.per_particle(column)
-        return np.full(n, default, dtype=np.float64) if v is None else v
-
-    columns = [du, dv, opt("rlnDefocusAngle", 0.0), voltage, cs, q0]
-    columns += [opt("rlnPhaseShift", 0.0), opt("rlnCtfBfactor", 0.0)]
-    columns += [opt("rlnCtfScalefactor", 1.0)]
-    ctf = np.stack(columns, axis=1).astype(np.float64)
-    assert ctf.shape[1] == len(CTF_COLUMNS)
+    ctf = np.empty((n, len(CTF_COLUMNS)), dtype=np.float64)  # filled column by column
+    ctf[:, 0], ctf[:, 1], ctf[:, 3], ctf[:, 4], ctf[:, 5] = du, dv, voltage, cs, q0
+    del du, dv, voltage, cs, q0
+    for k, column, default in (
+        (2, "rlnDefocusAngle", 0.0),
+        (6, "rlnPhaseShift", 0.0),
+        (7, "rlnCtfBfactor", 0.0),
+        (8, "rlnCtfScalefactor", 1.0),
+    ):
+        values = optics.per_particle(column)
+        ctf[:, k] = default if values is None else values
     return ctf
 
 

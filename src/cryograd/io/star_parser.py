@@ -312,7 +312,9 @@ def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
             raise pd.errors.EmptyDataError("No columns to parse from file")
         return first
     n_fields = None if first is None else first.shape[1]
-    workers = min(_MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    workers = min(
+        _MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    )
     with ThreadPoolExecutor(max(1, workers)) as pool:
         rest = list(
             pool.map(
@@ -352,7 +354,7 @@ def _join_pieces(pieces: list[pd.DataFrame]) -> pd.DataFrame:
             columns[name] = pd.concat([p[name] for p in pieces], ignore_index=True)
         for p in pieces:
             del p[name]
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)  # one block per column: no consolidating copy
 
 
 def _read_piece(buf, start: int, end: int, n_fields: int | None) -> pd.DataFrame | None:

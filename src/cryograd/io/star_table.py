@@ -138,8 +138,10 @@ class StarTable:
     def col(self, column: str) -> np.ndarray:
         """``(n,)`` float64 column, every value finite, else an error naming row and column."""
         raw = self.df[column]
-        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-            values = raw.to_numpy(dtype=np.float64, na_value=np.nan)  # parsed as numbers already
+        if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "iuf":
+            values = raw.to_numpy(dtype=np.float64, copy=True)  # parsed as numbers already
+        elif pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+            values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             try:
                 values = pd.to_numeric(raw, errors="coerce").to_numpy(
@@ -147,7 +149,7 @@ class StarTable:
                 )
             except (TypeError, ValueError):
                 values = np.full(len(raw), np.nan)
-        values = np.array(values, dtype=np.float64)  # writable copy
+        values = np.require(values, dtype=np.float64, requirements=["W", "C"])  # writable
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.argmax(bad))
