@@ -40,7 +40,7 @@ from cryograd.forward import ForwardModel
 from cryograd.io.mrc import StackWriter, read_map, write_map
 from cryograd.io.registry import read_particles
 from cryograd.io.star import write_star
-from cryograd.particles import ParticleSet
+from cryograd.particle_set import ParticleSet
 
 __all__ = [
     "SimulationOptions",

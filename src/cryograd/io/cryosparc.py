@@ -30,7 +30,7 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.geometry import cryosparc_pose_to_matrix
-from cryograd.particles import OpticsGroup, ParticleSet, resolve_image_path
+from cryograd.particle_set import OpticsGroup, ParticleSet, resolve_image_path
 
 __all__ = ["read_cs"]
 

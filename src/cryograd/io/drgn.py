@@ -21,7 +21,7 @@ import numpy as np
 
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import temporary_path
-from cryograd.particles import OpticsGroup, ParticleSet
+from cryograd.particle_set import OpticsGroup, ParticleSet
 
 __all__ = ["read_drgn_poses", "read_drgn_ctf", "read_drgn", "write_drgn"]
 

@@ -24,7 +24,7 @@ from cryograd.io.cryosparc import read_cs
 from cryograd.io.drgn import write_drgn
 from cryograd.io.mrc import read_map, read_map_header
 from cryograd.io.star import read_star, write_star
-from cryograd.particles import ParticleSet
+from cryograd.particle_set import ParticleSet
 
 __all__ = [
     "READERS",

@@ -38,7 +38,7 @@ from cryograd.io.star_optics import (
 )
 from cryograd.io.star_table import StarTable, find_particle_block, optics_table, read_star_blocks
 from cryograd.io.star_write import write_star
-from cryograd.particles import CTF_COLUMNS, OpticsGroup, ParticleSet, parse_image_names
+from cryograd.particle_set import CTF_COLUMNS, OpticsGroup, ParticleSet, parse_image_names
 
 __all__ = ["read_star", "write_star", "read_star_blocks"]
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from cryograd.errors import CryogradError
 from cryograd.io.star_table import StarTable
-from cryograd.particles import OpticsGroup
+from cryograd.particle_set import OpticsGroup
 
 __all__ = ["StarOptics", "optics_from_table", "optics_relion30"]
 

@@ -14,7 +14,7 @@ from cryograd.errors import CryogradError
 from cryograd.geometry import matrix_to_euler
 from cryograd.io.mrc import temporary_path
 from cryograd.io.star_columns import INTERPRETED_COLUMNS
-from cryograd.particles import ParticleSet
+from cryograd.particle_set import ParticleSet
 
 __all__ = ["write_star"]
 
