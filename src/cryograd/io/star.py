@@ -44,6 +44,8 @@ __all__ = ["read_star", "write_star", "read_star_blocks"]
 
 logger = logging.getLogger(__name__)
 
+_ROTATION_CHUNK = 1 << 16
+
 
 def read_star(
     path: str | os.PathLike,
@@ -146,11 +148,15 @@ def _box_from_first_stack(stack_files: list[Path]) -> int | None:
 def _rotations(table: StarTable, notes: list[str]) -> np.ndarray | None:
     """``(n, 3, 3)`` RELION ``A`` from ``rlnAngleRot/Tilt/Psi`` (ZYZ, degrees), or None."""
     if table.has("rlnAngleRot") and table.has("rlnAngleTilt"):
-        rot, tilt = table.col("rlnAngleRot"), table.col("rlnAngleTilt")
-        psi = table.col_or("rlnAnglePsi", np.zeros(len(table)))
-        return euler_to_matrix(
-            torch.from_numpy(rot), torch.from_numpy(tilt), torch.from_numpy(psi)
-        ).numpy()
+        angles = np.zeros((3, len(table)))  # (rot, tilt, psi) in degrees
+        angles[0], angles[1] = table.col("rlnAngleRot"), table.col("rlnAngleTilt")
+        if table.has("rlnAnglePsi"):
+            angles[2] = table.col("rlnAnglePsi")
+        out = np.empty((len(table), 3, 3))
+        for lo in range(0, len(table), _ROTATION_CHUNK):  # chunks: few temporaries at a time
+            part = torch.from_numpy(angles[:, lo : lo + _ROTATION_CHUNK])
+            out[lo : lo + _ROTATION_CHUNK] = euler_to_matrix(part[0], part[1], part[2]).numpy()
+        return out
     if table.has("rlnAnglePsi"):
         notes.append("only rlnAnglePsi present (2D alignment): no 3D poses")
     return None

@@ -73,6 +73,13 @@ class _FileBytes:
             fh.seek(start)
             return fh.read(stop - start)
 
+    def count_lines(self, start: int, end: int) -> int:
+        """Number of lines in ``[start, end)`` (an upper bound on its rows)."""
+        count = 1
+        for pos in range(start, end, self._BLOCK):
+            count += self[pos : min(end, pos + self._BLOCK)].count(b"\n")
+        return count
+
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
         end = self.size if end is None else min(end, self.size)
         pos = start
@@ -227,6 +234,9 @@ def _read_rows_arrow(
     """
     if pa is None:
         return None
+    sample = buf[start : min(end, start + (1 << 16))]
+    if b"  " in sample or b"\t" in sample:
+        return None  # padded columns (as RELION writes them): not worth trying
     if end >= len(buf):  # to the end of the file: pyarrow reads it itself, no copy here
         source = pa.OSFile(str(path))
         source.seek(start)
@@ -287,14 +297,14 @@ _PANDAS_OPTIONS = dict(
 )
 # Rows are read in pieces of about this many bytes, on several threads (pandas' tokenizer and
 # number parser run without the GIL), so that a large loop never sits in memory twice.
-_PIECE_BYTES = 8 << 20
-_MAX_THREADS = 4
+_PIECE_BYTES = 4 << 20
+_MAX_THREADS = 2
 
 
 def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
     """``pandas.read_csv`` of the bytes ``[start, end)`` with starfile's options.
 
-    Large loops are read in pieces split at line ends, on up to four threads, and joined (the
+    Large loops are read in pieces split at line ends, on up to two threads, and joined (the
     pieces' columns are joined as pandas joins its own internal chunks: int with float gives
     float). Every piece after the first is read with the first piece's column count, so short
     and long rows behave as in one read.
@@ -306,55 +316,69 @@ def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
             break
         bounds.append(cut + 1)
     bounds.append(end)
-    first = _read_piece(buf, bounds[0], bounds[1], None)
     if len(bounds) == 2:
-        if first is None:
+        frame = _read_piece(buf, start, end, None)
+        if frame is None:
             raise pd.errors.EmptyDataError("No columns to parse from file")
-        return first
+        return frame
+    first = _read_piece(buf, bounds[0], bounds[1], None)
     n_fields = None if first is None else first.shape[1]
     workers = min(
         _MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     )
+    rows = _RowJoiner(buf.count_lines(start, end))
+    rows.add(first)
+    del first
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        rest = list(
-            pool.map(
-                lambda k: _read_piece(buf, bounds[k], bounds[k + 1], n_fields),
-                range(1, len(bounds) - 1),
-            )
-        )
-    pieces = [p for p in [first, *rest] if p is not None and len(p)]
-    del first, rest
-    if not pieces:
-        raise pd.errors.EmptyDataError("No columns to parse from file")
-    return _join_pieces(pieces)
+        for frame in pool.map(
+            lambda k: _read_piece(buf, bounds[k], bounds[k + 1], n_fields),
+            range(1, len(bounds) - 1),
+        ):
+            rows.add(frame)
+            del frame
+    return rows.frame()
 
 
-def _join_pieces(pieces: list[pd.DataFrame]) -> pd.DataFrame:
-    """``pd.concat(pieces, ignore_index=True)``, emptying ``pieces`` as it goes (less memory).
+class _RowJoiner:
+    """The pieces' rows joined as ``pd.concat(pieces, ignore_index=True)`` joins them.
 
-    A column whose pieces share one NumPy dtype is copied into one array piece by piece, each
-    piece's column freed once copied; other columns (strings, mixed types) are joined by
-    ``pd.concat``, which gives the same result.
+    A column with one NumPy dtype in every piece is copied into an array allocated once for
+    ``max_rows`` rows (each piece is then freed), so the rows never sit in memory twice; a
+    column whose dtype changes between pieces, or holds strings, is joined by ``pd.concat``.
     """
-    if len(pieces) == 1:
-        return pieces.pop()
-    n = sum(len(p) for p in pieces)
-    columns: dict = {}
-    for name in pieces[0].columns:
-        dtypes = {p[name].dtype for p in pieces}
-        dtype = dtypes.pop() if len(dtypes) == 1 else None
-        if isinstance(dtype, np.dtype):
-            out = np.empty(n, dtype=dtype)
-            row = 0
-            for p in pieces:
-                out[row : row + len(p)] = p[name].to_numpy()
-                row += len(p)
-            columns[name] = out
-        else:
-            columns[name] = pd.concat([p[name] for p in pieces], ignore_index=True)
-        for p in pieces:
-            del p[name]
-    return pd.DataFrame(columns, copy=False)  # one block per column: no consolidating copy
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.rows = 0
+        self.columns: list[np.ndarray | list[pd.Series]] | None = None
+
+    def add(self, frame: pd.DataFrame | None) -> None:
+        if frame is None or not len(frame):
+            return
+        m = len(frame)
+        if self.columns is None:
+            self.columns = [
+                np.empty(self.max_rows, dtype=c.dtype) if isinstance(c.dtype, np.dtype) else []
+                for _, c in frame.items()
+            ]
+        for k, (_, column) in enumerate(frame.items()):
+            slot = self.columns[k]
+            if isinstance(slot, np.ndarray) and column.dtype == slot.dtype:
+                slot[self.rows : self.rows + m] = column.to_numpy()
+                continue
+            if isinstance(slot, np.ndarray):  # the dtype changed: join this column by pandas
+                slot = self.columns[k] = [pd.Series(slot[: self.rows].copy())]
+            slot.append(column.copy(deep=True))
+        self.rows += m
+
+    def frame(self) -> pd.DataFrame:
+        if self.columns is None:
+            raise pd.errors.EmptyDataError("No columns to parse from file")
+        joined = {
+            k: c[: self.rows] if isinstance(c, np.ndarray) else pd.concat(c, ignore_index=True)
+            for k, c in enumerate(self.columns)
+        }
+        return pd.DataFrame(joined, copy=False)  # one block per column: no consolidating copy
 
 
 def _read_piece(buf, start: int, end: int, n_fields: int | None) -> pd.DataFrame | None:
