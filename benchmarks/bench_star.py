@@ -79,8 +79,13 @@ _COLUMNS = [
 ]
 
 
-def write_star(path: Path, rows: int, chunk: int = 100_000) -> None:
-    """A RELION 3.1 particle file of ``rows`` particles as RELION writes it, a chunk at a time."""
+def write_star(path: Path, rows: int, chunk: int = 100_000, padded: bool = True) -> None:
+    """A RELION 3.1 particle file of ``rows`` particles, a chunk at a time.
+
+    ``padded``: numbers right-aligned in 12 characters as RELION writes them; else one space
+    between values, as ``cryograd convert`` / ``write_star`` write them.
+    """
+    width = 12 if padded else 0
     rng = np.random.default_rng(0)
     with open(path, "w") as fh:
         fh.write(_OPTICS)
@@ -90,8 +95,8 @@ def write_star(path: Path, rows: int, chunk: int = 100_000) -> None:
             i = np.arange(start, start + m)
             mic = i // 200
             # RELION writes numbers right-aligned in 12 characters (``%12.6f``, ``%12d``)
-            f = lambda a: np.char.rjust(np.char.mod("%.6f", a), 12)  # noqa: E731
-            d = lambda a: np.char.rjust(np.char.mod("%d", a), 12)  # noqa: E731
+            f = lambda a: np.char.rjust(np.char.mod("%.6f", a), width)  # noqa: E731
+            d = lambda a: np.char.rjust(np.char.mod("%d", a), width)  # noqa: E731
             cols = [
                 f(rng.uniform(0, 4000, m)),
                 f(rng.uniform(0, 4000, m)),
@@ -160,13 +165,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--repeats", type=int, default=1, help="runs per reader (best kept)")
     parser.add_argument("--readers", nargs="+", default=list(_READERS), choices=list(_READERS))
+    parser.add_argument(
+        "--single-space",
+        action="store_true",
+        help="one space between values (cryograd's own files) instead of RELION's padding",
+    )
     args = parser.parse_args()
     print(f"{'rows':>9} {'reader':<24} {'wall s':>7} {'CPU s':>7} {'peak MB':>8} {'file MB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for rows in args.rows:
             path = Path(tmp) / f"particles_{rows}.star"
             t = time.perf_counter()
-            write_star(path, rows)
+            write_star(path, rows, padded=not args.single_space)
             size = os.path.getsize(path) / 1e6
             print(f"# wrote {path.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for reader in args.readers:

@@ -1,7 +1,6 @@
 """cryograd's STAR parser gives exactly starfile's tables, on every STAR file of ../shared/data.
 
-Each reading path of the parser is forced in turn (pyarrow for single-space loops, pandas in one
-piece, pandas in many small pieces on threads), so that all of them are compared with
+Loops are read in one piece and in many small pieces on threads, and both are compared with
 ``starfile.read(path, always_dict=True)``: same blocks in the same order, same column names,
 dtypes and values (exactly), same ``_key value`` dicts (values and types).
 """
@@ -37,12 +36,10 @@ def _starfile_or_error(path):
         return None, exc
 
 
-@pytest.fixture(params=["default", "pandas", "pandas-pieces"])
+@pytest.fixture(params=["one-piece", "many-pieces"])
 def reading_path(request, monkeypatch):
-    """Force one of the parser's ways of reading loop rows."""
-    if request.param != "default":
-        monkeypatch.setattr(star_parser, "_read_rows_arrow", lambda *args: None)
-    if request.param == "pandas-pieces":
+    """Read loop rows in one piece, or in many small pieces on threads."""
+    if request.param == "many-pieces":
         monkeypatch.setattr(star_parser, "_PIECE_BYTES", 200)
     return request.param
 
@@ -58,34 +55,10 @@ def test_tables_equal_starfile(path, reading_path):
     _assert_same_blocks(expected, read_star_file(path))
 
 
-def test_single_space_loop_uses_arrow_and_matches_starfile(tmp_path, monkeypatch):
-    # cryograd's own files separate values by one space (with a trailing space here)
-    path = tmp_path / "p.star"
-    rows = "".join(
-        f"{i:06d}@s.mrcs {10.5 * i} {i} -1.25e-3 opticsGroup{1 + i % 2} \n" for i in range(1, 40)
-    )
-    path.write_text(
-        "\ndata_particles\n\nloop_\n_rlnImageName #1\n_rlnAngleRot #2\n_rlnClassNumber #3\n"
-        "_rlnOriginXAngst #4\n_rlnOpticsGroupName #5\n" + rows
-    )
-    calls = []
-    real = star_parser._read_rows_arrow
-
-    def spy(*args):
-        frame = real(*args)
-        calls.append(frame is not None)
-        return frame
-
-    monkeypatch.setattr(star_parser, "_read_rows_arrow", spy)
-    got = read_star_file(path)
-    assert calls == [True]
-    _assert_same_blocks(starfile.read(path, always_dict=True), got)
-
-
 @pytest.mark.parametrize(
     "rows",
     [
-        "a  1\nb 2\n",  # two spaces: pandas' tokenizer
+        "a  1\nb 2 \n",  # two spaces, a trailing space
         "a 1\n# comment\nb 2\n",  # a comment line
         "'a b' 1\nc 2\n",  # a quoted value
         "a\t1\nb 2\n",  # a tab

@@ -3,10 +3,12 @@
 ``starfile`` walks the file one ``linecache`` line at a time and joins every loop row into one
 Python string before handing it to ``pandas.read_csv``; a million-particle file then takes
 seconds and gigabytes. This parser follows the same grammar (the same block, header and
-loop-end rules, the same ``read_csv`` options, the same numeric coercion), but finds the loop
-rows in a memory map and gives ``read_csv`` the file itself from the first row, so the rows are
-never held as Python strings. Tables and values are the same as ``starfile``'s (a test compares
-the two on every STAR file of the shared test data).
+loop-end rules, the same ``read_csv`` options, the same numeric coercion), but reads only the
+header lines one by one; a loop's rows go to ``read_csv`` straight from the file, in pieces of a
+few MB read on two threads (pandas' tokenizer runs without the GIL) and joined into columns
+allocated once, so the rows are never held as one Python string nor twice as tables. Tables and
+values are the same as ``starfile``'s (a test compares the two on every STAR file of the shared
+test data, reading in one piece and in many).
 
 Grammar (``starfile``'s): lines are compared after ``strip()``. A line starting ``data_`` opens a
 block named by the rest of the line; the block is the first ``loop_`` or ``_key value`` that
@@ -28,21 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-try:  # optional: reads single-space separated loops (cryograd's own files) on all cores
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pa_csv
-except ImportError:  # pragma: no cover - pandas reads every loop then
-    pa = pc = pa_csv = None
-
 __all__ = ["read_star_file"]
 
 _BLANKS = (b" ", b"\t", b"\r", b"\f", b"\v")
-# Characters that make a loop's rows need pandas' tokenizer (quotes, comments, tabs, ...).
-_NOT_SIMPLE = "[\"'#\\s]"
 # Values pandas reads as missing (starfile's ``na_values``).
 _NA_STRINGS = ["nan", "NaN", "<NA>"]
-_ARROW_TYPES = () if pa is None else (pa.int64(), pa.float64(), pa.bool_(), pa.string())
 
 
 class _FileBytes:
@@ -200,9 +192,7 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
         frame = pd.DataFrame(np.zeros(shape=(0, len(columns))))
         frame.columns = columns
         return frame
-    frame = _read_rows_arrow(path, cur.buf, start, end, len(columns))
-    if frame is None:
-        frame = _numeric_columns(_read_rows(path, cur.buf, start, end))
+    frame = _numeric_columns(_read_rows(cur.buf, start, end))
     frame.columns = columns
     return frame
 
@@ -220,72 +210,6 @@ def _next_data_line(buf: _FileBytes, start: int) -> int:
     return len(buf)
 
 
-def _read_rows_arrow(
-    path: Path, buf: _FileBytes, start: int, end: int, n_columns: int
-) -> pd.DataFrame | None:
-    """The rows ``[start, end)`` by pyarrow's (multi-threaded) CSV reader, or None.
-
-    Used when every value is separated from the next by exactly one space (leading and trailing
-    spaces allowed) and no value holds a quote, ``#`` or tab: then splitting on one space and
-    pandas' whitespace tokenizer give the same values. None when that does not hold (an empty
-    field between two spaces, a wrong column count, a quote), or when the columns are not what
-    pandas would make of them (a missing-value word among strings, a date, ...): the caller then
-    reads the rows with pandas.
-    """
-    if pa is None:
-        return None
-    sample = buf[start : min(end, start + (1 << 16))]
-    if b"  " in sample or b"\t" in sample:
-        return None  # padded columns (as RELION writes them): not worth trying
-    if end >= len(buf):  # to the end of the file: pyarrow reads it itself, no copy here
-        source = pa.OSFile(str(path))
-        source.seek(start)
-    else:
-        source = pa.BufferReader(buf[start:end])
-    try:
-        table = pa_csv.read_csv(
-            source,
-            read_options=pa_csv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24),
-            parse_options=pa_csv.ParseOptions(delimiter=" ", quote_char=False),
-            convert_options=pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True),
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    finally:
-        source.close()
-    table = _trim_blank_edges(table)
-    if table is None or table.num_columns != n_columns or not _as_pandas_reads(table):
-        return None
-    return table.to_pandas(split_blocks=True, self_destruct=True)
-
-
-def _trim_blank_edges(table: pa.Table) -> pa.Table | None:
-    """Without the all-empty first / last column that leading / trailing spaces make."""
-    if table.num_columns and table.schema.types[-1] == pa.null():
-        table = table.remove_column(table.num_columns - 1)
-    if table.num_columns and table.schema.types[0] == pa.null():
-        table = table.remove_column(0)
-    return table
-
-
-def _as_pandas_reads(table: pa.Table) -> bool:
-    """Whether pandas (then ``pandas.to_numeric``) would give these columns these values."""
-    for column, kind in zip(table.columns, table.schema.types, strict=True):
-        if kind not in _ARROW_TYPES or column.null_count:
-            return False  # another type (dates, ...), or an empty field (two spaces in a row)
-        if kind == pa.string():
-            if pc.any(pc.is_in(column, pa.array(_NA_STRINGS))).as_py():
-                return False
-            if pc.any(pc.match_substring_regex(column, _NOT_SIMPLE)).as_py():
-                return False  # quotes, comments, tabs: pandas' tokenizer reads these otherwise
-            try:
-                pc.cast(column, pa.float64())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue  # not numbers: strings for pandas too
-            return False
-    return True
-
-
 _PANDAS_OPTIONS = dict(
     sep=r"\s+",
     header=None,
@@ -301,7 +225,7 @@ _PIECE_BYTES = 4 << 20
 _MAX_THREADS = 2
 
 
-def _read_rows(path: Path, buf, start: int, end: int) -> pd.DataFrame:
+def _read_rows(buf: _FileBytes, start: int, end: int) -> pd.DataFrame:
     """``pandas.read_csv`` of the bytes ``[start, end)`` with starfile's options.
 
     Large loops are read in pieces split at line ends, on up to two threads, and joined (the
@@ -368,7 +292,8 @@ class _RowJoiner:
                 continue
             if isinstance(slot, np.ndarray):  # the dtype changed: join this column by pandas
                 slot = self.columns[k] = [pd.Series(slot[: self.rows].copy())]
-            slot.append(column.copy(deep=True))
+            # a NumPy column is copied off its piece's 2D block, so the block can be freed
+            slot.append(column.copy() if isinstance(column.dtype, np.dtype) else column)
         self.rows += m
 
     def frame(self) -> pd.DataFrame:
@@ -401,6 +326,7 @@ def _numeric_columns(frame: pd.DataFrame) -> pd.DataFrame:
         if pd.api.types.is_numeric_dtype(column.dtype):
             continue
         try:
+            pd.to_numeric(column.iloc[:1])  # one word that is no number: no need to try all
             numeric = pd.to_numeric(column)
         except ValueError:
             continue
