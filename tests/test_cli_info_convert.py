@@ -11,7 +11,7 @@ import pytest
 
 from cryograd.cli.main import main
 from cryograd.io.drgn import read_drgn
-from cryograd.particles import read_particles
+from cryograd.io.registry import read_particles
 from tests.conftest import shared_file
 
 

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cryograd.errors import CryogradError
-from cryograd.particles import read_particles
+from cryograd.io.registry import read_particles
 from tests.conftest import shared_file
 
 CS_FILES = [  # (file, particles, pixel size Å, box) from PROVENANCE.md

@@ -14,7 +14,7 @@ import pytest
 
 from cryograd.errors import CryogradError
 from cryograd.io.drgn import read_drgn, read_drgn_ctf, read_drgn_poses, write_drgn
-from cryograd.particles import read_particles
+from cryograd.io.registry import read_particles
 from tests.conftest import shared_file
 
 PAIRS = [

@@ -10,8 +10,9 @@ import starfile
 from scipy.spatial.transform import Rotation
 
 from cryograd.errors import CryogradError
+from cryograd.io.registry import read_particles
 from cryograd.io.star import write_star
-from cryograd.particles import ParticleSet, read_particles
+from cryograd.particles import ParticleSet
 from tests.conftest import shared_file
 
 # (file, particles, pixel size Å, box, angpix to give); counts and pixel sizes from PROVENANCE.md

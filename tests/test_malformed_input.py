@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import read_map, read_map_header
-from cryograd.particles import read_particles
+from cryograd.io.registry import read_particles
 
 _COUNTER = itertools.count()
 

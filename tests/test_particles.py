@@ -12,7 +12,8 @@ import torch
 
 from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
-from cryograd.particles import ParticleSet, read_particles
+from cryograd.io.registry import read_particles
+from cryograd.particles import ParticleSet
 from tests.conftest import shared_file
 
 

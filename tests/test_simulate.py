@@ -11,8 +11,13 @@ from cryograd.cli.main import main
 from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
 from cryograd.io.mrc import read_map, write_map
-from cryograd.particles import read_particles
-from cryograd.simulate import default_stack_size, random_rotations, simulate
+from cryograd.io.registry import read_particles
+from cryograd.simulate import (
+    SimulationOptions,
+    default_stack_size,
+    random_rotations,
+    simulate,
+)
 from tests.conftest import shared_file
 
 
@@ -127,6 +132,20 @@ def test_same_seed_same_set(tmp_path):
     np.testing.assert_array_equal(
         mrcfile.open(a.stack_paths[0]).data, mrcfile.open(b.stack_paths[0]).data
     )
+
+
+def test_options_object_same_as_keywords(tmp_path):
+    vol = _blob_volume(12)
+    a = simulate(vol, 4, 1.0, snr=1.0, seed=3, out_dir=tmp_path / "a", progress=False)
+    options = SimulationOptions(snr=1.0, seed=3, progress=False)
+    b = simulate(vol, 4, 1.0, out_dir=tmp_path / "b", options=options)
+    np.testing.assert_array_equal(
+        mrcfile.open(a.stack_paths[0]).data, mrcfile.open(b.stack_paths[0]).data
+    )
+    np.testing.assert_array_equal(a.particles.rotations, b.particles.rotations)
+    with pytest.raises(TypeError):
+        simulate(vol, 4, 1.0, out_dir=tmp_path / "c", sn_r=1.0)
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize(

@@ -55,10 +55,18 @@ def euler_to_matrix(
     ca, sa = torch.cos(a), torch.sin(a)
     cb, sb = torch.cos(b), torch.sin(b)
     cg, sg = torch.cos(g), torch.sin(g)
-    row0 = torch.stack([cg * cb * ca - sg * sa, cg * cb * sa + sg * ca, -cg * sb], dim=-1)
-    row1 = torch.stack([-sg * cb * ca - cg * sa, -sg * cb * sa + cg * ca, sg * sb], dim=-1)
-    row2 = torch.stack([sb * ca, sb * sa, cb], dim=-1)
-    return torch.stack([row0, row1, row2], dim=-2)
+    cgcb, sgcb = cg * cb, sg * cb
+    out = torch.empty(a.shape + (3, 3), dtype=a.dtype, device=a.device)  # filled in place
+    torch.sub(cgcb * ca, sg * sa, out=out[..., 0, 0])
+    torch.add(cgcb * sa, sg * ca, out=out[..., 0, 1])
+    torch.mul(-cg, sb, out=out[..., 0, 2])
+    torch.sub(-(sgcb * ca), cg * sa, out=out[..., 1, 0])
+    torch.add(-(sgcb * sa), cg * ca, out=out[..., 1, 1])
+    torch.mul(sg, sb, out=out[..., 1, 2])
+    torch.mul(sb, ca, out=out[..., 2, 0])
+    torch.mul(sb, sa, out=out[..., 2, 1])
+    out[..., 2, 2] = cb
+    return out
 
 
 def matrix_to_euler(matrix: torch.Tensor) -> torch.Tensor:

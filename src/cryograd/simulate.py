@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,13 @@ from cryograd.arrays import to_tensor
 from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
+from cryograd.io.mrc import StackWriter, read_map, write_map
+from cryograd.io.registry import read_particles
+from cryograd.io.star import write_star
+from cryograd.particle_set import ParticleSet
 
 __all__ = [
+    "SimulationOptions",
     "SimulationResult",
     "simulate",
     "project_particles",
@@ -123,21 +128,52 @@ def _stack_names(n: int, per_stack: int) -> list[tuple[str, int, int]]:
     ]
 
 
+@dataclass(frozen=True)
+class SimulationOptions:
+    """How :func:`simulate` draws and writes the particles (every field has a default).
+
+    Attributes
+    ----------
+    snr
+        ``var(signal) / var(noise)`` (positive; see the module docstring). ``inf`` adds no noise.
+    defocus_range_um
+        ``(min, max)`` mean defocus in µm (underfocus positive).
+    shift_max_px
+        Origins are uniform in ``[-shift_max_px, shift_max_px]`` along x and y.
+    seed
+        Seed of NumPy's generator (orientations, shifts, CTFs, noise).
+    projector
+        ``"fourier"`` or ``"real"``.
+    batch_size
+        Particles projected and written per batch (memory is ``O(batch_size · D²)``).
+    images_per_stack
+        Images per ``.mrcs`` file (default :func:`default_stack_size`: 10000, fewer for boxes
+        above 115 px so that a stack stays under 512 MiB).
+    device
+        Torch device for the projections (default: CPU).
+    progress
+        Show a progress bar.
+    """
+
+    snr: float = 0.1
+    defocus_range_um: tuple[float, float] = (1.0, 2.5)
+    shift_max_px: float = 3.0
+    seed: int = 0
+    projector: str = "fourier"
+    batch_size: int = 256
+    images_per_stack: int | None = None
+    device: torch.device | str | None = None
+    progress: bool = True
+
+
 def simulate(
     volume,
     n: int,
     pixel_size: float | None = None,
-    snr: float = 0.1,
-    defocus_range_um: tuple[float, float] = (1.0, 2.5),
-    shift_max_px: float = 3.0,
-    seed: int = 0,
-    projector: str = "fourier",
-    out_dir: str | os.PathLike = "simulated",
     *,
-    batch_size: int = 256,
-    images_per_stack: int | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    out_dir: str | os.PathLike = "simulated",
+    options: SimulationOptions | None = None,
+    **settings,
 ) -> SimulationResult:
     """Simulate a particle data set from a map and write it to ``out_dir``.
 
@@ -149,25 +185,12 @@ def simulate(
         Number of particles (at least 1).
     pixel_size
         Pixel size in Å (default: the map file's voxel size; required for arrays).
-    snr
-        ``var(signal) / var(noise)`` (positive; see the module docstring). ``inf`` adds no noise.
-    defocus_range_um
-        ``(min, max)`` mean defocus in µm (underfocus positive).
-    shift_max_px
-        Origins are uniform in ``[-shift_max_px, shift_max_px]`` along x and y.
-    seed
-        Seed of NumPy's generator (orientations, shifts, CTFs, noise).
-    projector
-        ``"fourier"`` or ``"real"``.
     out_dir
         Output folder (created).
-    batch_size
-        Particles projected and written per batch (memory is ``O(batch_size · D²)``).
-    images_per_stack
-        Images per ``.mrcs`` file (default :func:`default_stack_size`: 10000, fewer for boxes
-        above 115 px so that a stack stays under 512 MiB).
-    device
-        Torch device for the projections (default: CPU).
+    options
+        :class:`SimulationOptions` (default: all defaults).
+    **settings
+        Fields of :class:`SimulationOptions` overriding ``options`` (``snr=0.5, seed=3``, ...).
 
     Returns
     -------
@@ -177,11 +200,65 @@ def simulate(
     ------
     CryogradError
         Bad map or parameters; nothing is written then.
+    TypeError
+        A setting that is not a field of :class:`SimulationOptions`.
     """
-    from cryograd.io.mrc import StackWriter, read_map, write_map
-    from cryograd.io.star import write_star
-    from cryograd.particles import ParticleSet
+    opts = replace(options or SimulationOptions(), **settings)
+    vol, pixel_size, source = _load_volume(volume, pixel_size)
+    n = int(n)
+    box = vol.shape[0]
+    per_stack = _check_options(n, opts, source, box)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CryogradError(f"{out}: exists and is not a folder")
 
+    rng = np.random.default_rng(opts.seed)
+    rotations, shifts, ctf = _draw_parameters(n, opts, rng)
+    device = torch.device(opts.device) if opts.device is not None else torch.device("cpu")
+    model = ForwardModel(box, pixel_size, opts.projector)
+    vol_t = torch.from_numpy(vol).to(device)
+    rot_t = torch.from_numpy(rotations).to(device=device, dtype=torch.float32)
+    sh_t = torch.from_numpy(shifts).to(device=device, dtype=torch.float32)
+    ctf_t = ctf.to(device=device, dtype=torch.float32)
+
+    def clean(start: int, stop: int) -> torch.Tensor:
+        return model.project(vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop])
+
+    signal_var = _signal_variance(clean, n, box, opts.batch_size)
+    if not signal_var > 0:
+        raise CryogradError(f"{source}: the map's projections are constant; nothing to simulate")
+    sigma = float(np.sqrt(signal_var / opts.snr)) if np.isfinite(opts.snr) else 0.0
+    logger.info("signal variance %.4g, noise sigma %.4g (SNR %.4g)", signal_var, sigma, opts.snr)
+
+    out.mkdir(parents=True, exist_ok=True)
+    noise_gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+    stack_paths, names = _write_stacks(
+        out, _stack_names(n, per_stack), (box, pixel_size), clean, (sigma, noise_gen), opts
+    )
+    map_path = write_map(out / "ground_truth.mrc", vol, pixel_size)
+    particles = ParticleSet.from_arrays(
+        rotations=rotations,
+        shifts_px=shifts,
+        ctf=ctf,
+        pixel_size_angstrom=float(pixel_size),
+        box_size=box,
+        half_set=(np.arange(n) % 2) + 1,
+        image_names=names,
+        datadir=out,
+    )
+    star_path = write_star(out / "particles.star", particles, image_names=names)
+    return SimulationResult(
+        star_path=star_path,
+        map_path=map_path,
+        stack_paths=stack_paths,
+        particles=particles,
+        noise_sigma=sigma,
+        signal_variance=signal_var,
+    )
+
+
+def _load_volume(volume, pixel_size: float | None) -> tuple[np.ndarray, float, str]:
+    """``(D, D, D)`` float32 map, its pixel size in Å and a name for messages."""
     source = "volume"
     if isinstance(volume, (str, os.PathLike)):
         source = str(volume)
@@ -200,56 +277,48 @@ def simulate(
     validate_volume(vol, source)
     if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
         raise CryogradError(f"{source}: pixel size unknown or not positive; give it (--angpix)")
-    if int(n) < 1:
+    return vol, float(pixel_size), source
+
+
+def _check_options(n: int, opts: SimulationOptions, source: str, box: int) -> int:
+    """Check the settings (CryogradError naming the bad one); returns the images per stack."""
+    if n < 1:
         raise CryogradError(f"number of particles must be at least 1, got {n}")
-    if not snr > 0:
-        raise CryogradError(f"SNR must be positive, got {snr}")
-    dmin, dmax = (float(v) for v in defocus_range_um)
+    if not opts.snr > 0:
+        raise CryogradError(f"SNR must be positive, got {opts.snr}")
+    dmin, dmax = (float(v) for v in opts.defocus_range_um)
     if not (0 < dmin <= dmax and np.isfinite(dmax)):
         raise CryogradError(f"defocus range must be 0 < min <= max µm, got {dmin}:{dmax}")
-    if not (shift_max_px >= 0 and np.isfinite(shift_max_px)):
-        raise CryogradError(f"maximum shift must be >= 0 pixels, got {shift_max_px}")
-    if projector not in ("fourier", "real"):
-        raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
-    n = int(n)
-    box = vol.shape[0]
-    if images_per_stack is None:
-        images_per_stack = default_stack_size(box)
-    if batch_size < 1 or images_per_stack < 1:
+    if not (opts.shift_max_px >= 0 and np.isfinite(opts.shift_max_px)):
+        raise CryogradError(f"maximum shift must be >= 0 pixels, got {opts.shift_max_px}")
+    if opts.projector not in ("fourier", "real"):
+        raise CryogradError(f"unknown projector {opts.projector!r}: use 'fourier' or 'real'")
+    per_stack = opts.images_per_stack
+    if per_stack is None:
+        per_stack = default_stack_size(box)
+    if opts.batch_size < 1 or per_stack < 1:
         raise CryogradError("batch size and images per stack must be at least 1")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CryogradError(f"{out}: exists and is not a folder")
+    return per_stack
 
-    rng = np.random.default_rng(seed)
+
+def _draw_parameters(
+    n: int, opts: SimulationOptions, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, CTFParams]:
+    """Rotations ``(n, 3, 3)``, origins ``(n, 2)`` px and CTFs, drawn in this order from ``rng``."""
+    dmin, dmax = (float(v) for v in opts.defocus_range_um)
     rotations = random_rotations(n, rng)
-    shifts = rng.uniform(-shift_max_px, shift_max_px, size=(n, 2))
+    shifts = rng.uniform(-opts.shift_max_px, opts.shift_max_px, size=(n, 2))
     mean_df = rng.uniform(dmin, dmax, size=n) * 1e4
     astig = rng.uniform(0.0, _ASTIGMATISM_MAX_ANGSTROM, size=n)
+    angle = rng.uniform(0.0, 180.0, size=n)
     ctf = CTFParams.create(
-        mean_df + astig / 2,
-        mean_df - astig / 2,
-        rng.uniform(0.0, 180.0, size=n),
-        300.0,
-        2.7,
-        0.1,
-        0.0,
-        0.0,
-        1.0,
+        mean_df + astig / 2, mean_df - astig / 2, angle, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0
     )
-    half_set = (np.arange(n) % 2) + 1
+    return rotations, shifts, ctf
 
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    model = ForwardModel(box, pixel_size, projector)
-    vol_t = torch.from_numpy(vol).to(device)
-    rot_t = torch.from_numpy(rotations).to(device=device, dtype=torch.float32)
-    sh_t = torch.from_numpy(shifts).to(device=device, dtype=torch.float32)
-    ctf_t = ctf.to(device=device, dtype=torch.float32)
 
-    def clean(start: int, stop: int) -> torch.Tensor:
-        return model.project(vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop])
-
-    # Signal variance from the clean images of the first particles (pooled over the box).
+def _signal_variance(clean, n: int, box: int, batch_size: int) -> float:
+    """Pixel variance of the clean images of the first ``min(n, 1024)`` particles (pooled)."""
     pilot = min(n, _PILOT)
     total = total_sq = 0.0
     for start in range(0, pilot, batch_size):
@@ -257,23 +326,29 @@ def simulate(
         total += float(img.sum())
         total_sq += float((img * img).sum())
     count = pilot * box * box
-    signal_var = total_sq / count - (total / count) ** 2
-    if not signal_var > 0:
-        raise CryogradError(f"{source}: the map's projections are constant; nothing to simulate")
-    sigma = float(np.sqrt(signal_var / snr)) if np.isfinite(snr) else 0.0
-    logger.info("signal variance %.4g, noise sigma %.4g (SNR %.4g)", signal_var, sigma, snr)
+    return total_sq / count - (total / count) ** 2
 
-    out.mkdir(parents=True, exist_ok=True)
-    stacks = _stack_names(n, images_per_stack)
-    noise_gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+
+def _write_stacks(
+    out: Path,
+    stacks: list[tuple[str, int, int]],
+    geometry: tuple[int, float],
+    clean,
+    noise: tuple[float, torch.Generator],
+    opts: SimulationOptions,
+) -> tuple[list[Path], list[str]]:
+    """Noisy images into each ``(file name, first, stop)`` stack; (stack paths, image names)."""
+    box, pixel_size = geometry
+    sigma, noise_gen = noise
     stack_paths: list[Path] = []
     names: list[str] = []
-    with tqdm(total=n, desc="simulate", unit="img", disable=not progress) as bar:
+    n = stacks[-1][2] if stacks else 0
+    with tqdm(total=n, desc="simulate", unit="img", disable=not opts.progress) as bar:
         for fname, first, stop in stacks:
             path = out / fname
             with StackWriter(path, stop - first, box, pixel_size) as writer:
-                for start in range(first, stop, batch_size):
-                    end = min(stop, start + batch_size)
+                for start in range(first, stop, opts.batch_size):
+                    end = min(stop, start + opts.batch_size)
                     img = clean(start, end).cpu()
                     if sigma > 0:
                         img = img + sigma * torch.randn(img.shape, generator=noise_gen)
@@ -281,27 +356,7 @@ def simulate(
                     bar.update(end - start)
             stack_paths.append(path)
             names.extend(f"{i + 1:06d}@{fname}" for i in range(stop - first))
-
-    map_path = write_map(out / "ground_truth.mrc", vol, pixel_size)
-    particles = ParticleSet.from_arrays(
-        rotations=rotations,
-        shifts_px=shifts,
-        ctf=ctf,
-        pixel_size_angstrom=float(pixel_size),
-        box_size=box,
-        half_set=half_set,
-        image_names=names,
-        datadir=out,
-    )
-    star_path = write_star(out / "particles.star", particles, image_names=names)
-    return SimulationResult(
-        star_path=star_path,
-        map_path=map_path,
-        stack_paths=stack_paths,
-        particles=particles,
-        noise_sigma=sigma,
-        signal_variance=signal_var,
-    )
+    return stack_paths, names
 
 
 def project_particles(
@@ -330,7 +385,7 @@ def project_particles(
     use_ctf
         Apply each particle's CTF (default: when the file has CTF parameters).
     datadir, angpix
-        As for :func:`cryograd.particles.read_particles`.
+        As for :func:`cryograd.io.registry.read_particles`.
 
     Raises
     ------
@@ -338,9 +393,6 @@ def project_particles(
         Bad map, particles without orientations, box or pixel size mismatch, CTF asked for but
         absent; nothing is written then.
     """
-    from cryograd.io.mrc import StackWriter, read_map
-    from cryograd.particles import read_particles
-
     out = Path(out_path)
     if not out.parent.is_dir():
         raise CryogradError(f"{out}: output folder {out.parent} does not exist")

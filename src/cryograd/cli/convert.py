@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 from cryograd.errors import CryogradError
+from cryograd.io.drgn import read_drgn
+from cryograd.io.registry import WRITERS, WriteOptions, read_particles, writer_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +74,10 @@ def load_input(args: argparse.Namespace):
             raise CryogradError("convert: cryoDRGN input needs both --poses and --ctf")
         if len(args.paths) != 1:
             raise CryogradError("convert: with --poses/--ctf give only OUT")
-        from cryograd.io.drgn import read_drgn
-
         particles = read_drgn(args.poses, args.ctf, image_stack=args.images, angpix=args.angpix)
         return particles, args.paths[0]
     if len(args.paths) != 2:
         raise CryogradError("convert: give IN and OUT (or --poses P.pkl --ctf C.pkl OUT)")
-    from cryograd.particles import read_particles
-
     src, out = args.paths
     particles = read_particles(src, datadir=args.datadir, angpix=args.angpix, box_size=args.box)
     if particles.box_size is None and args.box is not None:
@@ -98,27 +96,10 @@ def run(args: argparse.Namespace) -> int:
         raise CryogradError(f"{out}: is a folder")
     if not out.parent.is_dir():
         raise CryogradError(f"{out}: output folder {out.parent} does not exist")
-    if args.to_drgn or out.suffix.lower() == ".pkl":
-        from cryograd.io.drgn import write_drgn
-
-        ctf_out = args.ctf_out or out.with_name(out.stem + "_ctf.pkl")
-        poses_out = out if particles.rotations is not None else None
-        if poses_out is None:
-            raise CryogradError(
-                f"{particles.path}: has no poses; cannot write a cryoDRGN pose file"
-            )
-        write_drgn(poses_out, ctf_out if particles.has_ctf else None, particles)
-        logger.info(
-            "wrote %s%s (%d particles)",
-            out,
-            f" and {ctf_out}" if particles.has_ctf else "",
-            len(particles),
-        )
-        return 0
-    if out.suffix.lower() != ".star":
-        raise CryogradError(f"{out}: output must end in .star or .pkl (or use --to-drgn)")
-    from cryograd.io.star import write_star
-
-    write_star(out, particles)
-    logger.info("wrote %s (%d particles)", out, len(particles))
+    writer = WRITERS[".pkl"] if args.to_drgn else writer_for(out)
+    if writer is None:
+        endings = " or ".join(WRITERS)
+        raise CryogradError(f"{out}: output must end in {endings} (or use --to-drgn)")
+    written = writer.write(out, particles, WriteOptions(ctf_path=args.ctf_out))
+    logger.info("wrote %s (%d particles)", " and ".join(map(str, written)), len(particles))
     return 0

@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cryograd.errors import CryogradError
+from cryograd.io.mrc import read_map
+from cryograd.plots import plot_fsc_result
+from cryograd.validation import compute_fsc_result
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,8 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _load_cubic(path: Path, what: str):
-    from cryograd.io.mrc import read_map
-
     m = read_map(path)
     if m.data.ndim != 3 or len(set(m.data.shape)) != 1:
         raise CryogradError(f"{path}: {what} must be a cubic 3D map, got shape {m.data.shape}")
@@ -49,11 +51,6 @@ def _load_cubic(path: Path, what: str):
 
 
 def run(args) -> int:
-    import torch
-
-    from cryograd.plots import plot_fsc_result
-    from cryograd.validation import compute_fsc_result
-
     m1 = _load_cubic(args.map1, "map")
     m2 = _load_cubic(args.map2, "map")
     if m1.data.shape != m2.data.shape:

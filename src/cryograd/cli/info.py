@@ -1,4 +1,7 @@
-"""``cryograd info FILE``: summarise a particle file (STAR, .cs) or an MRC map/stack."""
+"""``cryograd info FILE``: summarise a particle file (STAR, .cs) or an MRC map/stack.
+
+The file's reader, and so its summary, come from :data:`cryograd.io.registry.READERS`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cryograd.errors import CryogradError
-
-MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".ccp4", ".st", ".gz", ".bz2")
+from cryograd.io.registry import summarise
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,36 +29,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--angpix", type=float, help="pixel size in Å (overrides the file's)")
     parser.set_defaults(func=run)
     return parser
-
-
-def mrc_summary(path: Path) -> dict:
-    """Header summary of an MRC file (no data read)."""
-    from cryograd.io.mrc import read_map_header
-
-    h = read_map_header(path)
-    return {
-        "file": str(path),
-        "format": "MRC stack" if h.is_stack else "MRC map",
-        "shape": list(h.shape),
-        "voxel_size_angstrom": h.voxel_size_angstrom,
-        "voxel_size_xyz_angstrom": list(h.voxel_size_xyz_angstrom),
-        "origin_angstrom": list(h.origin_angstrom),
-        "start_voxels": list(h.start_voxels),
-        "mode": h.mode,
-        "header_permissive": h.permissive,
-    }
-
-
-def summarise(path: Path, *, datadir: Path | None = None, angpix: float | None = None) -> dict:
-    """The summary dict of any supported file."""
-    if not path.exists():
-        raise CryogradError(f"{path}: file not found")
-    name = path.name.lower()
-    if name.endswith(MRC_SUFFIXES):
-        return mrc_summary(path)
-    from cryograd.particles import read_particles
-
-    return read_particles(path, datadir=datadir, angpix=angpix).summary()
 
 
 def _fmt_float(value: float) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from cryograd.simulate import project_particles
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,8 +42,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cryograd.simulate import project_particles
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = project_particles(
         args.map,

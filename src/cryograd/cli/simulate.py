@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cryograd.errors import CryogradError
+from cryograd.simulate import simulate
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cryograd.simulate import simulate
-
     if args.number < 1:
         raise CryogradError(f"-n must be at least 1, got {args.number}")
     if not args.snr > 0:

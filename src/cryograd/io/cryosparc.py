@@ -30,7 +30,7 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.geometry import cryosparc_pose_to_matrix
-from cryograd.particles import OpticsGroup, ParticleSet, resolve_image_path
+from cryograd.particle_set import OpticsGroup, ParticleSet, resolve_image_path
 
 __all__ = ["read_cs"]
 
@@ -72,10 +72,41 @@ def read_cs(
     names = set(data.dtype.names)
     n = len(data)
     notes: list[str] = []
+    pixels = _pixel_sizes(path, data, angpix)
+    box = _box_size(path, data)
+    rotations, shifts_px, half_set, class_number = _alignments(path, data, pixels, notes)
+    optics_group, groups = _optics_groups(path, data, pixels, box)
+    stack_files, stack_ids, stack_indices = _image_locations(path, data, datadir)
+    if "blob/sign" in names and np.any(np.asarray(data["blob/sign"]) > 0):
+        notes.append(
+            "blob/sign is +1 for some particles (cryoSPARC contrast sign); images not flipped"
+        )
+    return ParticleSet(
+        path=path,
+        box_size=box,
+        pixel_size_angstrom=float(pixels[0]),
+        rotations=rotations,
+        shifts_px=shifts_px,
+        ctf=_ctf_table(path, data, notes),
+        ctf_premultiplied=np.zeros(n, dtype=bool),
+        optics_group=optics_group.astype(np.int64),
+        optics_groups=groups,
+        half_set=half_set,
+        class_number=class_number,
+        stack_files=stack_files,
+        stack_ids=stack_ids,
+        stack_indices=stack_indices,
+        notes=notes,
+        source_format="cryoSPARC .cs",
+        extra_columns=_micrograph_names(data),
+    )
 
-    # ---------------------------------------------------------------- pixel and box size
+
+def _pixel_sizes(path: Path, data: np.ndarray, angpix: float | None) -> np.ndarray:
+    """``(n,)`` pixel size in Å: ``--angpix``, ``blob/psize_A`` or ``alignments3D/psize_A``."""
+    names = data.dtype.names
     if angpix is not None:
-        pixels = np.full(n, float(angpix))
+        pixels = np.full(len(data), float(angpix))
     elif "blob/psize_A" in names:
         pixels = _field(path, data, "blob/psize_A")
     elif "alignments3D/psize_A" in names:
@@ -88,95 +119,99 @@ def read_cs(
             f"{path}: row {row + 1}: pixel size {pixels[row]} is not positive; "
             "give it with --angpix"
         )
-    pixel = float(pixels[0])
-    box = None
-    if "blob/shape" in names:
-        shape = np.asarray(data["blob/shape"]).reshape(n, -1)
-        if shape.shape[1] != 2:
-            raise CryogradError(f"{path}: field blob/shape does not hold (ny, nx)")
-        if np.any(shape[:, 0] != shape[:, 1]):
-            row = int(np.argmax(shape[:, 0] != shape[:, 1]))
-            raise CryogradError(
-                f"{path}: row {row + 1}, field blob/shape: images are not square "
-                f"{tuple(shape[row])}"
-            )
-        sizes = np.unique(shape[:, 0])
-        if len(sizes) > 1:
-            raise CryogradError(f"{path}: field blob/shape: mixed box sizes {sizes.tolist()}")
-        box = int(sizes[0])
+    return pixels
 
-    # ---------------------------------------------------------------- poses
+
+def _box_size(path: Path, data: np.ndarray) -> int | None:
+    """The one square box of ``blob/shape``, or None without it."""
+    if "blob/shape" not in data.dtype.names:
+        return None
+    shape = np.asarray(data["blob/shape"]).reshape(len(data), -1)
+    if shape.shape[1] != 2:
+        raise CryogradError(f"{path}: field blob/shape does not hold (ny, nx)")
+    if np.any(shape[:, 0] != shape[:, 1]):
+        row = int(np.argmax(shape[:, 0] != shape[:, 1]))
+        raise CryogradError(
+            f"{path}: row {row + 1}, field blob/shape: images are not square {tuple(shape[row])}"
+        )
+    sizes = np.unique(shape[:, 0])
+    if len(sizes) > 1:
+        raise CryogradError(f"{path}: field blob/shape: mixed box sizes {sizes.tolist()}")
+    return int(sizes[0])
+
+
+def _alignments(path: Path, data: np.ndarray, pixels: np.ndarray, notes: list[str]) -> tuple:
+    """(rotations ``(n, 3, 3)``, origins ``(n, 2)`` px, half sets, classes) or Nones."""
+    names = data.dtype.names
     rotations = shifts_px = half_set = class_number = None
-    if "alignments3D/pose" in names:
-        pose = _field(path, data, "alignments3D/pose", (3,))
-        rotations = cryosparc_pose_to_matrix(torch.from_numpy(pose)).numpy()
-        if "alignments3D/shift" in names:
-            shifts_px = _field(path, data, "alignments3D/shift", (2,))
-            if "alignments3D/psize_A" in names:
-                align_pixel = _field(path, data, "alignments3D/psize_A")
-                if np.any(np.abs(align_pixel - pixels) > 1e-4 * pixels):
-                    shifts_px = shifts_px * (align_pixel / pixels)[:, None]
-                    notes.append(
-                        "shifts rescaled from alignments3D/psize_A to the image pixel size"
-                    )
-        if "alignments3D/split" in names:
-            split = np.asarray(data["alignments3D/split"]).astype(np.int64)
-            if np.all(np.isin(split, (0, 1))):
-                half_set = split + 1
-        if "alignments3D/class" in names:
-            # cryoSPARC counts classes from 0, RELION's rlnClassNumber from 1
-            class_number = np.asarray(data["alignments3D/class"]).astype(np.int64) + 1
-    elif "alignments2D/pose" in names:
-        notes.append("alignments2D only (in-plane poses): no 3D poses")
+    if "alignments3D/pose" not in names:
+        if "alignments2D/pose" in names:
+            notes.append("alignments2D only (in-plane poses): no 3D poses")
+        return rotations, shifts_px, half_set, class_number
+    pose = _field(path, data, "alignments3D/pose", (3,))
+    rotations = cryosparc_pose_to_matrix(torch.from_numpy(pose)).numpy()
+    if "alignments3D/shift" in names:
+        shifts_px = _field(path, data, "alignments3D/shift", (2,))
+        if "alignments3D/psize_A" in names:
+            align_pixel = _field(path, data, "alignments3D/psize_A")
+            if np.any(np.abs(align_pixel - pixels) > 1e-4 * pixels):
+                shifts_px = shifts_px * (align_pixel / pixels)[:, None]
+                notes.append("shifts rescaled from alignments3D/psize_A to the image pixel size")
+    if "alignments3D/split" in names:
+        split = np.asarray(data["alignments3D/split"]).astype(np.int64)
+        if np.all(np.isin(split, (0, 1))):
+            half_set = split + 1
+    if "alignments3D/class" in names:
+        # cryoSPARC counts classes from 0, RELION's rlnClassNumber from 1
+        class_number = np.asarray(data["alignments3D/class"]).astype(np.int64) + 1
+    return rotations, shifts_px, half_set, class_number
 
-    # ---------------------------------------------------------------- CTF
-    ctf = None
-    required = [
-        "ctf/df1_A",
-        "ctf/df2_A",
-        "ctf/df_angle_rad",
-        "ctf/accel_kv",
-        "ctf/cs_mm",
-        "ctf/amp_contrast",
-    ]
-    if all(r in names for r in required):
-        du, dv = _field(path, data, "ctf/df1_A"), _field(path, data, "ctf/df2_A")
-        angle = np.rad2deg(_field(path, data, "ctf/df_angle_rad"))
-        phase = (
-            np.rad2deg(_field(path, data, "ctf/phase_shift_rad"))
-            if "ctf/phase_shift_rad" in names
-            else np.zeros(n)
-        )
-        bfac = _field(path, data, "ctf/bfactor") if "ctf/bfactor" in names else np.zeros(n)
-        scale = _field(path, data, "ctf/scale") if "ctf/scale" in names else np.ones(n)
-        q0 = _field(path, data, "ctf/amp_contrast")
-        if np.any((q0 < 0) | (q0 >= 1)):
-            raise CryogradError(f"{path}: field ctf/amp_contrast must be in [0, 1)")
-        ctf = np.stack(
-            [
-                du,
-                dv,
-                angle,
-                _field(path, data, "ctf/accel_kv"),
-                _field(path, data, "ctf/cs_mm"),
-                q0,
-                phase,
-                bfac,
-                scale,
-            ],
-            axis=1,
-        )
-    elif any(r in names for r in required):
-        notes.append("CTF fields incomplete: CTF not used")
 
-    # ---------------------------------------------------------------- optics groups
-    if "ctf/exp_group_id" in names:
+_CTF_REQUIRED = (
+    "ctf/df1_A",
+    "ctf/df2_A",
+    "ctf/df_angle_rad",
+    "ctf/accel_kv",
+    "ctf/cs_mm",
+    "ctf/amp_contrast",
+)
+
+
+def _ctf_table(path: Path, data: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """``(n, 9)`` CTF table in ``CTF_COLUMNS`` order, or None when fields are missing."""
+    names = data.dtype.names
+    n = len(data)
+    if not all(r in names for r in _CTF_REQUIRED):
+        if any(r in names for r in _CTF_REQUIRED):
+            notes.append("CTF fields incomplete: CTF not used")
+        return None
+
+    def optional(name: str, default: float, convert=lambda v: v) -> np.ndarray:
+        return convert(_field(path, data, name)) if name in names else np.full(n, default)
+
+    du, dv = _field(path, data, "ctf/df1_A"), _field(path, data, "ctf/df2_A")
+    angle = np.rad2deg(_field(path, data, "ctf/df_angle_rad"))
+    phase = optional("ctf/phase_shift_rad", 0.0, np.rad2deg)
+    bfac = optional("ctf/bfactor", 0.0)
+    scale = optional("ctf/scale", 1.0)
+    q0 = _field(path, data, "ctf/amp_contrast")
+    if np.any((q0 < 0) | (q0 >= 1)):
+        raise CryogradError(f"{path}: field ctf/amp_contrast must be in [0, 1)")
+    kv, cs = _field(path, data, "ctf/accel_kv"), _field(path, data, "ctf/cs_mm")
+    return np.stack([du, dv, angle, kv, cs, q0, phase, bfac, scale], axis=1)
+
+
+def _optics_groups(
+    path: Path, data: np.ndarray, pixels: np.ndarray, box: int | None
+) -> tuple[np.ndarray, list[OpticsGroup]]:
+    """``(n,)`` group number per particle (from ``ctf/exp_group_id``) and the groups."""
+    if "ctf/exp_group_id" in data.dtype.names:
         exp = np.asarray(data["ctf/exp_group_id"]).astype(np.int64)
         uniq, inverse = np.unique(exp, return_inverse=True)
         optics_group = inverse.reshape(-1) + 1
         names_of = [f"exp_group_{int(u)}" for u in uniq]
     else:
-        optics_group = np.ones(n, dtype=np.int64)
+        optics_group = np.ones(len(data), dtype=np.int64)
         names_of = ["opticsGroup1"]
     groups = []
     for g, name in enumerate(names_of, start=1):
@@ -187,58 +222,42 @@ def read_cs(
                 f"({group_pixels.min():g} to {group_pixels.max():g} A)"
             )
         groups.append(OpticsGroup(g, name, float(group_pixels[0]), box))
+    return optics_group, groups
 
-    # ---------------------------------------------------------------- images
-    stack_files: list[Path] = []
-    stack_ids = stack_indices = None
-    if "blob/path" in names and "blob/idx" in names:
-        raw = np.asarray(data["blob/path"])
-        codes_raw, inverse = np.unique(raw, return_inverse=True)
-        decoded = []
-        for b in codes_raw:
-            s = b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b)
-            decoded.append(s.lstrip(">").strip())
-        if any(not s for s in decoded):
-            raise CryogradError(f"{path}: field blob/path holds an empty path")
-        stack_files = [resolve_image_path(s, path.parent, datadir) for s in decoded]
-        stack_ids = inverse.reshape(-1).astype(np.int32)
-        stack_indices = np.asarray(data["blob/idx"]).astype(np.int64)
-    extra_columns = None
-    if "location/micrograph_path" in names:
-        # RELION groups particles by micrograph (and polishing / CTF refinement need the name)
-        raw_mic = np.asarray(data["location/micrograph_path"])
-        mic_codes, mic_inverse = np.unique(raw_mic, return_inverse=True)
-        mic_names = np.array(
-            [
-                (b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b))
-                .lstrip(">")
-                .strip()
-                for b in mic_codes
-            ],
-            dtype=object,
-        )
-        extra_columns = pd.DataFrame({"rlnMicrographName": mic_names[mic_inverse.reshape(-1)]})
-    if "blob/sign" in names and np.any(np.asarray(data["blob/sign"]) > 0):
-        notes.append(
-            "blob/sign is +1 for some particles (cryoSPARC contrast sign); images not flipped"
-        )
 
-    return ParticleSet(
-        path=path,
-        box_size=box,
-        pixel_size_angstrom=pixel,
-        rotations=rotations,
-        shifts_px=shifts_px,
-        ctf=ctf,
-        ctf_premultiplied=np.zeros(n, dtype=bool),
-        optics_group=optics_group.astype(np.int64),
-        optics_groups=groups,
-        half_set=half_set,
-        class_number=class_number,
-        stack_files=stack_files,
-        stack_ids=stack_ids,
-        stack_indices=stack_indices,
-        notes=notes,
-        source_format="cryoSPARC .cs",
-        extra_columns=extra_columns,
+def _decoded(raw: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Unique byte strings as text (a leading ``>`` dropped) and each row's index into them."""
+    codes, inverse = np.unique(raw, return_inverse=True)
+    text = [
+        (b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b))
+        .lstrip(">")
+        .strip()
+        for b in codes
+    ]
+    return text, inverse.reshape(-1)
+
+
+def _image_locations(
+    path: Path, data: np.ndarray, datadir: Path | None
+) -> tuple[list[Path], np.ndarray | None, np.ndarray | None]:
+    """(stack files, stack id ``(n,)``, 0-based index ``(n,)``) from ``blob/path``, ``idx``."""
+    names = data.dtype.names
+    if "blob/path" not in names or "blob/idx" not in names:
+        return [], None, None
+    decoded, inverse = _decoded(np.asarray(data["blob/path"]))
+    if any(not s for s in decoded):
+        raise CryogradError(f"{path}: field blob/path holds an empty path")
+    stack_files = [resolve_image_path(s, path.parent, datadir) for s in decoded]
+    return (
+        stack_files,
+        inverse.astype(np.int32),
+        np.asarray(data["blob/idx"]).astype(np.int64),
     )
+
+
+def _micrograph_names(data: np.ndarray) -> pd.DataFrame | None:
+    """``rlnMicrographName`` from ``location/micrograph_path`` (RELION groups by micrograph)."""
+    if "location/micrograph_path" not in data.dtype.names:
+        return None
+    mic_names, inverse = _decoded(np.asarray(data["location/micrograph_path"]))
+    return pd.DataFrame({"rlnMicrographName": np.array(mic_names, dtype=object)[inverse]})

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from cryograd.errors import CryogradError
-from cryograd.particles import OpticsGroup, ParticleSet
+from cryograd.io.mrc import temporary_path
+from cryograd.particle_set import OpticsGroup, ParticleSet
 
 __all__ = ["read_drgn_poses", "read_drgn_ctf", "read_drgn", "write_drgn"]
 
@@ -177,8 +178,6 @@ def read_drgn(
 
 
 def _atomic_pickle(path: Path, obj) -> Path:
-    from cryograd.io.mrc import temporary_path
-
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as fh:

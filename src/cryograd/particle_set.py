@@ -1,0 +1,719 @@
+"""``ParticleSet``: particle metadata in numpy arrays plus lazy, memory-mapped images.
+
+A set holds, for ``n`` particles: RELION orientation matrices ``A`` (float64), origins in pixels
+(and Å through the per-particle pixel size), RELION CTF parameters, the premultiplied flag, optics
+group, gold-standard half set, class number, and where each image lives (stack file and 0-based
+index). Metadata are arrays, so a million particles cost tens of MB; images are read only by
+:meth:`ParticleSet.images`, grouped by stack file, from memory-mapped stacks kept open in a small
+cache.
+
+This module imports nothing from the readers: they build sets. To read a file use
+:func:`cryograd.io.registry.read_particles` (also :func:`cryograd.particles.read_particles`),
+which picks the reader by the file's extension.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryograd.ctf import CTFParams
+from cryograd.errors import CryogradError
+from cryograd.io.mrc import open_stack, read_map_header
+
+try:  # optional: splits a million image names in C++ (pandas' Arrow strings)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+except ImportError:  # pragma: no cover - pandas' own string methods then
+    pa = pc = None
+
+__all__ = [
+    "CTF_COLUMNS",
+    "OpticsGroup",
+    "ParticleSet",
+    "parse_image_names",
+    "resolve_image_path",
+]
+
+logger = logging.getLogger(__name__)
+
+# Columns of ``ParticleSet.ctf`` (n, 9), the order of CTFParams' fields.
+CTF_COLUMNS = (
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "defocus_angle_degrees",
+    "voltage_kv",
+    "spherical_aberration_mm",
+    "amplitude_contrast",
+    "phase_shift_degrees",
+    "b_factor",
+    "scale",
+)
+
+_MAX_OPEN_STACKS = 64
+
+
+@dataclass
+class OpticsGroup:
+    """One optics group: its number in the file, name, pixel size and box size.
+
+    Attributes
+    ----------
+    number
+        ``rlnOpticsGroup`` (1-based).
+    name
+        ``rlnOpticsGroupName`` (or a made-up ``opticsGroupN``).
+    pixel_size_angstrom
+        ``rlnImagePixelSize`` in Å.
+    box_size
+        ``rlnImageSize`` in pixels (None when unknown).
+    extra
+        Other optics fields kept as read (beam tilt, aberration arrays, ...), for information.
+    """
+
+    number: int
+    name: str
+    pixel_size_angstrom: float
+    box_size: int | None
+    extra: dict = field(default_factory=dict)
+
+
+class _StackCache:
+    """Least-recently-used cache of open memory-mapped stacks."""
+
+    def __init__(self, max_open: int = _MAX_OPEN_STACKS) -> None:
+        self.max_open = max_open
+        self._open: OrderedDict[str, tuple[np.ndarray, object]] = OrderedDict()
+
+    def get(self, path: Path) -> np.ndarray:
+        key = str(path)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key][0]
+        data, mrc = open_stack(path)
+        self._open[key] = (data, mrc)
+        while len(self._open) > self.max_open:
+            _, (_, old) = self._open.popitem(last=False)
+            old.close()
+        return data
+
+    def close(self) -> None:
+        for _, mrc in self._open.values():
+            mrc.close()
+        self._open.clear()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@dataclass(eq=False)
+class ParticleSet:
+    """Metadata of ``n`` particles and lazy access to their images.
+
+    Attributes
+    ----------
+    path
+        The metadata file (None for sets made in memory).
+    box_size
+        Image side in pixels (None when nothing states it: e.g. a RELION 3.0 file without images).
+    pixel_size_angstrom
+        Pixel size of the set in Å (the first optics group's; see ``pixel_sizes_angstrom``).
+    rotations
+        ``(n, 3, 3)`` float64 RELION ``A`` matrices, or None.
+    shifts_px
+        ``(n, 2)`` float64 RELION origin ``(x, y)`` in pixels (the shift that centres the
+        particle), or None.
+    ctf
+        ``(n, 9)`` float64 CTF table in ``CTF_COLUMNS`` order, or None.
+    ctf_premultiplied
+        ``(n,)`` bool.
+    optics_group
+        ``(n,)`` int, the ``number`` of each particle's optics group.
+    optics_groups
+        The :class:`OpticsGroup` list.
+    half_set
+        ``(n,)`` int with values 1/2 (``rlnRandomSubset``), or None.
+    class_number
+        ``(n,)`` int (``rlnClassNumber``), or None.
+    stack_files
+        Unique image files (absolute or as resolved).
+    stack_ids
+        ``(n,)`` int32 index into ``stack_files`` (-1: no image).
+    stack_indices
+        ``(n,)`` int64 0-based image index in its stack.
+    image_array
+        Images held in memory instead (``(n, D, D)``), e.g. for simulated data; or None.
+    notes
+        Things worth telling the user (unused fields, defaults assumed).
+    source_format
+        What the set was read from (for ``info``).
+    extra_columns
+        Per-particle STAR columns cryograd does not interpret (``rlnMicrographName``,
+        ``rlnCoordinateX/Y``, ``rlnGroupName``, ...), ``n`` rows in particle order, kept so that
+        ``write_star`` passes them on; or None. Not sent to worker processes (pickling).
+    """
+
+    path: Path | None
+    box_size: int | None
+    pixel_size_angstrom: float
+    rotations: np.ndarray | None
+    shifts_px: np.ndarray | None
+    ctf: np.ndarray | None
+    ctf_premultiplied: np.ndarray
+    optics_group: np.ndarray
+    optics_groups: list[OpticsGroup]
+    half_set: np.ndarray | None = None
+    class_number: np.ndarray | None = None
+    stack_files: list[Path] = field(default_factory=list)
+    stack_ids: np.ndarray | None = None
+    stack_indices: np.ndarray | None = None
+    image_array: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    source_format: str = "memory"
+    extra_columns: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.optics_group)
+        self._cache = _StackCache()
+        self._stack_checked: set[int] = set()
+        if self.stack_ids is None:
+            self.stack_ids = np.full(n, -1, dtype=np.int32)
+        if self.stack_indices is None:
+            self.stack_indices = np.zeros(n, dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        # open memory maps do not pickle (e.g. to DataLoader workers): each copy reopens its own
+        state = dict(self.__dict__)
+        state.pop("_cache", None)
+        state["extra_columns"] = None  # only write_star needs them; keep worker copies small
+        state["_stack_checked"] = set()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = _StackCache()
+
+    # ------------------------------------------------------------------ basic properties
+    def __len__(self) -> int:
+        return int(len(self.optics_group))
+
+    def __repr__(self) -> str:
+        return (
+            f"ParticleSet(n={len(self)}, box_size={self.box_size}, "
+            f"pixel_size_angstrom={self.pixel_size_angstrom:.4g}, path={self.path})"
+        )
+
+    @property
+    def pixel_sizes_angstrom(self) -> np.ndarray:
+        """``(n,)`` float64 pixel size of each particle's optics group."""
+        lookup = {g.number: g.pixel_size_angstrom for g in self.optics_groups}
+        if len(lookup) == 1:
+            return np.full(len(self), next(iter(lookup.values())), dtype=np.float64)
+        numbers = np.array(sorted(lookup))
+        values = np.array([lookup[k] for k in numbers], dtype=np.float64)
+        return values[np.searchsorted(numbers, self.optics_group)]
+
+    @property
+    def shifts_angstrom(self) -> np.ndarray | None:
+        """``(n, 2)`` origins in Å (``shifts_px · pixel size``), or None."""
+        if self.shifts_px is None:
+            return None
+        return self.shifts_px * self.pixel_sizes_angstrom[:, None]
+
+    @property
+    def has_ctf(self) -> bool:
+        return self.ctf is not None
+
+    @property
+    def has_images(self) -> bool:
+        return self.image_array is not None or bool(np.any(self.stack_ids >= 0))
+
+    def ctf_params(
+        self,
+        indices=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> CTFParams | None:
+        """CTF parameters of ``indices`` (all when None) as :class:`CTFParams`, or None."""
+        if self.ctf is None:
+            return None
+        table = self.ctf if indices is None else self.ctf[_as_index(indices, len(self))]
+        tensor = torch.as_tensor(np.ascontiguousarray(table), dtype=dtype, device=device)
+        return CTFParams(*[tensor[:, i].contiguous() for i in range(len(CTF_COLUMNS))])
+
+    # ------------------------------------------------------------------ images
+    def image_name(self, index: int) -> str | None:
+        """RELION ``NNNNNN@path`` name of one image (None when it has none)."""
+        sid = int(self.stack_ids[index])
+        if sid < 0:
+            return None
+        return f"{int(self.stack_indices[index]) + 1:06d}@{self.stack_files[sid]}"
+
+    def missing_stacks(self) -> list[Path]:
+        """Referenced stack files that do not exist."""
+        used = np.unique(self.stack_ids[self.stack_ids >= 0])
+        return [self.stack_files[i] for i in used if not Path(self.stack_files[i]).is_file()]
+
+    def check_images(self, *, missing_ok: bool = True) -> list[Path]:
+        """Check every referenced stack that exists from its header alone (no pixels read).
+
+        Checks that images are square, that their box equals ``box_size`` and that every image
+        index lies inside its stack. Returns the missing stack files.
+
+        Raises
+        ------
+        CryogradError
+            On the first problem (or on a missing stack when ``missing_ok`` is False).
+        """
+        missing = []
+        used = np.unique(self.stack_ids[self.stack_ids >= 0])
+        if len(used) == 0:
+            return missing
+        # the largest index needed from each stack
+        max_index = np.full(len(self.stack_files), -1, dtype=np.int64)
+        np.maximum.at(
+            max_index, self.stack_ids[self.stack_ids >= 0], self.stack_indices[self.stack_ids >= 0]
+        )
+        for sid in used:
+            stack = Path(self.stack_files[sid])
+            if not stack.is_file():
+                if not missing_ok:
+                    raise CryogradError(f"{self.path}: image stack {stack} not found")
+                missing.append(stack)
+                continue
+            try:
+                shape = read_map_header(stack).shape
+            except CryogradError as exc:
+                raise CryogradError(f"{exc} (an image stack of {self.path})") from None
+            n_images = 1 if len(shape) == 2 else shape[0]
+            ny, nx = shape[-2:]
+            if nx != ny:
+                raise CryogradError(f"{stack}: images are not square ({nx} x {ny})")
+            if self.box_size is not None and nx != self.box_size:
+                raise CryogradError(
+                    f"{stack}: image box {nx} differs from rlnImageSize {self.box_size} "
+                    f"in {self.path}"
+                )
+            if max_index[sid] >= n_images:
+                rows = np.nonzero((self.stack_ids == sid) & (self.stack_indices >= n_images))[0]
+                raise CryogradError(
+                    f"{self.path}: row {int(rows[0]) + 1}: image index "
+                    f"{int(self.stack_indices[rows[0]]) + 1} is beyond the {n_images} images "
+                    f"of {stack}"
+                )
+        return missing
+
+    def images(self, indices) -> np.ndarray:
+        """Read images by index, lazily from memory-mapped stacks.
+
+        Parameters
+        ----------
+        indices
+            Integer indices (or a slice / boolean mask) into the set.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``(b, D, D)`` in ``(y, x)`` order as ``mrcfile`` gives them.
+
+        Raises
+        ------
+        CryogradError
+            Missing stack, index beyond the stack, stack box different from the set's box,
+            non-square images, or a particle without an image.
+        """
+        idx = _as_index(indices, len(self))
+        if self.image_array is not None:
+            return np.asarray(self.image_array[idx], dtype=np.float32)
+        if len(idx) == 0:
+            d = self.box_size or 0
+            return np.zeros((0, d, d), dtype=np.float32)
+        sids = self.stack_ids[idx]
+        if np.any(sids < 0):
+            bad = int(idx[np.argmax(sids < 0)])
+            raise CryogradError(f"{self.path}: particle {bad + 1} has no image (no rlnImageName)")
+        out = None
+        for sid in np.unique(sids):  # group reads by stack file
+            where = np.nonzero(sids == sid)[0]
+            stack_path = Path(self.stack_files[sid])
+            data = self._open_stack(int(sid), stack_path)
+            frames = self.stack_indices[idx[where]]
+            if frames.max() >= data.shape[0] or frames.min() < 0:
+                row = int(idx[where][np.argmax(frames >= data.shape[0])])
+                raise CryogradError(
+                    f"{self.path}: row {row + 1}: image index {int(frames.max()) + 1} is beyond "
+                    f"the {data.shape[0]} images of {stack_path}"
+                )
+            if out is None:
+                out = np.empty((len(idx), data.shape[1], data.shape[2]), dtype=np.float32)
+            order = np.argsort(frames, kind="stable")
+            out[where[order]] = data[frames[order]]
+        return out
+
+    def _open_stack(self, sid: int, stack_path: Path) -> np.ndarray:
+        if not stack_path.is_file():
+            raise CryogradError(
+                f"{self.path}: image stack {stack_path} not found (use --datadir to say where "
+                "the images are)"
+            )
+        try:
+            data = self._cache.get(stack_path)
+        except CryogradError as exc:
+            raise CryogradError(f"{exc} (an image stack of {self.path})") from None
+        if sid not in self._stack_checked:
+            if data.shape[1] != data.shape[2]:
+                raise CryogradError(
+                    f"{stack_path}: images are not square ({data.shape[2]} x {data.shape[1]})"
+                )
+            if self.box_size is not None and data.shape[1] != self.box_size:
+                raise CryogradError(
+                    f"{stack_path}: image box {data.shape[1]} differs from rlnImageSize "
+                    f"{self.box_size} in {self.path}"
+                )
+            self._stack_checked.add(sid)
+        return data
+
+    def close(self) -> None:
+        """Close every open memory map."""
+        self._cache.close()
+
+    # ------------------------------------------------------------------ subsets
+    def subset(self, indices) -> ParticleSet:
+        """A new set with the particles ``indices`` (same stacks, same optics)."""
+        idx = _as_index(indices, len(self))
+
+        def take(a):
+            return None if a is None else a[idx]
+
+        return replace(
+            self,
+            rotations=take(self.rotations),
+            shifts_px=take(self.shifts_px),
+            ctf=take(self.ctf),
+            ctf_premultiplied=self.ctf_premultiplied[idx],
+            optics_group=self.optics_group[idx],
+            half_set=take(self.half_set),
+            class_number=take(self.class_number),
+            stack_ids=self.stack_ids[idx],
+            stack_indices=self.stack_indices[idx],
+            image_array=take(self.image_array),
+            notes=list(self.notes),
+            extra_columns=None
+            if self.extra_columns is None
+            else self.extra_columns.iloc[idx].reset_index(drop=True),
+        )
+
+    def shard(self, rank: int, world_size: int) -> np.ndarray:
+        """Indices of this rank's contiguous share of the set (for distributed runs)."""
+        bounds = np.linspace(0, len(self), world_size + 1).astype(np.int64)
+        return np.arange(bounds[rank], bounds[rank + 1])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        rotations: np.ndarray | torch.Tensor | None = None,
+        shifts_px: np.ndarray | torch.Tensor | None = None,
+        ctf: CTFParams | None = None,
+        pixel_size_angstrom: float,
+        box_size: int,
+        half_set: np.ndarray | None = None,
+        class_number: np.ndarray | None = None,
+        image_names: list[str] | None = None,
+        images: np.ndarray | None = None,
+        ctf_premultiplied: bool = False,
+        datadir: str | os.PathLike | None = None,
+    ) -> ParticleSet:
+        """Build a set from arrays (simulated data, conversions).
+
+        Parameters
+        ----------
+        rotations
+            ``(n, 3, 3)`` RELION ``A`` or None.
+        shifts_px
+            ``(n, 2)`` origins in pixels or None.
+        ctf
+            :class:`CTFParams` of length ``n`` or None.
+        pixel_size_angstrom, box_size
+            One optics group with this pixel size and box.
+        half_set, class_number
+            ``(n,)`` ints or None.
+        image_names
+            ``NNNNNN@path`` names (relative to ``datadir`` or the working folder), or None.
+        images
+            ``(n, D, D)`` images held in memory, or None.
+        ctf_premultiplied
+            Whether the images are CTF-premultiplied.
+        datadir
+            Folder ``image_names`` are relative to (default: the working folder).
+
+        The number of particles ``n`` is the length of the first array given.
+        """
+        arrays = {
+            "rotations": _to_numpy(rotations),
+            "shifts_px": _to_numpy(shifts_px),
+        }
+        ctf_table = None
+        n = None
+        if ctf is not None:
+            ctf_table = ctf.as_tensor().detach().cpu().double().numpy().reshape(-1, 9)
+        for candidate in (arrays["rotations"], arrays["shifts_px"], ctf_table, images, half_set):
+            if n is None and candidate is not None:
+                n = len(candidate)
+        if n is None and image_names is not None:
+            n = len(image_names)
+        if n is None:
+            raise ValueError("from_arrays needs at least one per-particle array")
+        rot = arrays["rotations"]
+        if rot is not None and rot.shape != (n, 3, 3):
+            raise ValueError(f"rotations must be ({n}, 3, 3), got {rot.shape}")
+        sh = arrays["shifts_px"]
+        if sh is not None and sh.shape != (n, 2):
+            raise ValueError(f"shifts_px must be ({n}, 2), got {sh.shape}")
+        if ctf_table is not None and len(ctf_table) != n:
+            raise ValueError(f"ctf has {len(ctf_table)} particles, expected {n}")
+        stack_files: list[Path] = []
+        stack_ids = stack_indices = None
+        if image_names is not None:
+            base = Path(datadir) if datadir is not None else Path.cwd()
+            stack_files, stack_ids, stack_indices = parse_image_names(
+                np.asarray(image_names, dtype=object), base, None, "<memory>"
+            )
+        return cls(
+            path=None,
+            box_size=int(box_size),
+            pixel_size_angstrom=float(pixel_size_angstrom),
+            rotations=None if rot is None else rot.astype(np.float64),
+            shifts_px=None if sh is None else sh.astype(np.float64),
+            ctf=ctf_table,
+            ctf_premultiplied=np.full(n, bool(ctf_premultiplied)),
+            optics_group=np.ones(n, dtype=np.int64),
+            optics_groups=[
+                OpticsGroup(1, "opticsGroup1", float(pixel_size_angstrom), int(box_size))
+            ],
+            half_set=None if half_set is None else np.asarray(half_set, dtype=np.int64),
+            class_number=None if class_number is None else np.asarray(class_number, np.int64),
+            stack_files=stack_files,
+            stack_ids=stack_ids,
+            stack_indices=stack_indices,
+            image_array=None if images is None else np.asarray(images, dtype=np.float32),
+        )
+
+    # ------------------------------------------------------------------ summary
+    def summary(self, *, check_images: bool = True) -> dict:
+        """A JSON-ready description (used by ``cryograd info``)."""
+        out: dict = {
+            "file": str(self.path) if self.path is not None else None,
+            "format": self.source_format,
+            "particles": len(self),
+            "box_size": self.box_size,
+            "pixel_size_angstrom": self.pixel_size_angstrom,
+            "optics_groups": [
+                {
+                    "number": g.number,
+                    "name": g.name,
+                    "pixel_size_angstrom": g.pixel_size_angstrom,
+                    "box_size": g.box_size,
+                    "particles": int(np.sum(self.optics_group == g.number)),
+                }
+                for g in self.optics_groups
+            ],
+            "poses": self.rotations is not None,
+            "shifts": self.shifts_px is not None,
+            "ctf": self.ctf is not None,
+            "ctf_premultiplied": bool(np.any(self.ctf_premultiplied)),
+            "half_sets": self.half_set is not None,
+            "classes": None
+            if self.class_number is None
+            else int(len(np.unique(self.class_number))),
+        }
+        if self.ctf is not None and len(self):
+            dfs = self.ctf[:, :2]
+            out["defocus_range_angstrom"] = [float(dfs.min()), float(dfs.max())]
+            out["voltages_kv"] = sorted({float(v) for v in np.unique(self.ctf[:, 3])})
+        if self.half_set is not None:
+            out["half_set_sizes"] = [
+                int(np.sum(self.half_set == 1)),
+                int(np.sum(self.half_set == 2)),
+            ]
+        if self.shifts_px is not None and len(self):
+            out["max_abs_shift_px"] = float(np.abs(self.shifts_px).max())
+        if self.image_array is not None:
+            out["images"] = {"in_memory": True}
+        else:
+            used = np.unique(self.stack_ids[self.stack_ids >= 0])
+            images: dict = {
+                "with_image": int(np.sum(self.stack_ids >= 0)),
+                "stack_files": int(len(used)),
+            }
+            if check_images:
+                missing = self.check_images(missing_ok=True)
+                missing_set = {str(p) for p in missing}
+                missing_ids = [i for i, f in enumerate(self.stack_files) if str(f) in missing_set]
+                images["missing_stack_files"] = len(missing)
+                images["missing_examples"] = [str(p) for p in missing[:5]]
+                images["particles_with_missing_image"] = int(
+                    np.sum(np.isin(self.stack_ids, missing_ids))
+                )
+            out["images"] = images
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+def _to_numpy(a) -> np.ndarray | None:
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _as_index(indices, n: int) -> np.ndarray:
+    if isinstance(indices, slice):
+        return np.arange(n)[indices]
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    idx = np.asarray(indices)
+    if idx.dtype == bool:
+        return np.nonzero(idx)[0]
+    idx = np.atleast_1d(idx).astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"particle index out of range for a set of {n}")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def resolve_image_path(
+    name: str, base: Path, datadir: Path | None, listing: _FolderListing | None = None
+) -> Path:
+    """Where an image file named in metadata lives.
+
+    With ``datadir``: ``datadir/name``, else ``datadir/basename(name)``. Without: ``name``
+    relative to ``base`` (the metadata file's folder) when that exists, else relative to the
+    working folder.
+    The first candidate is returned when none exists (so the error names it). ``listing``
+    answers "is this a file" from one listing per folder (for many names at once).
+    """
+    join, absolute = os.path.join, os.path.isabs(name)
+    if datadir is not None:
+        other = join(datadir, os.path.basename(name))
+        candidates = [name, other] if absolute else [join(datadir, name), other]
+    else:
+        candidates = [name] if absolute else [join(base, name), join(os.getcwd(), name)]
+    is_file = listing.is_file if listing is not None else os.path.isfile
+    for c in candidates:
+        if is_file(c):
+            return Path(c)
+    return Path(candidates[0])
+
+
+class _FolderListing:
+    """``Path.is_file`` for many paths, from one ``os.scandir`` per folder."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, frozenset[str]] = {}
+
+    def is_file(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        folder = folder or "."
+        if folder not in self._files:
+            try:
+                with os.scandir(folder) as entries:
+                    self._files[folder] = frozenset(e.name for e in entries if e.is_file())
+            except OSError:
+                self._files[folder] = frozenset()
+        return name in self._files[folder]
+
+
+def _split_names_arrow(names: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(1-based numbers, file index, unique files) of ``NNNNNN@path`` names, by pyarrow.
+
+    Only for the usual case: Arrow-backed strings with the ``@`` at the same place in every
+    name and a number before it; None otherwise (the caller's general path then checks).
+    """
+    if pa is None or not isinstance(names.dtype, pd.StringDtype):
+        return None
+    if names.dtype.storage != "pyarrow":
+        return None
+    arr = pa.chunked_array(pa.array(names)).combine_chunks()
+    if len(arr) == 0 or arr.null_count:
+        return None
+    at = pc.min_max(pc.find_substring(arr, "@")).as_py()
+    if at["min"] != at["max"] or at["min"] <= 0:
+        return None
+    try:
+        numbers = pc.cast(pc.utf8_slice_codeunits(arr, 0, at["min"]), pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    files = pc.utf8_slice_codeunits(arr, at["min"] + 1, np.iinfo(np.int32).max)
+    encoded = pc.dictionary_encode(files)
+    return (
+        numbers.to_numpy(zero_copy_only=False),
+        encoded.indices.to_numpy(zero_copy_only=False),
+        encoded.dictionary.to_pylist(),
+    )
+
+
+def parse_image_names(
+    names, base: Path, datadir: Path | None, source
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Split ``NNNNNN@path`` names into (unique resolved files, stack id (n,), 0-based index (n,)).
+
+    ``names`` is a sequence or pandas Series of strings. A name without ``@`` is a single-image
+    file (index 0). Vectorised with pandas string methods (Arrow-backed under pandas 3 when
+    pyarrow is installed), so a million names take well under a second.
+    """
+    s = names if isinstance(names, pd.Series) else pd.Series(np.asarray(names, dtype=object))
+    s = s.reset_index(drop=True)
+    fast = _split_names_arrow(s)
+    if fast is not None and fast[0].min() >= 1 and all(fast[2]):
+        listing = _FolderListing()
+        stack_files = [resolve_image_path(f, base, datadir, listing) for f in fast[2]]
+        return stack_files, fast[1].astype(np.int32), fast[0] - 1
+    if pd.api.types.infer_dtype(s, skipna=False) != "string":
+        s = s.astype(object).map(str)
+    s = s.astype("str")
+    at = s.str.find("@").to_numpy()
+    numbers = None
+    if len(at) and at[0] > 0 and bool(np.all(at == at[0])):
+        # fast path: every name has its '@' at the same place (RELION's fixed-width numbers)
+        files = s.str.slice(int(at[0]) + 1)
+        digits = s.str.slice(0, int(at[0]))
+        try:
+            numbers = digits.astype("int64").to_numpy(dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            numbers = None  # something is not a number: the general path finds the row
+    if numbers is None:
+        s = s.str.strip()
+        parts = s.str.partition("@")
+        has_at = (parts[1] == "@").to_numpy(dtype=bool)
+        files = parts[2].where(has_at, parts[0])
+        numeric = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        bad_number = ~np.isfinite(numeric) | (numeric != np.round(numeric))
+        numbers = np.where(bad_number, 0, numeric).astype(np.int64)
+    else:
+        bad_number = np.zeros(len(numbers), dtype=bool)
+    bad = bad_number | (numbers < 1) | (files.str.len().to_numpy() == 0)
+    if bool(bad.any()):
+        row = int(np.argmax(bad))
+        raise CryogradError(
+            f"{source}: row {row + 1}: rlnImageName {str(s.iloc[row])!r} is not NNNNNN@path"
+        )
+    codes, uniques = pd.factorize(files)
+    listing = _FolderListing()
+    stack_files = [resolve_image_path(str(u), base, datadir, listing) for u in uniques]
+    return stack_files, codes.astype(np.int32), numbers - 1
