@@ -8,7 +8,7 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.particles import ParticleSet
-from cryograd.reconstruct import Result, estimate_memory_bytes, reconstruct
+from cryograd.reconstruction import Result, estimate_memory_bytes, reconstruct
 from cryograd.symmetry import symmetrize_volume
 from cryograd.validation import fsc, resolution_at
 from tests._recon_data import make_particles, small_map
@@ -96,10 +96,10 @@ def test_bad_input_is_reported():
     no_ctf = ParticleSet.from_arrays(
         rotations=ps.rotations, pixel_size_angstrom=px, box_size=16, images=ps.image_array
     )
-    with pytest.raises(CryogradError, match="--no-ctf"):
+    with pytest.raises(CryogradError, match="use_ctf=False"):
         reconstruct(no_ctf, device="cpu", progress=False)
     reconstruct(no_ctf, device="cpu", progress=False, use_ctf=False)  # allowed with --no-ctf
-    with pytest.raises(CryogradError, match="val-fraction"):
+    with pytest.raises(CryogradError, match="val_fraction"):
         reconstruct(ps, "adam", device="cpu", progress=False, val_fraction=0.5)
     with pytest.raises(CryogradError, match="mask box"):
         reconstruct(ps, device="cpu", progress=False, mask=np.ones((8, 8, 8)))
@@ -108,15 +108,15 @@ def test_bad_input_is_reported():
 
 
 def test_box_too_large_names_memory_and_remedies(monkeypatch):
-    import cryograd.reconstruct as rec
+    import cryograd.reconstruction.memory as rec
 
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 20, px, snr=None, seed=25)
     monkeypatch.setattr(rec, "_available_memory_bytes", lambda device: 1 << 20)
-    with pytest.raises(CryogradError, match=r"GiB.*--pad 1") as info:
+    with pytest.raises(CryogradError, match=r"GiB.*pad=1") as info:
         reconstruct(ps, device="cpu", progress=False)
-    assert "--device cpu" not in str(info.value)  # already on the CPU: not a remedy
-    with pytest.raises(CryogradError, match=r"GiB.*--pad 1.*--device cpu"):
+    assert "device='cpu'" not in str(info.value)  # already on the CPU: not a remedy
+    with pytest.raises(CryogradError, match=r"GiB.*pad=1.*device='cpu'"):
         rec.check_memory(16, "direct", 2.0, 256, torch.device("cuda", 0), torch.float32)
     assert estimate_memory_bytes(256, "direct") > 6 * estimate_memory_bytes(128, "direct")
 
@@ -133,7 +133,7 @@ def test_adam_direct_start_is_made_without_the_validation_particles():
     leak that made every run keep the start); with an l2 penalty, adam from that start lowers
     the validation loss below its epoch-0 value (best epoch > 0)."""
     from cryograd.forward import ForwardModel
-    from cryograd.reconstruct import _direct_start
+    from cryograd.solvers.direct import direct_start as _direct_start
     from cryograd.solvers.gradient import evaluate, split_validation
     from cryograd.solvers.losses import L2Loss
 
@@ -198,7 +198,7 @@ def test_direct_half_maps_are_refined_and_bad_snr_is_refused():
             ratio = float(half.double().sum()) / float(vol.sum())
             assert low < ratio < 1.05, (snr, ratio)
     for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(CryogradError, match="--snr"):
+        with pytest.raises(CryogradError, match="snr"):
             reconstruct(ps, "direct", device="cpu", progress=False, snr=bad)
 
 

@@ -15,12 +15,8 @@ import pytest
 import torch
 
 from cryograd.fourier import rfftn_centered, shell_index
-from cryograd.solvers.direct import (
-    insert_particles,
-    lam_to_wiener,
-    reconstruct_direct,
-    wiener_reconstruct,
-)
+from cryograd.solvers.direct import reconstruct_direct, wiener_reconstruct
+from cryograd.solvers.insertion import insert_particles, lam_to_wiener
 from cryograd.validation import fsc
 from tests._recon_data import make_particles, small_map
 
@@ -179,7 +175,7 @@ KERNEL_SCRIPT = textwrap.dedent(
     os.environ["CRYOGRAD_KERNELS"] = "torch"
     import numpy as np, torch
     from tests._recon_data import make_particles, small_map
-    from cryograd.solvers.direct import insert_particles
+    from cryograd.solvers.insertion import insert_particles
     from cryograd.symmetry import symmetry_matrices
 
     vol, px = small_map(16)
