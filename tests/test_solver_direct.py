@@ -208,7 +208,8 @@ def test_kernel_insertion_equals_torch_insertion(tmp_path):
     CTF² weights to 1e-5 (float32), run through Triton's interpreter in a fresh process."""
     script = tmp_path / "kernel_insert.py"
     script.write_text(KERNEL_SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    root = Path(__file__).parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{root / 'src'}{os.pathsep}{root}")
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
     )
