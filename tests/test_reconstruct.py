@@ -286,3 +286,62 @@ def test_one_sided_random_subset_falls_back_to_a_seeded_split(caplog):
     assert "rlnRandomSubset puts all 60 selected particles in half 1" in caplog.text
     assert res.half_maps[0].abs().sum() > 0 and res.half_maps[1].abs().sum() > 0
     assert not torch.allclose(res.half_maps[0], res.half_maps[1])
+
+
+@pytest.mark.parametrize(
+    "cls, field, bad",
+    [
+        ("DirectConfig", "pad", 0.0),
+        ("DirectConfig", "snr", float("nan")),
+        ("DirectConfig", "lam", -1.0),
+        ("DirectConfig", "refine", -1),
+        ("DirectConfig", "batch_size", 0),
+        ("DirectConfig", "projector", "radon"),
+        ("CGConfig", "max_iter", 0),
+        ("GradientConfig", "val_fraction", 0.5),
+        ("GradientConfig", "epochs", 1.5),
+        ("GradientConfig", "lr", -1e-3),
+        ("GradientConfig", "huber_delta", 0.0),
+        ("GradientConfig", "sorted_l1_q", 1.0),
+        ("GradientConfig", "loss", "l3"),
+        ("GradientConfig", "penalty", "l0"),
+        ("GradientConfig", "init", "random"),
+        ("GradientConfig", "lr_schedule", "step"),
+        ("GradientConfig", "optimizer", "lbfgs"),
+    ],
+)
+def test_configs_are_validated_once_and_errors_name_the_parameter(cls, field, bad):
+    """A config refuses a bad value when it is made, naming the parameter (never a CLI flag)."""
+    import dataclasses
+
+    from cryograd.solvers import config
+
+    with pytest.raises(CryogradError, match=rf"^{field} must") as info:
+        getattr(config, cls)(**{field: bad})
+    assert "--" not in str(info.value)
+    good = getattr(config, cls)()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        good.pad = 3.0
+
+
+def test_solver_registry_options_and_the_wiener_term_of_snr():
+    """``SOLVERS`` holds the four methods; options of other methods are ignored, unknown ones
+    refused; a constant ``snr`` gives the Wiener term ``ρ = (D/P)³ / snr`` on the padded grid."""
+    from cryograd.projectors.fourier_slice import padded_size
+    from cryograd.solvers import SOLVERS
+    from cryograd.solvers.config import DirectConfig
+
+    assert list(SOLVERS) == ["direct", "cg", "adam", "sgd"]
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 40, px, snr=None, seed=32)
+    res = reconstruct(ps, "direct", device="cpu", progress=False, snr=4.0, epochs=2, refine=0)
+    p = padded_size(16, 2.0)
+    assert res.history["wiener"]["kind"] == "constant"
+    assert res.history["wiener"]["value"] == pytest.approx((16 / p) ** 3 / 4.0, rel=1e-12)
+    assert res.parameters["snr"] == 4.0 and res.parameters["refine"] == 0
+    same = reconstruct(
+        ps, "direct", config=DirectConfig(snr=4.0, refine=0), device="cpu", progress=False
+    )
+    torch.testing.assert_close(same.map, res.map)
+    with pytest.raises(TypeError, match="epoch"):
+        reconstruct(ps, "direct", device="cpu", progress=False, epoch=3)

@@ -98,13 +98,17 @@ _DESTS = {"sorted_l1_sequence": "sorted_l1_seq"}
 
 def flag_message(message: str) -> str:
     """A library error with its parameter names as flags: ``val_fraction must ...`` ->
-    ``--val-fraction must ...``, ``pad=1`` -> ``--pad 1``, ``use_ctf=False`` -> ``--no-ctf``."""
+    ``--val-fraction must ...``, ``pad=1`` -> ``--pad 1``, ``use_ctf=False`` -> ``--no-ctf``.
+
+    A name is replaced where it is followed by ``=``, ``must`` or ``given``; a name with an
+    underscore (never an English word) wherever it stands."""
     message = message.replace("use_ctf=False", "--no-ctf")
     for name, flag in PARAMETER_FLAGS.items():
         message = re.sub(
             rf"(?<![\w-]){name}=('?)([^\s,;:']*)\1", lambda m, f=flag: f"{f} {m.group(2)}", message
         )
-        message = re.sub(rf"(?<![\w-]){name}(?= must\b| given\b)", flag, message)
+        after = r"\b" if "_" in name else r"(?= must\b| given\b)"
+        message = re.sub(rf"(?<![\w-]){name}{after}", flag, message)
     return message
 
 

@@ -83,7 +83,7 @@ def wiener_reconstruct(
         ``ρ``: a constant (``1 / snr``), or ``(D // 2 + 1,)`` values per shell (e.g. ``1/τ²``;
         samples beyond the last shell use its value).
     max_shell
-        Zero the spectrum beyond this shell (``D``-grid units), e.g. for ``--maxres``.
+        Zero the spectrum beyond this shell (``D``-grid units), e.g. for ``maxres``.
     gridding
         Apply the trilinear gridding correction (as the forward model does).
 

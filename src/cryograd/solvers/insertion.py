@@ -171,7 +171,7 @@ def insert_particles(
         ``(G, 3, 3)`` symmetry operators (:func:`cryograd.symmetry.symmetry_matrices`): each
         particle is also inserted at the poses ``A Rᵀ``.
     max_shell
-        Leave out image samples beyond this shell (in ``D``-grid units) — for ``--maxres``.
+        Leave out image samples beyond this shell (in ``D``-grid units) — for ``maxres``.
     comm
         :class:`cryograd.distributed.Communicator` (default: one process).
     progress
@@ -375,7 +375,7 @@ def shell_regularizer(
 
 def default_regularizer(insertion: FourierInsertion) -> float:
     """A small Wiener term, ``1e-3 ·`` the mean weight of the samples inside Nyquist (inside the
-    insertion's resolution limit when it has one, so that ``--maxres`` does not shrink it)."""
+    insertion's resolution limit when it has one, so that ``maxres`` does not shrink it)."""
     sums, counts = weight_shell_sums(insertion)
     if insertion.max_shell is not None:
         top = max(0, min(int(insertion.max_shell), sums.numel() - 1)) + 1

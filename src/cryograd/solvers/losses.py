@@ -20,7 +20,8 @@ it is exactly ``l1``.
 different for every data set; the default is ``δ = 1.345 · σ̂`` (:data:`HUBER_K`, Huber's choice
 with 95 % efficiency under Gaussian noise) with ``σ̂`` a robust noise level,
 ``1.4826 · median|r − median r|`` (:func:`robust_sigma`) of residuals:
-:func:`cryograd.reconstruct.reconstruct` takes them from the starting map on the training particles;
+:meth:`HuberLoss.calibrate` takes them from the starting map on the training particles
+(:mod:`cryograd.solvers.minibatch` calls it);
 a :class:`HuberLoss` made without ``delta`` takes them from the first batch it sees.
 """
 

@@ -32,6 +32,7 @@ __all__ = ["GradientSolver", "default_lr", "start_residuals"]
 
 logger = logging.getLogger(__name__)
 
+
 def _make_loss(config: GradientConfig) -> DataLoss:
     try:
         return make_loss(

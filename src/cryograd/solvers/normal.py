@@ -47,7 +47,8 @@ class ToeplitzNormalOperator:
     Parameters
     ----------
     weights
-        ``(P, P, P // 2 + 1)`` real CTF² weight sums of :func:`insert_particles` (full-grid sums).
+        ``(P, P, P // 2 + 1)`` real CTF² weight sums of
+        :func:`~cryograd.solvers.insertion.insert_particles` (full-grid sums).
     box_size
         ``D``.
     lam
@@ -119,7 +120,7 @@ class RealSpaceNormalOperator:
     lam
         ``λ``.
     use_ctf, symmetry, batch_size, device, dtype, comm
-        As for :func:`solve_cg`.
+        As for :func:`cryograd.solvers.cg.solve_cg`.
     cache
         Keep poses and CTFs on the device across iterations (None: on a CUDA device when they
         fit, see :func:`cryograd.solvers.batches.should_cache`).
