@@ -11,7 +11,10 @@ from cryograd.solvers.config import GradientConfig, SolverConfig
 from cryograd.solvers.context import CONTEXT_FIELDS, RunContext
 from cryograd.solvers.registry import Solver
 
-__all__ = ["solver_for", "method_config", "run_context", "known_options"]
+__all__ = ["solver_for", "method_config", "run_context", "known_options", "ALIASES"]
+
+ALIASES = {"cg_tol": "tol", "cg_max_iter": "max_iter"}
+"""Earlier names of options (``reconstruct(..., cg_max_iter=50)``) -> the config field."""
 
 
 def solver_for(method: str) -> Solver:
@@ -35,6 +38,7 @@ def method_config(method: str, config: SolverConfig | None, options: dict) -> So
     of every method, as the command line does); unknown options are refused."""
     solver = solver_for(method)
     cls = solver.config_type
+    options = {ALIASES.get(k, k): v for k, v in options.items()}
     unknown = sorted(set(options) - known_options())
     if unknown:
         raise TypeError(f"reconstruct() got unexpected keyword arguments {', '.join(unknown)}")
