@@ -345,3 +345,46 @@ def test_solver_registry_options_and_the_wiener_term_of_snr():
     torch.testing.assert_close(same.map, res.map)
     with pytest.raises(TypeError, match="epoch"):
         reconstruct(ps, "direct", device="cpu", progress=False, epoch=3)
+
+
+def test_solver_and_reconstruction_modules_import_without_circles():
+    """The import graph of ``cryograd.solvers`` and ``cryograd.reconstruction`` (module-level
+    imports, ``TYPE_CHECKING`` blocks left out) has no cycle, and no function imports from the
+    package except the Triton kernels (an optional dependency)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "src"
+    files = [*root.glob("cryograd/solvers/*.py"), *root.glob("cryograd/reconstruction/*.py")]
+    name_of = {f: ".".join(f.relative_to(root).with_suffix("").parts) for f in files}
+    name_of = {f: n.removesuffix(".__init__") for f, n in name_of.items()}
+    ours = set(name_of.values())
+    graph: dict[str, set[str]] = {}
+    for f, mod in name_of.items():
+        tree = ast.parse(f.read_text())
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                deps.update(t for t in targets if t in ours and t != mod)
+        graph[mod] = deps
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                        "cryograd"
+                    ):
+                        assert node.module == "cryograd.kernels", (mod, fn.name, node.module)
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in graph.get(m, ()):
+            assert state.get(d) != 1, f"import circle: {' -> '.join([*path, m, d])}"
+            if d not in state:
+                visit(d, [*path, m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
