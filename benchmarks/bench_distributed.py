@@ -35,14 +35,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from cryograd.distributed import init_communicator, run_distributed, spawn
+from cryograd.io.mrc import read_map, write_map
 
 HERE = Path(__file__).resolve().parent
 
 
 def _nprocs_default(device: str) -> list[int]:
     if device.startswith("cuda"):
-        import torch
-
         count = torch.cuda.device_count()
         return sorted({1, count}) if count else [1]
     return [1, 2]
@@ -55,10 +57,6 @@ def _nprocs_default(device: str) -> list[int]:
 
 def _collectives_worker(box: int, pad: int, repeats: int, device: str, out: Path) -> int:
     """Run in each spawned process: time the all-reduces of one adam step and of direct."""
-    import torch
-
-    from cryograd.distributed import init_communicator, run_distributed
-
     comm = init_communicator(device=device)
     comm.profile = True
 
@@ -93,8 +91,6 @@ def _collectives_worker(box: int, pad: int, repeats: int, device: str, out: Path
 
 
 def bench_collectives(args: argparse.Namespace, workdir: Path) -> None:
-    from cryograd.distributed import spawn
-
     print(f"\n== all-reduce over K processes ({args.device}, box {args.box}, pad {args.pad})")
     print(f"{'K':>3} {'tensor':<40} {'MB':>8} {'median ms':>10} {'GB/s (algbw)':>13}")
     for k in args.nprocs:
@@ -133,8 +129,6 @@ def _reconstruct_available() -> bool:
 
 def _resampled_map(box: int, workdir: Path) -> Path:
     """The package's demo map Fourier-cropped or padded to ``box``³ (voxel size scaled to match)."""
-    from cryograd.io.mrc import read_map, write_map
-
     source = (
         Path(__file__).resolve().parent.parent / "src" / "cryograd" / "data" / "emd_5168_64.mrc"
     )
@@ -331,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     args.nprocs = (
         [int(k) for k in args.nprocs.split(",")] if args.nprocs else _nprocs_default(args.device)
     )
-    import torch
-
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, device {args.device}", end="")
     if args.device.startswith("cuda") and torch.cuda.is_available():
         print(f" ({torch.cuda.device_count()} x {torch.cuda.get_device_name(0)})", end="")

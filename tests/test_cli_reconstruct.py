@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -206,3 +207,35 @@ def test_demo_runs_small(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "direct" in table and "adam" in table
     assert (out / "direct" / "map.mrc").is_file() and (out / "adam" / "loss.png").is_file()
+
+
+def test_library_parameters_become_flags_and_choices_come_from_the_registries():
+    """The CLI names its flags in library errors (which name parameters), and its choices of
+    ``--method``, ``--loss``, ``--penalty`` are the registries'."""
+    from cryograd.cli import reconstruct as cli
+    from cryograd.cli.main import build_parser
+    from cryograd.solvers import LOSSES, PENALTIES, SOLVERS
+
+    cases = {
+        "val_fraction must be in (0, 0.5), got 0.6": "--val-fraction must be in (0, 0.5), got 0.6",
+        "sorted_l1_q must be in (0, 1), got 2.0": "--sorted-l1-q must be in (0, 1), got 2.0",
+        "p.star: class_number=3 given but there is no rlnClassNumber column": (
+            "p.star: --class 3 given but there is no rlnClassNumber column"
+        ),
+        "x: no CTF; use use_ctf=False to reconstruct": "x: no CTF; use --no-ctf to reconstruct",
+        "box 16 with method=direct pad=2 needs about 1.0 GiB; try pad=1, a smaller batch_size, "
+        "or device='cpu'": "box 16 with --method direct --pad 2 needs about 1.0 GiB; try --pad 1,"
+        " a smaller --batch-size, or --device cpu",
+        "mask: mask values must lie within [0, 1]": "mask: mask values must lie within [0, 1]",
+    }
+    for library, flags in cases.items():
+        assert cli.flag_message(library) == flags
+        assert cli.flag_message(flags) == flags  # already in flags: unchanged
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    rec = sub.choices["reconstruct"]
+    choices = {a.dest: a.choices for a in rec._actions if a.choices}
+    assert list(choices["method"]) == list(SOLVERS) == ["direct", "cg", "adam", "sgd"]
+    assert list(choices["loss"]) == list(LOSSES)
+    assert list(choices["penalty"]) == list(PENALTIES)
+    assert set(cli.OUTPUT_NAMES) >= {"map.mrc", "run.json", "reconstruct.log", "loss.png"}

@@ -120,3 +120,34 @@ def test_huber_default_threshold_scales_with_the_noise(rng):
         first = loss.delta
         loss(100 * r, normalizer=8)
         assert loss.delta == first  # fixed after the first call
+
+
+def test_losses_come_from_the_registry_and_huber_calibrates_itself(rng):
+    """``LOSSES`` holds every loss by name (the ``--loss`` choices); ``calibrate`` fixes Huber's
+    threshold to 1.345 σ̂ of the residuals it is given (MAD from scipy), once, and a loss without
+    a data-dependent setting has nothing to calibrate."""
+    from scipy.stats import median_abs_deviation
+
+    from cryograd.solvers.losses import LOSSES, register_loss
+
+    assert list(LOSSES) == ["l2", "l1", "huber", "sorted-l1"]
+    assert all(LOSSES[name].name == name for name in LOSSES)
+    r = 7.0 * torch.randn(3, 15, 15, generator=rng, dtype=torch.float64)  # odd: one median
+    loss = make_loss("huber")
+    assert loss.needs_calibration
+    chosen = loss.calibrate(r)
+    sigma = median_abs_deviation(r.numpy().ravel(), scale="normal")
+    assert chosen["noise_sigma"] == pytest.approx(sigma, rel=1e-6)
+    assert loss.delta == chosen["huber_delta"] == pytest.approx(HUBER_K * sigma, rel=1e-6)
+    assert not loss.needs_calibration and loss.calibrate(100 * r) == {}
+    assert make_loss("huber", huber_delta=2.0).calibrate(r) == {}
+    assert make_loss("l2").calibrate(r) == {} and not make_loss("l1").needs_calibration
+
+    class Cauchy(HuberLoss):
+        name = "test-cauchy"
+
+    try:
+        register_loss(Cauchy)
+        assert isinstance(make_loss("test-cauchy", huber_delta=1.5), Cauchy)
+    finally:
+        LOSSES.pop("test-cauchy", None)

@@ -161,3 +161,20 @@ def test_penalty_objects(rng):
     assert make_penalty("none").value(x) == 0.0
     with pytest.raises(ValueError):
         make_penalty("l0")
+
+
+def test_penalties_come_from_the_registry():
+    """``PENALTIES`` holds every penalty by name (the ``--penalty`` choices), each made with its
+    own options; an unknown name is refused."""
+    from cryograd.solvers.penalties import PENALTIES, TVPenalty, make_penalty
+
+    assert list(PENALTIES) == ["none", "l2", "l1", "sorted-l1", "tv"]
+    for name in PENALTIES:
+        assert make_penalty(name, 0.5).name == name
+    assert make_penalty("none", 3.0).lam == 0.0  # no penalty has no weight
+    slope = make_penalty("sorted-l1", 2.0, sequence="linear", q=0.3)
+    assert (slope.lam, slope.sequence, slope.q) == (2.0, "linear", 0.3)
+    tv = make_penalty("tv", 1.0, tv_eps=1e-2)
+    assert isinstance(tv, TVPenalty) and tv.eps == 1e-2
+    with pytest.raises(ValueError, match="unknown penalty"):
+        make_penalty("l0")

@@ -8,7 +8,7 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.particles import ParticleSet
-from cryograd.reconstruct import Result, estimate_memory_bytes, reconstruct
+from cryograd.reconstruction import Result, estimate_memory_bytes, reconstruct
 from cryograd.symmetry import symmetrize_volume
 from cryograd.validation import fsc, resolution_at
 from tests._recon_data import make_particles, small_map
@@ -96,10 +96,10 @@ def test_bad_input_is_reported():
     no_ctf = ParticleSet.from_arrays(
         rotations=ps.rotations, pixel_size_angstrom=px, box_size=16, images=ps.image_array
     )
-    with pytest.raises(CryogradError, match="--no-ctf"):
+    with pytest.raises(CryogradError, match="use_ctf=False"):
         reconstruct(no_ctf, device="cpu", progress=False)
     reconstruct(no_ctf, device="cpu", progress=False, use_ctf=False)  # allowed with --no-ctf
-    with pytest.raises(CryogradError, match="val-fraction"):
+    with pytest.raises(CryogradError, match="val_fraction"):
         reconstruct(ps, "adam", device="cpu", progress=False, val_fraction=0.5)
     with pytest.raises(CryogradError, match="mask box"):
         reconstruct(ps, device="cpu", progress=False, mask=np.ones((8, 8, 8)))
@@ -108,15 +108,15 @@ def test_bad_input_is_reported():
 
 
 def test_box_too_large_names_memory_and_remedies(monkeypatch):
-    import cryograd.reconstruct as rec
+    import cryograd.reconstruction.memory as rec
 
     vol, px = small_map(16)
     ps, _ = make_particles(vol, 20, px, snr=None, seed=25)
     monkeypatch.setattr(rec, "_available_memory_bytes", lambda device: 1 << 20)
-    with pytest.raises(CryogradError, match=r"GiB.*--pad 1") as info:
+    with pytest.raises(CryogradError, match=r"GiB.*pad=1") as info:
         reconstruct(ps, device="cpu", progress=False)
-    assert "--device cpu" not in str(info.value)  # already on the CPU: not a remedy
-    with pytest.raises(CryogradError, match=r"GiB.*--pad 1.*--device cpu"):
+    assert "device='cpu'" not in str(info.value)  # already on the CPU: not a remedy
+    with pytest.raises(CryogradError, match=r"GiB.*pad=1.*device='cpu'"):
         rec.check_memory(16, "direct", 2.0, 256, torch.device("cuda", 0), torch.float32)
     assert estimate_memory_bytes(256, "direct") > 6 * estimate_memory_bytes(128, "direct")
 
@@ -133,7 +133,7 @@ def test_adam_direct_start_is_made_without_the_validation_particles():
     leak that made every run keep the start); with an l2 penalty, adam from that start lowers
     the validation loss below its epoch-0 value (best epoch > 0)."""
     from cryograd.forward import ForwardModel
-    from cryograd.reconstruct import _direct_start
+    from cryograd.solvers.direct import direct_start as _direct_start
     from cryograd.solvers.gradient import evaluate, split_validation
     from cryograd.solvers.losses import L2Loss
 
@@ -198,7 +198,7 @@ def test_direct_half_maps_are_refined_and_bad_snr_is_refused():
             ratio = float(half.double().sum()) / float(vol.sum())
             assert low < ratio < 1.05, (snr, ratio)
     for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(CryogradError, match="--snr"):
+        with pytest.raises(CryogradError, match="snr"):
             reconstruct(ps, "direct", device="cpu", progress=False, snr=bad)
 
 
@@ -286,3 +286,105 @@ def test_one_sided_random_subset_falls_back_to_a_seeded_split(caplog):
     assert "rlnRandomSubset puts all 60 selected particles in half 1" in caplog.text
     assert res.half_maps[0].abs().sum() > 0 and res.half_maps[1].abs().sum() > 0
     assert not torch.allclose(res.half_maps[0], res.half_maps[1])
+
+
+@pytest.mark.parametrize(
+    "cls, field, bad",
+    [
+        ("DirectConfig", "pad", 0.0),
+        ("DirectConfig", "snr", float("nan")),
+        ("DirectConfig", "lam", -1.0),
+        ("DirectConfig", "refine", -1),
+        ("DirectConfig", "batch_size", 0),
+        ("DirectConfig", "projector", "radon"),
+        ("CGConfig", "max_iter", 0),
+        ("GradientConfig", "val_fraction", 0.5),
+        ("GradientConfig", "epochs", 1.5),
+        ("GradientConfig", "lr", -1e-3),
+        ("GradientConfig", "huber_delta", 0.0),
+        ("GradientConfig", "sorted_l1_q", 1.0),
+        ("GradientConfig", "loss", "l3"),
+        ("GradientConfig", "penalty", "l0"),
+        ("GradientConfig", "init", "random"),
+        ("GradientConfig", "lr_schedule", "step"),
+        ("GradientConfig", "optimizer", "lbfgs"),
+    ],
+)
+def test_configs_are_validated_once_and_errors_name_the_parameter(cls, field, bad):
+    """A config refuses a bad value when it is made, naming the parameter (never a CLI flag)."""
+    import dataclasses
+
+    from cryograd.solvers import config
+
+    with pytest.raises(CryogradError, match=rf"^{field} must") as info:
+        getattr(config, cls)(**{field: bad})
+    assert "--" not in str(info.value)
+    good = getattr(config, cls)()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        good.pad = 3.0
+
+
+def test_solver_registry_options_and_the_wiener_term_of_snr():
+    """``SOLVERS`` holds the four methods; options of other methods are ignored, unknown ones
+    refused; a constant ``snr`` gives the Wiener term ``ρ = (D/P)³ / snr`` on the padded grid."""
+    from cryograd.projectors.fourier_slice import padded_size
+    from cryograd.solvers import SOLVERS
+    from cryograd.solvers.config import DirectConfig
+
+    assert list(SOLVERS) == ["direct", "cg", "adam", "sgd"]
+    vol, px = small_map(16)
+    ps, _ = make_particles(vol, 40, px, snr=None, seed=32)
+    res = reconstruct(ps, "direct", device="cpu", progress=False, snr=4.0, epochs=2, refine=0)
+    p = padded_size(16, 2.0)
+    assert res.history["wiener"]["kind"] == "constant"
+    assert res.history["wiener"]["value"] == pytest.approx((16 / p) ** 3 / 4.0, rel=1e-12)
+    assert res.parameters["snr"] == 4.0 and res.parameters["refine"] == 0
+    same = reconstruct(
+        ps, "direct", config=DirectConfig(snr=4.0, refine=0), device="cpu", progress=False
+    )
+    torch.testing.assert_close(same.map, res.map)
+    with pytest.raises(TypeError, match="epoch"):
+        reconstruct(ps, "direct", device="cpu", progress=False, epoch=3)
+
+
+def test_solver_and_reconstruction_modules_import_without_circles():
+    """The import graph of ``cryograd.solvers`` and ``cryograd.reconstruction`` (module-level
+    imports, ``TYPE_CHECKING`` blocks left out) has no cycle, and no function imports from the
+    package except the Triton kernels (an optional dependency)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "src"
+    files = [*root.glob("cryograd/solvers/*.py"), *root.glob("cryograd/reconstruction/*.py")]
+    name_of = {f: ".".join(f.relative_to(root).with_suffix("").parts) for f in files}
+    name_of = {f: n.removesuffix(".__init__") for f, n in name_of.items()}
+    ours = set(name_of.values())
+    graph: dict[str, set[str]] = {}
+    for f, mod in name_of.items():
+        tree = ast.parse(f.read_text())
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                deps.update(t for t in targets if t in ours and t != mod)
+        graph[mod] = deps
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                        "cryograd"
+                    ):
+                        assert node.module == "cryograd.kernels", (mod, fn.name, node.module)
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in graph.get(m, ()):
+            assert state.get(d) != 1, f"import circle: {' -> '.join([*path, m, d])}"
+            if d not in state:
+                visit(d, [*path, m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])

@@ -6,14 +6,15 @@ import numpy as np
 import torch
 
 from cryograd.forward import ForwardModel
-from cryograd.solvers.cg import (
+from cryograd.solvers.cg import solve_cg
+from cryograd.solvers.direct import wiener_reconstruct
+from cryograd.solvers.insertion import insert_particles, lam_to_wiener
+from cryograd.solvers.krylov import conjugate_gradient
+from cryograd.solvers.normal import (
     RealSpaceNormalOperator,
     ToeplitzNormalOperator,
-    conjugate_gradient,
     normal_rhs_from_insertion,
-    solve_cg,
 )
-from cryograd.solvers.direct import insert_particles, lam_to_wiener, wiener_reconstruct
 from cryograd.validation import fsc
 from tests._recon_data import make_particles, small_map
 

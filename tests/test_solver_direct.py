@@ -15,12 +15,8 @@ import pytest
 import torch
 
 from cryograd.fourier import rfftn_centered, shell_index
-from cryograd.solvers.direct import (
-    insert_particles,
-    lam_to_wiener,
-    reconstruct_direct,
-    wiener_reconstruct,
-)
+from cryograd.solvers.direct import reconstruct_direct, wiener_reconstruct
+from cryograd.solvers.insertion import insert_particles, lam_to_wiener
 from cryograd.validation import fsc
 from tests._recon_data import make_particles, small_map
 
@@ -179,7 +175,7 @@ KERNEL_SCRIPT = textwrap.dedent(
     os.environ["CRYOGRAD_KERNELS"] = "torch"
     import numpy as np, torch
     from tests._recon_data import make_particles, small_map
-    from cryograd.solvers.direct import insert_particles
+    from cryograd.solvers.insertion import insert_particles
     from cryograd.symmetry import symmetry_matrices
 
     vol, px = small_map(16)
@@ -212,7 +208,8 @@ def test_kernel_insertion_equals_torch_insertion(tmp_path):
     CTF² weights to 1e-5 (float32), run through Triton's interpreter in a fresh process."""
     script = tmp_path / "kernel_insert.py"
     script.write_text(KERNEL_SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    root = Path(__file__).parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{root / 'src'}{os.pathsep}{root}")
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
     )

@@ -25,13 +25,13 @@ def test_split_and_permutations_are_seeded():
     np.testing.assert_array_equal(va, va2)
     np.testing.assert_array_equal(epoch_permutation(50, 1, 4), epoch_permutation(50, 1, 4))
     assert not np.array_equal(epoch_permutation(50, 1, 4), epoch_permutation(50, 1, 5))
-    with pytest.raises(CryogradError, match="val-fraction"):
+    with pytest.raises(CryogradError, match="val_fraction"):
         train(None, idx, model=None, loss_fn=L2Loss(), val_fraction=0.5)
     for bad, match in (
-        (dict(lr=-1.0), "--lr"),
-        (dict(lr=float("nan")), "--lr"),
-        (dict(epochs=0), "--epochs"),
-        (dict(batch_size=0), "--batch-size"),
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(epochs=0), "epochs"),
+        (dict(batch_size=0), "batch_size"),
     ):
         with pytest.raises(CryogradError, match=match):
             train(None, idx, model=None, loss_fn=L2Loss(), **bad)
@@ -45,7 +45,7 @@ def test_training_lowers_validation_loss(method):
     if method == "adam":
         lr = 0.1 * float(np.std(vol))
     else:
-        from cryograd.reconstruct import _default_lr
+        from cryograd.solvers.minibatch import default_lr as _default_lr
 
         lr = _default_lr("sgd", None, "zero", ps, np.arange(400), model, True, "cpu", torch.float32)
     res = train(

@@ -15,6 +15,13 @@ from pathlib import Path
 
 import torch
 
+from cryograd.data import demo_map_path
+from cryograd.io.mrc import read_map
+from cryograd.particles import read_particles
+from cryograd.reconstruction import reconstruct
+from cryograd.simulate import simulate
+from cryograd.validation import fsc, resolution_at
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,13 +55,6 @@ def run_demo(
     progress: bool = True,
 ) -> list[dict]:
     """Simulate, reconstruct with direct and adam, and return one row per method."""
-    from cryograd.data import demo_map_path
-    from cryograd.io.mrc import read_map
-    from cryograd.particles import read_particles
-    from cryograd.reconstruct import reconstruct
-    from cryograd.simulate import simulate
-    from cryograd.validation import fsc, resolution_at
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

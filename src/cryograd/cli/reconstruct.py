@@ -1,6 +1,8 @@
 """``cryograd reconstruct PARTICLES -o OUTDIR``: a map with half maps and FSC from posed particles.
 
-Argument parsing, checks, logging and output around :func:`cryograd.reconstruct.reconstruct`.
+Argument parsing, logging and output around :func:`cryograd.reconstruction.reconstruct`. The flags
+map onto the method's config (:func:`method_options`), which validates them; errors from the
+library name parameters, and :func:`flag_message` turns those names into the flags.
 Distributed runs (:mod:`cryograd.distributed`): ``--nproc K`` starts K local processes; under
 ``torchrun`` or ``srun`` each launched process joins the job. Rank 0 alone checks the output folder,
 writes the outputs (atomically) and shows progress; the other ranks log to ``OUTDIR/rank{R}.log``.
@@ -9,29 +11,135 @@ writes the outputs (atomically) and shows progress; the other ranks log to ``OUT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import math
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from cryograd.distributed import (
+    init_communicator,
+    run_distributed,
+    setup_rank_logging,
+    spawn,
+    spawn_needed,
+)
 from cryograd.errors import CryogradError
+from cryograd.io.mrc import read_map
+from cryograd.particles import read_particles
+from cryograd.reconstruction.masks import load_mask
+from cryograd.reconstruction.options import method_config
+from cryograd.reconstruction.result import (
+    CHECKPOINT_PATTERN,
+    LOG_FILE,
+    OUTPUT_FILES,
+    checkpoint_name,
+)
+from cryograd.reconstruction.run import reconstruct
+from cryograd.reconstruction.selection import select_particles
+from cryograd.solvers import LOSSES, PENALTIES, SOLVERS
+from cryograd.solvers.config import (
+    INITS,
+    LR_SCHEDULES,
+    SolverConfig,
+    check_at_least,
+    check_positive,
+)
+from cryograd.solvers.context import RunContext
+from cryograd.solvers.losses import LAMBDA_KINDS
+from cryograd.symmetry import group_order
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_FILES = (
-    "map.mrc",
-    "half1.mrc",
-    "half2.mrc",
-    "fsc.csv",
-    "fsc.png",
-    "loss.png",
-    "run.json",
-    "reconstruct.log",
-)
+OUTPUT_NAMES = tuple(OUTPUT_FILES.values())
+"""Every file a run writes into OUTDIR (:data:`cryograd.reconstruction.result.OUTPUT_FILES`)."""
+
+CHECKPOINTS = (checkpoint_name("half1"), checkpoint_name("half2"))
+
+PARAMETER_FLAGS: dict[str, str] = {
+    "method": "--method",
+    "optimizer": "--method",
+    "projector": "--projector",
+    "pad": "--pad",
+    "device": "--device",
+    "batch_size": "--batch-size",
+    "first": "--first",
+    "class_number": "--class",
+    "sym": "--sym",
+    "seed": "--seed",
+    "maxres": "--maxres",
+    "snr": "--snr",
+    "lam": "--lam",
+    "refine": "--refine",
+    "tol": "--tol",
+    "max_iter": "--max-iter",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "loss": "--loss",
+    "penalty": "--penalty",
+    "sorted_l1_sequence": "--sorted-l1-seq",
+    "sorted_l1_q": "--sorted-l1-q",
+    "huber_delta": "--huber-delta",
+    "val_fraction": "--val-fraction",
+    "patience": "--patience",
+    "init": "--init",
+    "lr_schedule": "--lr-schedule",
+}
+"""Library parameter -> the flag that sets it."""
+
+# the config field each option's value comes from, for the flags whose dest differs
+_DESTS = {"sorted_l1_sequence": "sorted_l1_seq"}
+
+
+def flag_message(message: str) -> str:
+    """A library error with its parameter names as flags: ``val_fraction must ...`` ->
+    ``--val-fraction must ...``, ``pad=1`` -> ``--pad 1``, ``use_ctf=False`` -> ``--no-ctf``.
+
+    A name is replaced where it is followed by ``=``, ``must`` or ``given``; a name with an
+    underscore (never an English word) wherever it stands."""
+    message = message.replace("use_ctf=False", "--no-ctf")
+    for name, flag in PARAMETER_FLAGS.items():
+        message = re.sub(
+            rf"(?<![\w-]){name}=('?)([^\s,;:']*)\1", lambda m, f=flag: f"{f} {m.group(2)}", message
+        )
+        after = r"\b" if "_" in name else r"(?= must\b| given\b)"
+        message = re.sub(rf"(?<![\w-]){name}{after}", flag, message)
+    return message
+
+
+@contextlib.contextmanager
+def _flag_errors() -> Iterator[None]:
+    """Re-raise a :class:`CryogradError` with :func:`flag_message` applied."""
+    try:
+        yield
+    except CryogradError as exc:
+        text = flag_message(str(exc))
+        if text == str(exc):
+            raise
+        raise CryogradError(text) from exc
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The flags as config options (every method's; the method's config takes its own)."""
+    options = {}
+    for cls in dict.fromkeys(solver.config_type for solver in SOLVERS.values()):
+        for name in cls.field_names():
+            dest = _DESTS.get(name, name)
+            if hasattr(args, dest):
+                options[name] = getattr(args, dest)
+    options["checkpoint_dir"] = args.out
+    options.pop("optimizer", None)
+    return options
+
+
+def method_config_of(args: argparse.Namespace) -> SolverConfig:
+    """The validated config of ``--method`` from the flags."""
+    return method_config(args.method, None, method_options(args))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,7 +155,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "particles", type=Path, metavar="PARTICLES", help="RELION .star or cryoSPARC .cs"
     )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR", help="output folder")
-    p.add_argument("--method", choices=("direct", "cg", "adam", "sgd"), default="direct")
+    p.add_argument("--method", choices=tuple(SOLVERS), default="direct")
     p.add_argument("--projector", choices=("fourier", "real"), default="fourier")
     p.add_argument("--pad", type=float, default=2.0, help="padding factor of the Fourier grid")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -101,11 +209,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("adam / sgd")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--lr", type=float, default=None, help="learning rate (default: automatic)")
-    g.add_argument("--loss", choices=("l2", "l1", "huber", "sorted-l1"), default="l2")
-    g.add_argument("--penalty", choices=("none", "l2", "l1", "sorted-l1", "tv"), default="none")
+    g.add_argument("--loss", choices=tuple(LOSSES), default="l2")
+    g.add_argument("--penalty", choices=tuple(PENALTIES), default="none")
     g.add_argument(
         "--sorted-l1-seq",
-        choices=("bh", "linear", "equal"),
+        choices=LAMBDA_KINDS,
         default="bh",
         help="λ sequence of the sorted-l1 loss/penalty",
     )
@@ -119,8 +227,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction, (0, 0.5)")
     g.add_argument("--patience", type=int, default=3, help="epochs without improvement to stop")
-    g.add_argument("--init", choices=("direct", "zero"), default="direct")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    g.add_argument("--init", choices=INITS, default="direct")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     g = p.add_argument_group("runs")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
@@ -154,14 +262,13 @@ def check_outdir(out: Path, *, force: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CryogradError(f"{out}: exists and is not a folder")
     if out.is_dir():
-        checkpoints = tuple(f.name for f in out.glob("checkpoint_*.pt"))
+        checkpoints = tuple(f.name for f in out.glob(CHECKPOINT_PATTERN))
         for stale in out.glob(".*"):
             if stale.is_file() and _is_temporary_of(
-                stale.name,
-                (*OUTPUT_FILES, *checkpoints, "checkpoint_half1.pt", "checkpoint_half2.pt"),
+                stale.name, (*OUTPUT_NAMES, *checkpoints, *CHECKPOINTS)
             ):
                 stale.unlink(missing_ok=True)
-        previous = [f for f in (*OUTPUT_FILES, "checkpoint_half1.pt") if (out / f).exists()]
+        previous = [f for f in (*OUTPUT_NAMES, CHECKPOINTS[0]) if (out / f).exists()]
         if previous and not (force or resume):
             raise CryogradError(
                 f"{out}: holds a previous run ({', '.join(previous)}); use --force to overwrite "
@@ -170,7 +277,7 @@ def check_outdir(out: Path, *, force: bool, resume: bool) -> None:
         if force and not resume:
             for name in previous:
                 (out / name).unlink()
-            for ck in out.glob("checkpoint_*.pt"):
+            for ck in out.glob(CHECKPOINT_PATTERN):
                 ck.unlink()
             for log in out.glob("rank*.log"):
                 log.unlink()
@@ -181,7 +288,7 @@ def _precheck_outdir(out: Path, *, force: bool, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CryogradError(f"{out}: exists and is not a folder")
     if out.is_dir() and not (force or resume):
-        previous = [f for f in (*OUTPUT_FILES, "checkpoint_half1.pt") if (out / f).exists()]
+        previous = [f for f in (*OUTPUT_NAMES, CHECKPOINTS[0]) if (out / f).exists()]
         if previous:
             raise CryogradError(
                 f"{out}: holds a previous run ({', '.join(previous)}); use --force to overwrite "
@@ -190,37 +297,14 @@ def _precheck_outdir(out: Path, *, force: bool, resume: bool) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Options checked before anything is read or written."""
-    for flag, value in (
-        ("--snr", args.snr),
-        ("--maxres", args.maxres),
-        ("--pad", args.pad),
-        ("--angpix", args.angpix),
-        ("--lr", args.lr),
-        ("--huber-delta", args.huber_delta),
-    ):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise CryogradError(f"{flag} must be a positive number, got {value}")
-    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
-        raise CryogradError(f"--lam must be a non-negative number, got {args.lam}")
-    for flag, value, low in (
-        ("--first", args.first, 2),
-        ("--epochs", args.epochs, 1),
-        ("--patience", args.patience, 1),
-        ("--max-iter", args.max_iter, 1),
-        ("--refine", args.refine, 0),
-        ("--nproc", args.nproc, 1),
-    ):
-        if value is not None and value < low:
-            raise CryogradError(f"{flag} must be at least {low}, got {value}")
-    if not 0.0 < args.sorted_l1_q < 1.0:
-        raise CryogradError(f"--sorted-l1-q must be in (0, 1), got {args.sorted_l1_q}")
-    if not 0.0 < args.val_fraction < 0.5:
-        raise CryogradError(f"--val-fraction must be in (0, 0.5), got {args.val_fraction}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise CryogradError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not args.timeout > 0:
-        raise CryogradError(f"--timeout must be positive, got {args.timeout}")
+    """Options checked before anything is read or written: the method's config (which validates
+    its own), and the options of the command itself."""
+    method_config_of(args)
+    check_positive("maxres", args.maxres)
+    check_positive("--angpix", args.angpix)
+    check_at_least("first", args.first, 2)
+    check_at_least("--nproc", args.nproc, 1)
+    check_positive("--timeout", args.timeout)
 
 
 def _check_inputs(args: argparse.Namespace, comm=None):
@@ -228,11 +312,6 @@ def _check_inputs(args: argparse.Namespace, comm=None):
 
     Returns the :class:`~cryograd.particles.ParticleSet` and the mask array (or None).
     """
-    from cryograd.io.mrc import read_map
-    from cryograd.particles import read_particles
-    from cryograd.reconstruct import _load_mask, select_particles
-    from cryograd.symmetry import group_order
-
     if args.mask is not None and not args.mask.is_file():
         raise CryogradError(f"{args.mask}: mask file not found")
     particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
@@ -245,7 +324,7 @@ def _check_inputs(args: argparse.Namespace, comm=None):
         mask = read_map(args.mask).data
         if particles.box_size is not None:
             try:
-                _load_mask(mask, int(particles.box_size))
+                load_mask(mask, int(particles.box_size))
             except CryogradError as exc:  # name the file, not "mask"
                 raise CryogradError(str(exc).replace("mask:", f"{args.mask}:", 1)) from None
     return particles, mask
@@ -257,9 +336,7 @@ def _remove_if_only_logs(out: Path, created: bool, before: set[str]) -> None:
     if not out.is_dir():
         return
     new = {e.name for e in out.iterdir()} - before
-    if any(
-        not (n == "reconstruct.log" or (n.startswith("rank") and n.endswith(".log"))) for n in new
-    ):
+    if any(not (n == LOG_FILE or (n.startswith("rank") and n.endswith(".log"))) for n in new):
         return  # an output or a checkpoint was written: keep everything
     for name in new:
         (out / name).unlink(missing_ok=True)
@@ -276,9 +353,8 @@ def run(args: argparse.Namespace) -> int:
     a failure on any rank stops every rank (:func:`cryograd.distributed.run_distributed`).
     ``args.comm``, when set, is used as given (tests, notebooks).
     """
-    from cryograd.distributed import init_communicator, run_distributed, spawn, spawn_needed
-
-    _check_options(args)
+    with _flag_errors():
+        _check_options(args)
     comm = getattr(args, "comm", None)
     if comm is None:
         if spawn_needed(args.nproc):
@@ -293,10 +369,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, comm) -> int:
     """One rank's part of ``cryograd reconstruct`` (all of it with one process)."""
-    from cryograd.distributed import setup_rank_logging
-    from cryograd.particles import read_particles
-    from cryograd.reconstruct import reconstruct
+    with _flag_errors():
+        return _run_rank(args, comm)
 
+
+def _run_rank(args: argparse.Namespace, comm) -> int:
     out: Path = args.out
     handler = None
     particles = mask = None
@@ -312,7 +389,7 @@ def _run(args: argparse.Namespace, comm) -> int:
         if comm.is_distributed:
             check_outdir(out, force=args.force, resume=args.resume)
         out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "reconstruct.log")
+        handler = logging.FileHandler(out / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
     comm.barrier()  # rank 0 has checked and made the output folder
@@ -330,40 +407,22 @@ def _run(args: argparse.Namespace, comm) -> int:
             particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
             if args.mask is not None and not args.mask.exists():
                 raise CryogradError(f"{args.mask}: mask file not found")
+        context = RunContext.create(
+            device=comm.device,
+            dtype=torch.float64 if args.double else torch.float32,
+            use_ctf=not args.no_ctf,
+            sym=args.sym,
+            comm=comm,
+        )
         result = reconstruct(
             particles,
             args.method,
-            projector=args.projector,
-            pad=args.pad,
-            device=comm.device,
-            dtype=torch.float64 if args.double else torch.float32,
-            batch_size=args.batch_size,
+            config=method_config_of(args),
+            context=context,
             first=args.first,
             class_number=args.class_number,
-            sym=args.sym,
-            seed=args.seed,
             maxres=args.maxres,
-            snr=args.snr,
-            lam=args.lam,
-            use_ctf=not args.no_ctf,
             mask=args.mask if mask is None else mask,
-            refine=args.refine,
-            cg_tol=args.tol,
-            cg_max_iter=args.max_iter,
-            epochs=args.epochs,
-            lr=args.lr,
-            loss=args.loss,
-            penalty=args.penalty,
-            sorted_l1_sequence=args.sorted_l1_seq,
-            sorted_l1_q=args.sorted_l1_q,
-            huber_delta=args.huber_delta,
-            val_fraction=args.val_fraction,
-            patience=args.patience,
-            init=args.init,
-            lr_schedule=args.lr_schedule,
-            checkpoint_dir=out,
-            resume=args.resume,
-            comm=comm,
             progress=not args.no_progress,
         )
         if comm.is_main:

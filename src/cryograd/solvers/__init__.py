@@ -1,32 +1,56 @@
 """Solvers: from particles with poses to a map.
 
-- :mod:`~cryograd.solvers.direct`: CTF-weighted Fourier insertion and Wiener division (RELION's
+- :mod:`~cryograd.solvers.insertion`: the Fourier insertion sums every Fourier-domain solver
+  starts from (numerator ``Σ c · FFT(b)`` and weights ``Σ c²`` on the padded grid).
+- :mod:`~cryograd.solvers.direct`: Wiener division of the insertion (RELION's
   ``relion_reconstruct --ctf``), with a constant SNR, an operator ``λ`` or RELION's ``τ²``.
-- :mod:`~cryograd.solvers.cg`: conjugate gradients on ``(AᵀA + λI) x = Aᵀb``, with a Toeplitz
-  ``AᵀA`` for the Fourier projector (one pass over the data) or the projector pair per iteration.
-- :mod:`~cryograd.solvers.gradient`: minibatch Adam / SGD with validation, early stopping and
-  checkpoints.
-- :mod:`~cryograd.solvers.losses` (``l2``, ``l1``, ``huber``, ``sorted-l1``) and
-  :mod:`~cryograd.solvers.penalties` (``none``, ``l2``, ``l1``, ``sorted-l1`` = SLOPE, ``tv``).
+- :mod:`~cryograd.solvers.normal`: the normal operators ``AᵀA`` (Toeplitz from the insertion
+  weights, or the projector pair) and ``Aᵀb``.
+- :mod:`~cryograd.solvers.krylov`: preconditioned conjugate gradients (and the in-box refinement
+  of a direct map); :mod:`~cryograd.solvers.cg`: the ``cg`` method on ``(AᵀA + λI) x = Aᵀb``.
+- :mod:`~cryograd.solvers.gradient`: minibatch training with validation, early stopping and
+  checkpoints; :mod:`~cryograd.solvers.minibatch` runs it per half set (``adam``, ``sgd``).
+- :mod:`~cryograd.solvers.losses` (``LOSSES``), :mod:`~cryograd.solvers.penalties`
+  (``PENALTIES``) and :mod:`~cryograd.solvers.optimizers` (``OPTIMIZERS``): registries by name.
 - :mod:`~cryograd.solvers.batches`: how every solver streams particles (global batches, each
   process's shard, CTFs on the half grid, symmetry expansion).
+- :mod:`~cryograd.solvers.context` (``RunContext``), :mod:`~cryograd.solvers.config` (one
+  validated config per method) and :mod:`~cryograd.solvers.registry` (``SOLVERS``: each method's
+  ``solve_halves``).
 
 Every solver takes a ``comm`` (:class:`cryograd.distributed.Communicator`, default one process):
 partial sums go through ``comm.all_reduce_sum_`` and each process reads ``comm.shard`` of every
 global batch, so the result does not depend on the number of processes.
 """
 
-from cryograd.solvers.cg import CGResult, conjugate_gradient, solve_cg
-from cryograd.solvers.direct import FourierInsertion, insert_particles, reconstruct_direct
-from cryograd.solvers.gradient import TrainResult, train
+# the solver modules register their methods (SOLVERS) in this order: direct, cg, adam, sgd
+from cryograd.solvers.direct import reconstruct_direct  # isort: skip
+from cryograd.solvers.cg import solve_cg  # isort: skip
+from cryograd.solvers import minibatch as _minibatch  # noqa: F401, I001  (adam, sgd)
+from cryograd.solvers.config import CGConfig, DirectConfig, GradientConfig, SolverConfig
+from cryograd.solvers.context import RunContext
+from cryograd.solvers.gradient import TrainConfig, TrainResult, train
+from cryograd.solvers.insertion import FourierInsertion, insert_particles
+from cryograd.solvers.krylov import CGResult, conjugate_gradient
 from cryograd.solvers.losses import LOSSES, make_loss
+from cryograd.solvers.optimizers import OPTIMIZERS
 from cryograd.solvers.penalties import PENALTIES, make_penalty, prox_sorted_l1
+from cryograd.solvers.registry import SOLVERS, HalfMaps
 
 __all__ = [
+    "CGConfig",
     "CGResult",
+    "DirectConfig",
     "FourierInsertion",
+    "GradientConfig",
+    "HalfMaps",
     "LOSSES",
+    "OPTIMIZERS",
     "PENALTIES",
+    "RunContext",
+    "SOLVERS",
+    "SolverConfig",
+    "TrainConfig",
     "TrainResult",
     "conjugate_gradient",
     "insert_particles",

@@ -27,6 +27,7 @@ step (the penalty is added on the main process only), so every process takes the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -37,16 +38,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cryograd.errors import CryogradError
+from cryograd.io.atomic import atomic_path
 from cryograd.solvers.batches import batch_loader, expand_symmetry, global_batches, load_batch
+from cryograd.solvers.config import (
+    LR_SCHEDULES,
+    check_at_least,
+    check_choice,
+    check_positive,
+    check_val_fraction,
+)
+from cryograd.solvers.context import CONTEXT_FIELDS, RunContext
 from cryograd.solvers.losses import DataLoss
+from cryograd.solvers.optimizers import OPTIMIZERS
 from cryograd.solvers.penalties import NoPenalty, Penalty
 
-__all__ = ["TrainResult", "train", "split_validation", "epoch_permutation", "save_checkpoint"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "split_validation",
+    "epoch_permutation",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("adam", "sgd")
+METHODS = tuple(OPTIMIZERS)
 
 
 @dataclass
@@ -98,8 +115,6 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 def save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` atomically (:func:`cryograd.io.atomic.atomic_path`: a temporary file in the
     same folder, then ``os.replace``), with the mode of a new file like every output."""
-    from cryograd.io.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -149,6 +164,85 @@ def evaluate(
     return float(total) / max(1, len(indices))
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train`, validated when made.
+
+    Attributes
+    ----------
+    optimizer
+        A name in :data:`cryograd.solvers.optimizers.OPTIMIZERS` (``"adam"``, ``"sgd"``).
+    epochs, lr, batch_size
+        Passes over the training particles, learning rate, particles per global batch.
+    val_fraction
+        Fraction of the particles held out, in (0, 0.5).
+    seed
+        Seed of the validation split and of every epoch's order.
+    patience
+        Epochs without a lower validation loss before stopping.
+    lr_schedule
+        ``"constant"`` or ``"cosine"`` (the rate of epoch ``e`` is
+        ``lr · ½(1 + cos(π (e − 1) / epochs))``, a function of the epoch only).
+    resume
+        Continue from the checkpoint when it exists and belongs to the same tag.
+    cache
+        Keep the particles (images, CTFs, poses) on the device for all epochs: None decides by
+        memory (on a CUDA device when they take under 40 % of its free memory; never on the CPU,
+        where the memory-mapped stacks are streamed), True/False force it.
+    progress
+        Show a tqdm bar over epochs (main process only).
+    """
+
+    optimizer: str = "adam"
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 128
+    val_fraction: float = 0.05
+    seed: int = 0
+    patience: int = 3
+    lr_schedule: str = "constant"
+    resume: bool = False
+    cache: bool | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_val_fraction(self.val_fraction)
+        check_at_least("epochs", self.epochs, 1)
+        check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("patience", self.patience, 1)
+        check_positive("lr", self.lr if self.lr is not None else float("nan"))
+
+    def learning_rate(self, epoch: int) -> float:
+        """The rate of ``epoch`` (1-based) under the schedule."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + np.cos(np.pi * (epoch - 1) / self.epochs))
+        return self.lr
+
+
+def _train_settings(
+    config: TrainConfig | None, context: RunContext | None, options: dict
+) -> tuple[TrainConfig, RunContext]:
+    """The config and context of :func:`train` from its keyword options (``method`` is the
+    optimiser's name; ``device``, ``dtype``, ``use_ctf``, ``symmetry``, ``comm`` the context)."""
+    options = dict(options)
+    if "method" in options:
+        options["optimizer"] = options.pop("method")
+    ctx_opts = {k: options.pop(k) for k in CONTEXT_FIELDS if k in options}
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"train() got unexpected keyword arguments {', '.join(unknown)}")
+    if config is None:
+        config = TrainConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    if context is None:
+        context = RunContext.from_options({"device": "cpu", **ctx_opts})
+    return config, context
+
+
 def train(
     particles,
     indices: np.ndarray,
@@ -156,25 +250,12 @@ def train(
     model,
     loss_fn: DataLoss,
     penalty: Penalty | None = None,
-    method: str = "adam",
-    epochs: int = 20,
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    val_fraction: float = 0.05,
-    seed: int = 0,
-    patience: int = 3,
+    config: TrainConfig | None = None,
+    context: RunContext | None = None,
     init_volume: torch.Tensor | Callable[[np.ndarray], torch.Tensor] | None = None,
-    use_ctf: bool = True,
-    symmetry: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    comm=None,
-    progress: bool = True,
     checkpoint_path: str | os.PathLike | None = None,
-    resume: bool = False,
     tag: str = "",
-    lr_schedule: str = "constant",
-    cache: bool | None = None,
+    **options,
 ) -> TrainResult:
     """Fit a map to particles ``indices`` by minibatch Adam or SGD.
 
@@ -186,98 +267,102 @@ def train(
         :class:`cryograd.forward.ForwardModel`.
     loss_fn, penalty
         Data term and penalty.
-    method
-        ``"adam"`` or ``"sgd"``.
-    epochs, lr, batch_size
-        Passes over the training particles, learning rate, particles per global batch.
-    val_fraction
-        Fraction of ``indices`` held out, in (0, 0.5).
-    seed
-        Seed of the validation split and of every epoch's order.
-    patience
-        Epochs without a lower validation loss before stopping.
+    config
+        :class:`TrainConfig`; keyword ``options`` named like its fields (``method`` for
+        ``optimizer``) make one or override it.
+    context
+        :class:`cryograd.solvers.context.RunContext`; or the options ``device`` (default
+        ``"cpu"``), ``dtype``, ``use_ctf``, ``symmetry``, ``comm``.
     init_volume
         Starting map (default zeros), or a function ``train_indices -> map`` called with the
         training particles only (e.g. a direct reconstruction): a start made from all of
         ``indices`` has already fitted the validation particles, so its validation loss is
         optimistically low and every step away from it looks like a loss.
     checkpoint_path
-        Where to write the checkpoint after every epoch (main process only); with ``resume``,
-        training continues from it when it exists and belongs to the same ``tag``.
+        Where to write the checkpoint after every epoch (main process only); with
+        ``config.resume``, training continues from it when it exists and belongs to ``tag``.
     tag
         Name of this run in the checkpoint (e.g. ``"half1"``).
-    lr_schedule
-        ``"constant"`` or ``"cosine"`` (the rate of epoch ``e`` is
-        ``lr · ½(1 + cos(π (e − 1) / epochs))``, a function of the epoch only).
-    cache
-        Keep the particles (images, CTFs, poses) on the device for all epochs: None decides by
-        memory (on a CUDA device when they take under 40 % of its free memory; never on the CPU,
-        where the memory-mapped stacks are streamed), True/False force it.
 
     Returns
     -------
     TrainResult
     """
-    from cryograd.distributed import single_process
+    config, context = _train_settings(config, context, options)
+    run = _Training(particles, indices, model, loss_fn, penalty or NoPenalty(), config, context)
+    run.start(init_volume, checkpoint_path, tag)
+    bar = tqdm(
+        total=config.epochs,
+        initial=run.start_epoch - 1,
+        desc=f"{config.optimizer} {tag}".strip(),
+        unit="epoch",
+        disable=not (config.progress and context.comm.is_main),
+        leave=False,
+    )
+    try:
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            if run.history["finished"]:
+                break
+            train_loss = run.epoch(epoch)
+            val = run.score()
+            run.record(epoch, train_loss, val)
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val:.4g}")
+            if checkpoint_path is not None and context.comm.is_main:
+                run.save(Path(checkpoint_path), epoch, tag)
+            if run.history["finished"]:
+                break
+    finally:
+        bar.close()
+    return run.result()
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use adam or sgd")
-    if lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
-    if not 0.0 < val_fraction < 0.5:
-        raise CryogradError(f"--val-fraction must be in (0, 0.5), got {val_fraction}")
-    for flag, value, low in (
-        ("--epochs", epochs, 1),
-        ("--batch-size", batch_size, 1),
-        ("--patience", patience, 1),
-    ):
-        if int(value) != value or value < low:
-            raise CryogradError(f"{flag} must be an integer of at least {low}, got {value}")
-    if not (np.isfinite(lr) and lr > 0):
-        raise CryogradError(f"--lr must be a positive number, got {lr}")
-    comm = comm or single_process(device)
-    penalty = penalty or NoPenalty()
-    d = model.box_size
-    train_idx, val_idx = split_validation(indices, val_fraction, seed)
-    volume = torch.zeros((d, d, d), device=device, dtype=dtype)
-    if callable(init_volume) and not isinstance(init_volume, torch.Tensor):
-        init_volume = init_volume(train_idx)
-    if init_volume is not None:
-        volume = init_volume.detach().to(device=device, dtype=dtype).clone()
-    volume.requires_grad_(True)
-    if method == "adam":
-        optimizer = torch.optim.Adam([volume], lr=lr)
-    else:
-        optimizer = torch.optim.SGD([volume], lr=lr)
-    loader = batch_loader(
-        particles, indices, device=device, dtype=dtype, use_ctf=use_ctf, cache=cache
-    )
-    eval_kw = dict(
-        batch_size=batch_size,
-        use_ctf=use_ctf,
-        symmetry=symmetry,
-        device=device,
-        dtype=dtype,
-        comm=comm,
-        loader=loader,
-    )
-    state = None
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("tag") != tag:
-            state = None
-    if state is not None:
-        with torch.no_grad():
-            volume.copy_(state["volume"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_volume = state["best_volume"].to(device=device, dtype=dtype)
-        history = state["history"]
-        start_epoch = int(state["epoch"]) + 1
-        torch.set_rng_state(state["torch_rng"])
-        logger.info("%s: resuming after epoch %d", tag or "train", start_epoch - 1)
-    else:
-        v0 = evaluate(model, volume.detach(), particles, val_idx, loss_fn, **eval_kw)
-        history = {
+
+class _Training:
+    """The state of one :func:`train` run: the volume, its optimiser, the history."""
+
+    def __init__(self, particles, indices, model, loss_fn, penalty, config, context) -> None:
+        self.particles, self.model = particles, model
+        self.loss_fn, self.penalty = loss_fn, penalty
+        self.config, self.context = config, context
+        self.indices = indices
+        self.train_idx, self.val_idx = split_validation(indices, config.val_fraction, config.seed)
+        self.loader = batch_loader(
+            particles,
+            indices,
+            device=context.device,
+            dtype=context.dtype,
+            use_ctf=context.use_ctf,
+            cache=config.cache,
+        )
+
+    def start(self, init_volume, checkpoint_path, tag: str) -> None:
+        """The starting volume and history: from the checkpoint (``resume``) or fresh."""
+        self.tag = tag
+        ctx, d = self.context, self.model.box_size
+        volume = torch.zeros((d, d, d), device=ctx.device, dtype=ctx.dtype)
+        if callable(init_volume) and not isinstance(init_volume, torch.Tensor):
+            init_volume = init_volume(self.train_idx)
+        if init_volume is not None:
+            volume = init_volume.detach().to(device=ctx.device, dtype=ctx.dtype).clone()
+        self.volume = volume.requires_grad_(True)
+        self.optimizer = OPTIMIZERS[self.config.optimizer]([self.volume], lr=self.config.lr)
+        state = None
+        if self.config.resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+            state = torch.load(checkpoint_path, map_location=ctx.device, weights_only=False)
+            if state.get("tag") != tag:
+                state = None
+        if state is not None:
+            with torch.no_grad():
+                self.volume.copy_(state["volume"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.best_volume = state["best_volume"].to(device=ctx.device, dtype=ctx.dtype)
+            self.history = state["history"]
+            self.start_epoch = int(state["epoch"]) + 1
+            torch.set_rng_state(state["torch_rng"])
+            logger.info("%s: resuming after epoch %d", tag or "train", self.start_epoch - 1)
+            return
+        v0 = self.score()
+        self.history = {
             "train_loss": [float("nan")],
             "val_loss": [v0],
             "best_epoch": 0,
@@ -286,103 +371,116 @@ def train(
             "stopped_early": False,
             "finished": False,
         }
-        best_volume = volume.detach().clone()
-        start_epoch = 1
-    epoch = start_epoch - 1
-    bar = tqdm(
-        total=epochs,
-        initial=start_epoch - 1,
-        desc=f"{method} {tag}".strip(),
-        unit="epoch",
-        disable=not (progress and comm.is_main),
-        leave=False,
-    )
-    try:
-        for epoch in range(start_epoch, epochs + 1):
-            if history["finished"]:
-                break
-            order = train_idx[epoch_permutation(len(train_idx), seed, epoch)]
-            lr_epoch = lr
-            if lr_schedule == "cosine":
-                lr_epoch = lr * 0.5 * (1.0 + np.cos(np.pi * (epoch - 1) / epochs))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_epoch
-            running = torch.zeros((), dtype=torch.float64, device=device)
-            for global_batch in global_batches(order, batch_size):
-                optimizer.zero_grad(set_to_none=False)
-                local = comm.shard(global_batch)
-                share = None
-                if len(local):
-                    batch = loader(local)
-                    share = _batch_loss(
-                        model, volume, batch, loss_fn, len(global_batch), symmetry, comm
-                    )
-                if share is None:  # an empty shard still takes part in the loss's collectives
-                    empty = volume.new_zeros((0, d, d)) + 0.0 * volume.sum()
-                    total = loss_fn(empty, normalizer=len(global_batch), comm=comm)
-                else:
-                    total = share
-                if comm.is_main:
-                    total = total + penalty.smooth(volume)
-                total.backward()
-                comm.all_reduce_sum_(volume.grad)
-                optimizer.step()
-                penalty.prox_(volume.data, lr_epoch)
-                running += (
-                    share.detach().to(torch.float64) * len(global_batch)
-                    if share is not None
-                    else 0.0
+        self.best_volume = self.volume.detach().clone()
+        self.start_epoch = 1
+
+    def score(self) -> float:
+        """The validation loss of the current volume."""
+        ctx = self.context
+        return evaluate(
+            self.model,
+            self.volume.detach(),
+            self.particles,
+            self.val_idx,
+            self.loss_fn,
+            batch_size=self.config.batch_size,
+            use_ctf=ctx.use_ctf,
+            symmetry=ctx.symmetry,
+            device=ctx.device,
+            dtype=ctx.dtype,
+            comm=ctx.comm,
+            loader=self.loader,
+        )
+
+    def epoch(self, epoch: int) -> float:
+        """One pass over the training particles; returns the mean training loss."""
+        cfg, comm, volume = self.config, self.context.comm, self.volume
+        d = self.model.box_size
+        order = self.train_idx[epoch_permutation(len(self.train_idx), cfg.seed, epoch)]
+        lr_epoch = cfg.learning_rate(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_epoch
+        running = torch.zeros((), dtype=torch.float64, device=self.context.device)
+        for global_batch in global_batches(order, cfg.batch_size):
+            self.optimizer.zero_grad(set_to_none=False)
+            local = comm.shard(global_batch)
+            share = None
+            if len(local):
+                batch = self.loader(local)
+                share = _batch_loss(
+                    self.model,
+                    volume,
+                    batch,
+                    self.loss_fn,
+                    len(global_batch),
+                    self.context.symmetry,
+                    comm,
                 )
-            comm.all_reduce_sum_(running)
-            train_loss = float(running) / max(1, len(train_idx))
-            val = evaluate(model, volume.detach(), particles, val_idx, loss_fn, **eval_kw)
-            history["train_loss"].append(train_loss)
-            history["val_loss"].append(val)
-            if val < history["best_val"] * (1 - 1e-6) or not np.isfinite(history["best_val"]):
-                history["best_val"] = val
-                history["best_epoch"] = epoch
-                history["bad_epochs"] = 0
-                best_volume = volume.detach().clone()
+            if share is None:  # an empty shard still takes part in the loss's collectives
+                empty = volume.new_zeros((0, d, d)) + 0.0 * volume.sum()
+                total = self.loss_fn(empty, normalizer=len(global_batch), comm=comm)
             else:
-                history["bad_epochs"] += 1
-            if history["bad_epochs"] >= patience:
-                history["stopped_early"] = True
-                history["finished"] = True
-            if epoch == epochs:
-                history["finished"] = True
-            bar.update(1)
-            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val:.4g}")
-            logger.info(
-                "%s epoch %d: train %.6g, validation %.6g%s",
-                tag or method,
-                epoch,
-                train_loss,
-                val,
-                " (best)" if history["best_epoch"] == epoch else "",
-            )
-            if checkpoint_path is not None and comm.is_main:
-                save_checkpoint(
-                    Path(checkpoint_path),
-                    {
-                        "tag": tag,
-                        "epoch": epoch,
-                        "volume": volume.detach().cpu(),
-                        "best_volume": best_volume.cpu(),
-                        "optimizer": optimizer.state_dict(),
-                        "history": history,
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                )
-            if history["finished"]:
-                break
-    finally:
-        bar.close()
-    return TrainResult(
-        volume=best_volume,
-        last_volume=volume.detach().clone(),
-        train_loss=list(history["train_loss"]),
-        val_loss=list(history["val_loss"]),
-        best_epoch=int(history["best_epoch"]),
-        epochs_run=len(history["train_loss"]) - 1,
-        stopped_early=bool(history["stopped_early"]),
-    )
+                total = share
+            if comm.is_main:
+                total = total + self.penalty.smooth(volume)
+            total.backward()
+            comm.all_reduce_sum_(volume.grad)
+            self.optimizer.step()
+            self.penalty.prox_(volume.data, lr_epoch)
+            if share is not None:
+                running += share.detach().to(torch.float64) * len(global_batch)
+        comm.all_reduce_sum_(running)
+        return float(running) / max(1, len(self.train_idx))
+
+    def record(self, epoch: int, train_loss: float, val: float) -> None:
+        """Book-keeping after an epoch: best volume, early stopping, the log line."""
+        history = self.history
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val)
+        if val < history["best_val"] * (1 - 1e-6) or not np.isfinite(history["best_val"]):
+            history["best_val"] = val
+            history["best_epoch"] = epoch
+            history["bad_epochs"] = 0
+            self.best_volume = self.volume.detach().clone()
+        else:
+            history["bad_epochs"] += 1
+        if history["bad_epochs"] >= self.config.patience:
+            history["stopped_early"] = True
+            history["finished"] = True
+        if epoch == self.config.epochs:
+            history["finished"] = True
+        logger.info(
+            "%s epoch %d: train %.6g, validation %.6g%s",
+            self.tag or self.config.optimizer,
+            epoch,
+            train_loss,
+            val,
+            " (best)" if history["best_epoch"] == epoch else "",
+        )
+
+    def save(self, path: Path, epoch: int, tag: str) -> None:
+        """Checkpoint after ``epoch``."""
+        save_checkpoint(
+            path,
+            {
+                "tag": tag,
+                "epoch": epoch,
+                "volume": self.volume.detach().cpu(),
+                "best_volume": self.best_volume.cpu(),
+                "optimizer": self.optimizer.state_dict(),
+                "history": self.history,
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+
+    def result(self) -> TrainResult:
+        history = self.history
+        return TrainResult(
+            volume=self.best_volume,
+            last_volume=self.volume.detach().clone(),
+            train_loss=list(history["train_loss"]),
+            val_loss=list(history["val_loss"]),
+            best_epoch=int(history["best_epoch"]),
+            epochs_run=len(history["train_loss"]) - 1,
+            stopped_early=bool(history["stopped_early"]),
+        )

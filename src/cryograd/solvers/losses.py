@@ -20,7 +20,8 @@ it is exactly ``l1``.
 different for every data set; the default is ``δ = 1.345 · σ̂`` (:data:`HUBER_K`, Huber's choice
 with 95 % efficiency under Gaussian noise) with ``σ̂`` a robust noise level,
 ``1.4826 · median|r − median r|`` (:func:`robust_sigma`) of residuals:
-:func:`cryograd.reconstruct.reconstruct` takes them from the starting map on the training particles;
+:meth:`HuberLoss.calibrate` takes them from the starting map on the training particles
+(:mod:`cryograd.solvers.minibatch` calls it);
 a :class:`HuberLoss` made without ``delta`` takes them from the first batch it sees.
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "lambda_sequence",
     "sorted_l1_weights",
     "make_loss",
+    "register_loss",
     "robust_sigma",
     "HUBER_K",
 ]
@@ -48,7 +50,8 @@ __all__ = [
 HUBER_K = 1.345
 """Huber threshold in units of the noise standard deviation (95 % efficiency for Gaussian noise)."""
 
-LOSSES = ("l2", "l1", "huber", "sorted-l1")
+LOSSES: dict[str, type[DataLoss]] = {}
+"""Name -> loss class (filled by :func:`register_loss`); the ``--loss`` choices."""
 LAMBDA_KINDS = ("bh", "linear", "equal")
 
 
@@ -149,13 +152,42 @@ def sorted_l1_weights(
     return ((cum[last] - cum[first]) / count).to(abs_local.dtype)
 
 
+def register_loss(cls: type[DataLoss]) -> type[DataLoss]:
+    """Class decorator: add a loss to :data:`LOSSES` under its ``name``."""
+    LOSSES[cls.name] = cls
+    return cls
+
+
 class DataLoss:
     """Base class: ``loss(residuals, normalizer=B, comm=comm)`` is this process's share.
 
-    Subclasses implement :meth:`pointwise` (``ρ(r)`` per pixel) or override :meth:`__call__`.
+    Subclasses implement :meth:`pointwise` (``ρ(r)`` per pixel) or override :meth:`__call__`;
+    :meth:`from_options` builds one from the solver's options, and a loss with a data-dependent
+    setting (Huber's threshold) fixes it in :meth:`calibrate`.
     """
 
     name = "base"
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        huber_delta: float | None = None,
+        sequence: str | Sequence[float] | np.ndarray = "bh",
+        q: float = 0.1,
+    ) -> DataLoss:
+        """The loss from the options of :func:`make_loss` (each class takes what it needs)."""
+        return cls()
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`calibrate` still has to fix a setting from the data."""
+        return False
+
+    def calibrate(self, residuals: torch.Tensor) -> dict[str, float]:
+        """Fix data-dependent settings from residuals ``A x₀ − b`` of a starting map; returns
+        what was chosen (for the run's record). The base class has nothing to fix."""
+        return {}
 
     def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -178,6 +210,7 @@ class DataLoss:
         return f"{type(self).__name__}()"
 
 
+@register_loss
 class L2Loss(DataLoss):
     """``ρ(r) = r²`` (the negative log-likelihood of white Gaussian noise, up to scale)."""
 
@@ -187,6 +220,7 @@ class L2Loss(DataLoss):
         return residuals.square()
 
 
+@register_loss
 class L1Loss(DataLoss):
     """``ρ(r) = |r|``."""
 
@@ -206,6 +240,7 @@ def robust_sigma(values: torch.Tensor) -> float:
     return float(1.482602218505602 * (x - med).abs().median())
 
 
+@register_loss
 class HuberLoss(DataLoss):
     """``ρ(r) = r²/2`` for ``|r| ≤ δ``, else ``δ(|r| − δ/2)``.
 
@@ -223,6 +258,26 @@ class HuberLoss(DataLoss):
         if delta is not None and not delta > 0:
             raise ValueError(f"the Huber threshold must be positive, got {delta}")
         self.delta = None if delta is None else float(delta)
+
+    @classmethod
+    def from_options(cls, *, huber_delta=None, sequence="bh", q=0.1) -> HuberLoss:
+        return cls(huber_delta)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.delta is None
+
+    def calibrate(self, residuals: torch.Tensor) -> dict[str, float]:
+        """``δ = 1.345 · σ̂`` with ``σ̂`` the robust noise level (:func:`robust_sigma`) of
+        ``residuals``, unless ``δ`` was given."""
+        if self.delta is not None:
+            return {}
+        sigma = robust_sigma(residuals)
+        delta = HUBER_K * sigma
+        if not delta > 0:
+            raise ValueError(f"the Huber threshold must be positive, got {delta}")
+        self.delta = delta
+        return {"huber_delta": delta, "noise_sigma": sigma}
 
     def __call__(self, residuals: torch.Tensor, *, normalizer: float, comm=None) -> torch.Tensor:
         if self.delta is None:
@@ -245,6 +300,7 @@ class HuberLoss(DataLoss):
         return f"HuberLoss(delta={self.delta})"
 
 
+@register_loss
 class SortedL1Loss(DataLoss):
     """Ordered weighted ℓ1 norm ``Σ_j λ_j |r|_(j)`` of all residual pixels of the global batch.
 
@@ -265,6 +321,10 @@ class SortedL1Loss(DataLoss):
         self.sequence = sequence
         self.q = float(q)
         self._cache: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_options(cls, *, huber_delta=None, sequence="bh", q=0.1) -> SortedL1Loss:
+        return cls(sequence, q)
 
     def lambdas(self, n: int, device) -> torch.Tensor:
         key = (n, str(device))
@@ -313,12 +373,6 @@ def make_loss(
     q: float = 0.1,
 ) -> DataLoss:
     """The data term called ``name`` (one of :data:`LOSSES`)."""
-    if name == "l2":
-        return L2Loss()
-    if name == "l1":
-        return L1Loss()
-    if name == "huber":
-        return HuberLoss(huber_delta)
-    if name == "sorted-l1":
-        return SortedL1Loss(sequence, q)
-    raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    return LOSSES[name].from_options(huber_delta=huber_delta, sequence=sequence, q=q)

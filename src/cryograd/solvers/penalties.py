@@ -36,9 +36,17 @@ __all__ = [
     "soft_threshold",
     "total_variation",
     "make_penalty",
+    "register_penalty",
 ]
 
-PENALTIES = ("none", "l2", "l1", "sorted-l1", "tv")
+PENALTIES: dict[str, type[Penalty]] = {}
+"""Name -> penalty class (filled by :func:`register_penalty`); the ``--penalty`` choices."""
+
+
+def register_penalty(cls: type[Penalty]) -> type[Penalty]:
+    """Class decorator: add a penalty to :data:`PENALTIES` under its ``name``."""
+    PENALTIES[cls.name] = cls
+    return cls
 
 
 def isotonic_nonincreasing(y: torch.Tensor) -> torch.Tensor:
@@ -167,6 +175,14 @@ class Penalty:
             raise ValueError(f"the penalty weight must be non-negative, got {lam}")
         self.lam = float(lam)
 
+    @classmethod
+    def from_options(
+        cls, lam: float = 0.0, *, sequence="bh", q: float = 0.1, tv_eps: float = 1e-4
+    ) -> Penalty:
+        """The penalty from the options of :func:`make_penalty` (each class takes what it
+        needs)."""
+        return cls(lam)
+
     def smooth(self, volume: torch.Tensor) -> torch.Tensor:
         """The differentiable part of the penalty (0 for prox-only penalties)."""
         return volume.sum() * 0.0
@@ -185,12 +201,18 @@ class Penalty:
         return f"{type(self).__name__}(lam={self.lam})"
 
 
+@register_penalty
 class NoPenalty(Penalty):
     """No penalty."""
 
     name = "none"
 
+    @classmethod
+    def from_options(cls, lam=0.0, *, sequence="bh", q=0.1, tv_eps=1e-4) -> NoPenalty:
+        return cls(0.0)
 
+
+@register_penalty
 class L2Penalty(Penalty):
     """``lam · ‖x‖²`` (Tikhonov), differentiated by autograd."""
 
@@ -200,6 +222,7 @@ class L2Penalty(Penalty):
         return self.lam * volume.square().sum()
 
 
+@register_penalty
 class L1Penalty(Penalty):
     """``lam · ‖x‖₁``, applied by soft thresholding."""
 
@@ -213,6 +236,7 @@ class L1Penalty(Penalty):
         return self.lam * float(volume.detach().abs().sum())
 
 
+@register_penalty
 class SortedL1Penalty(Penalty):
     """SLOPE: ``lam · Σ_j λ_j |x|_(j)`` over all voxels, applied by its proximal operator.
 
@@ -232,6 +256,10 @@ class SortedL1Penalty(Penalty):
         self.q = float(q)
         self._lambdas: torch.Tensor | None = None
 
+    @classmethod
+    def from_options(cls, lam=0.0, *, sequence="bh", q=0.1, tv_eps=1e-4) -> SortedL1Penalty:
+        return cls(lam, sequence, q)
+
     def lambdas(self, n: int, device) -> torch.Tensor:
         if self._lambdas is None or self._lambdas.numel() != n or self._lambdas.device != device:
             self._lambdas = lambda_sequence(n, self.sequence, q=self.q, device=device)
@@ -249,6 +277,7 @@ class SortedL1Penalty(Penalty):
         return self.lam * float(sorted_l1_norm(volume.detach().to(torch.float64), lam))
 
 
+@register_penalty
 class TVPenalty(Penalty):
     """``lam · TV_ε(x)``, smoothed isotropic total variation, differentiated by autograd."""
 
@@ -258,6 +287,10 @@ class TVPenalty(Penalty):
         super().__init__(lam)
         self.eps = float(eps)
 
+    @classmethod
+    def from_options(cls, lam=0.0, *, sequence="bh", q=0.1, tv_eps=1e-4) -> TVPenalty:
+        return cls(lam, tv_eps)
+
     def smooth(self, volume: torch.Tensor) -> torch.Tensor:
         return self.lam * total_variation(volume, self.eps)
 
@@ -266,14 +299,6 @@ def make_penalty(
     name: str, lam: float = 0.0, *, sequence="bh", q: float = 0.1, tv_eps: float = 1e-4
 ) -> Penalty:
     """The penalty called ``name`` (one of :data:`PENALTIES`) with weight ``lam``."""
-    if name == "none":
-        return NoPenalty(0.0)
-    if name == "l2":
-        return L2Penalty(lam)
-    if name == "l1":
-        return L1Penalty(lam)
-    if name == "sorted-l1":
-        return SortedL1Penalty(lam, sequence, q)
-    if name == "tv":
-        return TVPenalty(lam, tv_eps)
-    raise ValueError(f"unknown penalty {name!r}; use one of {', '.join(PENALTIES)}")
+    if name not in PENALTIES:
+        raise ValueError(f"unknown penalty {name!r}; use one of {', '.join(PENALTIES)}")
+    return PENALTIES[name].from_options(lam, sequence=sequence, q=q, tv_eps=tv_eps)

@@ -1,0 +1,158 @@
+"""``cryograd.reconstruct``: particles in, a map with gold-standard half maps and FSC out.
+
+The particles are split into two half sets (``rlnRandomSubset`` when present, else a seeded random
+split); each half is reconstructed independently by the chosen method's solver
+(:data:`cryograd.solvers.SOLVERS`), the FSC of the half maps is computed unmasked and with a soft
+mask (the one given, or one made from the map) corrected by phase randomisation, the resolution is
+read at FSC 0.143, and the final map is the full reconstruction weighted per shell by
+``sqrt(2·FSC / (1 + FSC))``.
+
+Methods (:mod:`cryograd.solvers`):
+
+- ``direct``: Fourier insertion and Wiener division
+  (:class:`~cryograd.solvers.direct.DirectSolver`). The Wiener term is ``(D/P)³ / snr`` for a
+  constant ``snr`` (per Fourier voxel of the unpadded grid), ``λ D²/P³`` for an operator ``lam``,
+  or by default RELION's ``1/τ²`` from the FSC of the half maps.
+- ``cg``: ``(AᵀA + λI) x = Aᵀb`` per half and for the full set.
+- ``adam`` / ``sgd``: minibatch optimisation per half (:mod:`cryograd.solvers.minibatch`); the
+  full map is the mean of the two half maps.
+
+``maxres``: frequencies beyond it are left out, the FSC curves are set to 0 beyond it and the
+reported resolutions are never finer than it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from cryograd.particles import read_particles
+from cryograd.reconstruction.masks import load_mask
+from cryograd.reconstruction.memory import check_memory
+from cryograd.reconstruction.options import method_config, run_context, solver_for
+from cryograd.reconstruction.resolution import assess_halves, max_shell_of
+from cryograd.reconstruction.result import Result
+from cryograd.reconstruction.selection import select_particles, split_into_halves
+from cryograd.solvers.config import SolverConfig, check_positive
+from cryograd.solvers.context import RunContext
+
+__all__ = ["reconstruct"]
+
+logger = logging.getLogger(__name__)
+
+
+def reconstruct(
+    particles,
+    method: str = "direct",
+    *,
+    config: SolverConfig | None = None,
+    context: RunContext | None = None,
+    first: int | None = None,
+    class_number: int | None = None,
+    maxres: float | None = None,
+    mask=None,
+    progress: bool = True,
+    **options,
+) -> Result:
+    """Reconstruct a map from particles with poses, with gold-standard half maps and FSC.
+
+    Parameters
+    ----------
+    particles
+        :class:`cryograd.particles.ParticleSet` (or a path, read with ``read_particles``).
+    method
+        A name in :data:`cryograd.solvers.SOLVERS`: ``"direct"``, ``"cg"``, ``"adam"``, ``"sgd"``.
+    config
+        The method's config (:class:`~cryograd.solvers.config.DirectConfig`,
+        :class:`~cryograd.solvers.config.CGConfig`,
+        :class:`~cryograd.solvers.config.GradientConfig`); options named like its fields override
+        it. Without one, the options make it: ``projector``, ``pad``, ``batch_size``, ``seed``,
+        ``snr``, ``lam`` (all methods); ``refine`` (direct, adam/sgd); ``tol``, ``max_iter`` (cg);
+        ``epochs``, ``lr``, ``loss``, ``penalty``, ``sorted_l1_sequence``, ``sorted_l1_q``,
+        ``huber_delta``, ``val_fraction``, ``patience``, ``init``, ``lr_schedule``,
+        ``checkpoint_dir``, ``resume`` (adam/sgd). Options of other methods are ignored.
+    context
+        :class:`~cryograd.solvers.context.RunContext`; without one, the options ``device``
+        (``"auto"``, ``"cpu"``, ``"cuda[:N]"``), ``dtype`` (float32 or float64), ``use_ctf``
+        (False reconstructs without CTF correction), ``sym`` (``C1``, ``Cn``, ``Dn``, ``T``,
+        ``O``, ``I``: poses are expanded by it) and ``comm`` (default: one process) make it.
+    first, class_number
+        Use the first N particles / those of one ``rlnClassNumber``.
+    maxres
+        Leave out frequencies beyond this resolution in Å.
+    mask
+        ``(D, D, D)`` array, a path to an MRC mask, or None (soft mask from the map).
+    progress
+        Show progress bars (main process only).
+
+    Returns
+    -------
+    Result
+    """
+    solver = solver_for(method)
+    config = method_config(method, config, options)
+    context = run_context(context, options)
+    check_positive("maxres", maxres)
+    if isinstance(particles, str | Path):
+        particles = read_particles(particles)
+    t_start = time.perf_counter()
+    idx = select_particles(
+        particles, first=first, class_number=class_number, use_ctf=context.use_ctf
+    )
+    d = int(particles.box_size)
+    px = float(particles.pixel_size_angstrom)
+    max_shell = max_shell_of(maxres, d, px)
+    mask_t = load_mask(mask, d)
+    check_memory(d, method, config.pad, config.batch_size or 256, context.device, context.dtype)
+    halves, from_file = split_into_halves(particles, idx, config.seed)
+    params = _parameters(method, config, context, maxres, halves, from_file)
+    logger.info(
+        "%s reconstruction of %d particles (box %d, %.4g Å/px), halves %d + %d",
+        method,
+        len(idx),
+        d,
+        px,
+        len(halves[0]),
+        len(halves[1]),
+    )
+    maps = solver.solve_halves(
+        particles, halves, config, context, max_shell=max_shell, progress=progress
+    )
+    params.update(maps.parameters)
+    result = assess_halves(
+        maps,
+        px,
+        mask_t,
+        config.seed,
+        method,
+        len(idx),
+        params,
+        maxres=maxres,
+        max_shell=max_shell,
+    )
+    result.timings["total"] = time.perf_counter() - t_start
+    return result
+
+
+def _parameters(method, config, context, maxres, halves, from_file) -> dict:
+    """The settings recorded in ``run.json``."""
+    params = dict(
+        method=method,
+        projector=config.projector,
+        pad=config.pad,
+        device=str(context.device),
+        dtype=str(context.dtype).replace("torch.", ""),
+        batch_size=config.batch_size,
+        sym=context.sym,
+        seed=config.seed,
+        maxres=maxres,
+        snr=config.snr,
+        lam=config.lam,
+        use_ctf=context.use_ctf,
+        particles=len(halves[0]) + len(halves[1]),
+        half_sizes=[len(halves[0]), len(halves[1])],
+        half_sets="rlnRandomSubset" if from_file else "random",
+    )
+    params.update(config.recorded())
+    return params

@@ -1,0 +1,403 @@
+"""Fourier insertion: the two sums every Fourier-domain solver starts from.
+
+For particles ``b_i`` with poses ``A_i``, origins ``t_i`` and CTFs ``c_i``, two sums are accumulated
+on the padded half grid (``P ≈ pad · D``, :func:`cryograd.projectors.fourier_slice.padded_size`) by
+the Fourier-slice back-projector's own scatter
+(:func:`~cryograd.projectors.fourier_slice.insert_slices`, trilinear, Friedel-mirrored)::
+
+    N(q) = Σ_i insert( c_i · ramp(+t_i) · rfft2_centered(b_i) )        (numerator, complex)
+    W(q) = Σ_i insert( c_i² )                                           (weights, real)
+
+Images whose CTF is premultiplied (``rlnCtfDataAreCtfPremultiplied``) are inserted as they are, with
+the same ``c_i²`` weights. Without CTF correction ``c_i = 1``. Samples of the ``kx = 0`` column of
+each image (whose Friedel mates are also stored) enter with weight ½, as in the projector's adjoint,
+and the ``qx = 0`` (and Nyquist) planes of the 3D half grid get their mirrored contributions added,
+so ``N`` and ``W`` are the full-grid sums. The direct solver divides them
+(:mod:`cryograd.solvers.direct`); CG builds its Toeplitz normal operator from ``W`` and its
+right-hand side from ``N`` (:mod:`cryograd.solvers.normal`).
+
+Backends: on the CPU the scatter is the projector's (compiled C loops where available, else
+``index_add_``) and each batch's CTF array is formed. When :func:`cryograd.kernels.use_kernels`
+says so (CUDA, or ``CRYOGRAD_KERNELS=triton``) one fused Triton insertion per batch
+(:func:`cryograd.kernels.fourier_slice.insert_slices`) computes the CTF from its parameters, the
+shift ramp and the ½-column factor in the kernel and accumulates values and real weights
+together, so no ``b × D²`` CTF array is held. This module is the only place that calls the
+projector's insertion.
+
+Each process inserts its shard of every global batch; the grids are summed with
+``comm.all_reduce_sum_`` once at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cryograd import kernels
+from cryograd.distributed import single_process
+from cryograd.forward import _kernel_batch_size as _forward_kernel_batch_size
+from cryograd.fourier import rfft2_centered
+from cryograd.projectors import fourier_slice as fs
+from cryograd.shift import phase_ramp
+from cryograd.solvers.batches import global_batches, load_batch
+from cryograd.solvers.context import RunContext
+from cryograd.validation import apply_shell_weights, shell_sums
+
+__all__ = [
+    "FourierInsertion",
+    "insert_particles",
+    "insert_in_context",
+    "padded_shell_index",
+    "shell_regularizer",
+    "weight_shell_sums",
+    "default_regularizer",
+    "insertion_memory_bytes",
+    "lam_to_wiener",
+    "wiener_to_lam",
+    "band_limit",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FourierInsertion:
+    """The two insertion sums of a set of particles on the padded half grid.
+
+    Attributes
+    ----------
+    numerator
+        ``(P, P, P // 2 + 1)`` complex ``Σ c · ramp · FFT(b)`` (full-grid sums, see module doc).
+    weights
+        ``(P, P, P // 2 + 1)`` real ``Σ c²``.
+    box_size, padded
+        ``D`` and ``P``.
+    n_particles
+        Particles inserted (before symmetry expansion).
+    max_shell
+        The resolution limit the samples were inserted with (``D``-grid shells), or None.
+    """
+
+    numerator: torch.Tensor
+    weights: torch.Tensor
+    box_size: int
+    padded: int
+    n_particles: int
+    max_shell: int | None = None
+
+    def __add__(self, other: FourierInsertion) -> FourierInsertion:
+        if (self.box_size, self.padded) != (other.box_size, other.padded):
+            raise ValueError("cannot add insertions of different grids")
+        return FourierInsertion(
+            self.numerator + other.numerator,
+            self.weights + other.weights,
+            self.box_size,
+            self.padded,
+            self.n_particles + other.n_particles,
+            _combined_shell(self.max_shell, other.max_shell),
+        )
+
+
+def _combined_shell(a: int | None, b: int | None) -> int | None:
+    if a is None or b is None:
+        return None if a is None and b is None else (a if b is None else b)
+    return max(a, b)
+
+
+def insertion_memory_bytes(box_size: int, pad: float = 2.0, *, dtype=torch.float32) -> int:
+    """Bytes the insertion grids of one half set take (numerator, weights, folded copies)."""
+    p = fs.padded_size(box_size, pad)
+    ext = (p + 2) ** 2 * (p // 2 + 2)
+    real = torch.finfo(dtype).bits // 8
+    # two complex extended accumulators + folded numerator/weights + working copies
+    return int(ext * 2 * real * 2 + p * p * (p // 2 + 1) * real * 2 * 3)
+
+
+def _half_column_factor(box_size: int, device, dtype) -> torch.Tensor:
+    """``c / 2`` of the 2D half grid: ½ on the ``kx = 0`` (and Nyquist) column, 1 elsewhere."""
+    c = torch.ones(box_size // 2 + 1, device=device, dtype=dtype)
+    c[0] = 0.5
+    if box_size % 2 == 0:
+        c[-1] = 0.5
+    return c
+
+
+def _symmetrize_planes(spectrum: torch.Tensor, padded: int) -> torch.Tensor:
+    """Add the mirrored contributions on the ``qx = 0`` (and Nyquist) planes: ``X + conj X(-q)``."""
+    herm = fs.hermitian_part_rfft(spectrum, padded, 3)
+    cols = [0] + ([padded // 2] if padded % 2 == 0 else [])
+    out = spectrum.clone()
+    for col in cols:
+        out[..., col] = 2.0 * herm[..., col]
+    return out
+
+
+def insert_particles(
+    particles,
+    indices: np.ndarray,
+    *,
+    pad: float = 2.0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int | None = None,
+    use_ctf: bool = True,
+    symmetry: torch.Tensor | None = None,
+    max_shell: int | None = None,
+    comm=None,
+    progress: bool = True,
+    desc: str = "insert",
+) -> FourierInsertion:
+    """Insert particles ``indices`` of a set into the padded Fourier grid.
+
+    Parameters
+    ----------
+    particles
+        :class:`cryograd.particles.ParticleSet` with poses (and CTFs unless ``use_ctf`` is false).
+    indices
+        ``(n,)`` particle indices (the global list; each process takes its shard of each batch).
+    pad
+        Padding factor of the 3D grid.
+    device, dtype
+        Where and in which real precision to compute (float32 or float64).
+    batch_size
+        Particles per global batch (default: the projector's chunk size).
+    use_ctf
+        Weight by the CTF (false: ``c = 1``).
+    symmetry
+        ``(G, 3, 3)`` symmetry operators (:func:`cryograd.symmetry.symmetry_matrices`): each
+        particle is also inserted at the poses ``A Rᵀ``.
+    max_shell
+        Leave out image samples beyond this shell (in ``D``-grid units) — for ``maxres``.
+    comm
+        :class:`cryograd.distributed.Communicator` (default: one process).
+    progress
+        Show a tqdm bar over particles (on the main process only).
+
+    Returns
+    -------
+    FourierInsertion
+    """
+    comm = comm or single_process(device)
+    d = int(particles.box_size)
+    p = fs.padded_size(d, pad)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    n_sym = 1 if symmetry is None else int(symmetry.shape[0])
+    use_k = kernels.use_kernels(torch.empty(0, device=device, dtype=dtype))
+    if batch_size is None:
+        if use_k:  # the kernel needs no per-sample geometry: bigger batches
+            batch_size = _kernel_batch_size(d)
+        else:
+            batch_size = max(1, fs.default_batch_size(d) // n_sym)
+    sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
+    num_acc = fs.ExtendedSpectrum.zeros(p, device=device, dtype=cdtype)
+    # the kernel accumulates real weights; the torch scatter takes complex slices
+    w_acc = torch.zeros(num_acc.shape, device=device, dtype=dtype if use_k else cdtype)
+    col = _half_column_factor(d, device, dtype)
+    keep = None
+    if max_shell is not None:
+        kx = torch.fft.rfftfreq(d, d=1.0 / d, device=device, dtype=dtype)
+        ky = torch.fft.fftfreq(d, d=1.0 / d, device=device, dtype=dtype)
+        keep = (ky[:, None] ** 2 + kx[None, :] ** 2 <= float(max_shell) ** 2).to(dtype)
+        col = col * keep
+    indices = np.asarray(indices, dtype=np.int64)
+    bar = tqdm(
+        total=len(indices),
+        desc=desc,
+        unit="ptcl",
+        disable=not (progress and comm.is_main),
+        leave=False,
+    )
+    try:
+        for global_batch in global_batches(indices, batch_size):
+            local = comm.shard(global_batch)
+            if len(local):
+                batch = load_batch(
+                    particles,
+                    local,
+                    device=device,
+                    dtype=dtype,
+                    use_ctf=use_ctf,
+                    ctf_values=not use_k,
+                )
+                if use_k:
+                    _insert_batch_kernel(batch, sym, col, num_acc, w_acc)
+                else:
+                    _insert_batch_torch(batch, sym, col, num_acc, w_acc, p)
+            bar.update(len(global_batch))
+    finally:
+        bar.close()
+    numerator = fs.ExtendedSpectrum.fold(num_acc, p)
+    del num_acc
+    weights = fs.ExtendedSpectrum.fold(w_acc, p)
+    weights = (weights.real if weights.is_complex() else weights).contiguous()
+    del w_acc
+    comm.all_reduce_sum_(numerator)
+    comm.all_reduce_sum_(weights)
+    numerator = _symmetrize_planes(numerator, p)
+    weights = _symmetrize_planes(weights, p)
+    return FourierInsertion(
+        numerator, weights, d, p, int(len(indices)), None if max_shell is None else int(max_shell)
+    )
+
+
+def insert_in_context(
+    particles,
+    indices: np.ndarray,
+    context: RunContext,
+    *,
+    pad: float = 2.0,
+    batch_size: int | None = None,
+    max_shell: int | None = None,
+    progress: bool = True,
+    desc: str = "insert",
+) -> FourierInsertion:
+    """:func:`insert_particles` with the device, dtype, CTF use, symmetry and communicator of a
+    :class:`~cryograd.solvers.context.RunContext`."""
+    return insert_particles(
+        particles,
+        indices,
+        pad=pad,
+        device=context.device,
+        dtype=context.dtype,
+        batch_size=batch_size,
+        use_ctf=context.use_ctf,
+        symmetry=context.symmetry,
+        max_shell=max_shell,
+        comm=context.comm,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def _kernel_batch_size(box_size: int) -> int:
+    """Particles per batch on the Triton path (about 16 M image samples, as the forward model)."""
+    return _forward_kernel_batch_size(box_size)
+
+
+def _insert_batch_torch(batch, sym, col, num_acc, w_acc, padded: int) -> None:
+    """One batch by the reference scatter (compiled CPU loops where available): the CTF array
+    of the batch is formed, spectra and weights are multiplied, then inserted."""
+    d = batch.images.shape[-1]
+    dtype = batch.images.dtype
+    spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
+    if batch.shifts_px is not None:
+        spectra = spectra * phase_ramp(batch.shifts_px, d, dtype=dtype)
+    data_filter = batch.data_filter()
+    if data_filter is not None:
+        spectra = spectra * data_filter
+        weights = batch.ctf * batch.ctf
+    else:
+        weights = torch.ones((len(batch), d, d // 2 + 1), device=spectra.device, dtype=dtype)
+    spectra = spectra * col
+    weights = (weights * col).to(w_acc.dtype)
+    rotations = batch.rotations
+    if sym is not None:
+        n_sym = sym.shape[0]
+        rotations = (rotations[:, None] @ sym.transpose(-1, -2)[None]).reshape(-1, 3, 3)
+        spectra = spectra.repeat_interleave(n_sym, dim=0)
+        weights = weights.repeat_interleave(n_sym, dim=0)
+    geom = fs.slice_geometry(rotations, d, padded, dtype=dtype)
+    fs.insert_slices(spectra, geom, accumulator=num_acc)
+    fs.insert_slices(weights, geom, accumulator=w_acc)
+
+
+def _insert_batch_kernel(batch, sym, col, num_acc, w_acc) -> None:
+    """One batch by the fused Triton insertion: CTF (from its parameters), shift and ½-column
+    factor applied in the kernel, values and real weights accumulated together; no ``b × D²``
+    CTF array is formed. Symmetry copies are inserted one operator at a time."""
+    # imported here: the Triton kernels need triton, an optional dependency (not a circle)
+    from cryograd.kernels import fourier_slice as kfs
+
+    spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
+    premultiplied = batch.premultiplied if bool(batch.premultiplied.any()) else None
+    ops = [None] if sym is None else list(sym)
+    for op in ops:
+        rotations = batch.rotations if op is None else batch.rotations @ op.transpose(-1, -2)
+        kfs.insert_slices(
+            spectra,
+            rotations,
+            num_acc,
+            weights=w_acc,
+            ctf=batch.ctf_params,
+            shifts_px=batch.shifts_px,
+            pixel_size_angstrom=batch.pixel_sizes_angstrom,
+            premultiplied=premultiplied,
+            sample_weights=col,
+        )
+
+
+def padded_shell_index(box_size: int, padded: int, *, device=None) -> torch.Tensor:
+    """Shell ``round(|q| · D / P)`` (``D``-grid units) of every sample of the padded half grid."""
+    key = (int(box_size), int(padded), str(torch.device(device or "cpu")))
+    cached = _SHELL_CACHE.get(key)
+    if cached is None:
+        cached = _padded_shell_index(box_size, padded, device)
+        _SHELL_CACHE.clear()  # keep one grid: they are large
+        _SHELL_CACHE[key] = cached
+    return cached
+
+
+_SHELL_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _padded_shell_index(box_size: int, padded: int, device) -> torch.Tensor:
+    k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
+    r = torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
+    return torch.round(r * (box_size / padded)).long()
+
+
+def weight_shell_sums(insertion: FourierInsertion) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of the ``Σ c²`` weights per shell ``0 .. D // 2`` (for RELION's ``τ²``)."""
+    shells = padded_shell_index(
+        insertion.box_size, insertion.padded, device=insertion.weights.device
+    )
+    return shell_sums(insertion.weights, shells, insertion.box_size // 2 + 1)
+
+
+def shell_regularizer(
+    insertion: FourierInsertion, regularizer: float | torch.Tensor
+) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+    """``ρ`` on the padded half grid: a constant as it is, or ``(D // 2 + 1,)`` values per shell
+    spread over the grid (samples beyond the last shell use its value). Returns ``(ρ, shells)``,
+    ``shells`` the grid's shell index when it was needed, else None."""
+    w = insertion.weights
+    if isinstance(regularizer, torch.Tensor) and regularizer.numel() > 1:
+        shells = padded_shell_index(insertion.box_size, insertion.padded, device=w.device)
+        reg_shell = regularizer.to(device=w.device, dtype=w.dtype).reshape(-1)
+        return reg_shell[shells.clamp(max=reg_shell.numel() - 1)], shells
+    return float(regularizer), None
+
+
+def default_regularizer(insertion: FourierInsertion) -> float:
+    """A small Wiener term, ``1e-3 ·`` the mean weight of the samples inside Nyquist (inside the
+    insertion's resolution limit when it has one, so that ``maxres`` does not shrink it)."""
+    sums, counts = weight_shell_sums(insertion)
+    if insertion.max_shell is not None:
+        top = max(0, min(int(insertion.max_shell), sums.numel() - 1)) + 1
+        sums, counts = sums[:top], counts[:top]
+    mean_w = float(sums.sum() / counts.sum().clamp_min(1.0))
+    return 1e-3 * max(mean_w, 1e-12)
+
+
+def lam_to_wiener(lam: float, box_size: int, padded: int) -> float:
+    """The Wiener term ``ρ = λ D² / P³`` equal to the operator regulariser ``λ``: with the Fourier
+    projector ``AᵀA ≈ (P³ / D²) · G · crop · irfftn(W ·)``, so ``λ`` in operator units is
+    ``λ D² / P³`` in the units of the weights ``W``."""
+    return float(lam) * box_size**2 / padded**3
+
+
+def wiener_to_lam(rho: float, box_size: int, padded: int) -> float:
+    """The operator regulariser ``λ = ρ P³ / D²`` of a Wiener term (inverse of
+    :func:`lam_to_wiener`)."""
+    return rho * padded**3 / box_size**2
+
+
+def band_limit(volume: torch.Tensor, max_shell: int) -> torch.Tensor:
+    """``volume`` with every Fourier shell beyond ``max_shell`` (``D``-grid units) zeroed."""
+    w = (torch.arange(volume.shape[-1] // 2 + 1) <= max_shell).double()
+    return apply_shell_weights(volume, w)
