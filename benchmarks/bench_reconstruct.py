@@ -36,7 +36,7 @@ import torch
 from cryograd.data import demo_map_path
 from cryograd.io.mrc import read_map, write_map
 from cryograd.particles import read_particles
-from cryograd.simulate import simulate
+from cryograd.simulation import simulate
 from cryograd.validation import fsc, resolution_at
 
 ISSUE_CALIBRATION = (

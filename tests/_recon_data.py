@@ -12,7 +12,7 @@ from cryograd.data import demo_map_path
 from cryograd.forward import ForwardModel
 from cryograd.io.mrc import read_map
 from cryograd.particles import ParticleSet
-from cryograd.simulate import random_rotations
+from cryograd.simulation import random_rotations
 
 
 @functools.lru_cache(maxsize=4)

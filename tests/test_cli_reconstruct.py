@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cryograd.cli.main import main
-from cryograd.simulate import simulate
+from cryograd.simulation import simulate
 from tests._recon_data import small_map
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from cryograd import distributed as cd
 from cryograd.cli.main import main
-from cryograd.simulate import simulate
+from cryograd.simulation import simulate
 from tests._recon_data import small_map
 from tests.test_distributed import REPO, _base_env, _free_port_in
 

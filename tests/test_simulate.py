@@ -12,7 +12,7 @@ from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
 from cryograd.io.mrc import read_map, write_map
 from cryograd.io.registry import read_particles
-from cryograd.simulate import (
+from cryograd.simulation import (
     SimulationOptions,
     default_stack_size,
     random_rotations,

@@ -111,7 +111,7 @@ PEAK_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from cryograd.ctf import CTFParams
     from cryograd.particles import ParticleSet
-    from cryograd.simulate import random_rotations
+    from cryograd.simulation import random_rotations
     from cryograd.solvers.direct import reconstruct_direct
 
     def anon_kb():

@@ -15,8 +15,8 @@ from cryograd.errors import CryogradError  # noqa: E402
 
 # Public names and the module that defines each; imported on first use to keep start-up fast.
 _LAZY = {
-    "read_particles": "cryograd.particles",
-    "ParticleSet": "cryograd.particles",
+    "read_particles": "cryograd.io.registry",
+    "ParticleSet": "cryograd.particle_set",
     "write_star": "cryograd.io.star",
     "read_map": "cryograd.io.mrc",
     "write_map": "cryograd.io.mrc",
@@ -25,8 +25,8 @@ _LAZY = {
     "euler_to_matrix": "cryograd.geometry",
     "matrix_to_euler": "cryograd.geometry",
     "ForwardModel": "cryograd.forward",
-    "simulate": "cryograd.simulate",
-    "reconstruct": "cryograd.reconstruct",
+    "simulate": "cryograd.simulation",
+    "reconstruct": "cryograd.reconstruction",
     "fsc": "cryograd.validation",
 }
 

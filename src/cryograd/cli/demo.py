@@ -19,7 +19,7 @@ from cryograd.data import demo_map_path
 from cryograd.io.mrc import read_map
 from cryograd.particles import read_particles
 from cryograd.reconstruction import reconstruct
-from cryograd.simulate import simulate
+from cryograd.simulation import simulate
 from cryograd.validation import fsc, resolution_at
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cryograd.simulate import project_particles
+from cryograd.simulation import project_particles
 
 logger = logging.getLogger(__name__)
 

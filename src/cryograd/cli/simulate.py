@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cryograd.errors import CryogradError
-from cryograd.simulate import simulate
+from cryograd.simulation import simulate
 
 logger = logging.getLogger(__name__)
 

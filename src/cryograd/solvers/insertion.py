@@ -16,13 +16,11 @@ so ``N`` and ``W`` are the full-grid sums. The direct solver divides them
 (:mod:`cryograd.solvers.direct`); CG builds its Toeplitz normal operator from ``W`` and its
 right-hand side from ``N`` (:mod:`cryograd.solvers.normal`).
 
-Backends: on the CPU the scatter is the projector's (compiled C loops where available, else
-``index_add_``) and each batch's CTF array is formed. When :func:`cryograd.kernels.use_kernels`
-says so (CUDA, or ``CRYOGRAD_KERNELS=triton``) one fused Triton insertion per batch
-(:func:`cryograd.kernels.fourier_slice.insert_slices`) computes the CTF from its parameters, the
-shift ramp and the ½-column factor in the kernel and accumulates values and real weights
-together, so no ``b × D²`` CTF array is held. This module is the only place that calls the
-projector's insertion.
+Backends: each batch goes through :meth:`FourierSliceProjector.insert
+<cryograd.projectors.fourier_slice.projector.FourierSliceProjector.insert>`, whose backend
+(:func:`cryograd.projectors.backend.select_backend`) is the compiled C loop or ``index_add_`` on the
+CPU, and on CUDA one fused Triton insertion that computes the CTF from its parameters, the shift
+ramp and the ½-column factor in the kernel. This module is the only solver code that inserts.
 
 Each process inserts its shard of every global batch; the grids are summed with
 ``comm.all_reduce_sum_`` once at the end.
@@ -37,12 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cryograd import kernels
 from cryograd.distributed import single_process
-from cryograd.forward import _kernel_batch_size as _forward_kernel_batch_size
 from cryograd.fourier import rfft2_centered
 from cryograd.projectors import fourier_slice as fs
-from cryograd.shift import phase_ramp
+from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 from cryograd.solvers.batches import global_batches, load_batch
 from cryograd.solvers.context import RunContext
 from cryograd.validation import apply_shell_weights, shell_sums
@@ -184,18 +180,15 @@ def insert_particles(
     comm = comm or single_process(device)
     d = int(particles.box_size)
     p = fs.padded_size(d, pad)
-    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     n_sym = 1 if symmetry is None else int(symmetry.shape[0])
-    use_k = kernels.use_kernels(torch.empty(0, device=device, dtype=dtype))
+    projector = FourierSliceProjector(d, pad=pad)
+    backend = projector.backend(device)
     if batch_size is None:
-        if use_k:  # the kernel needs no per-sample geometry: bigger batches
-            batch_size = _kernel_batch_size(d)
-        else:
-            batch_size = max(1, fs.default_batch_size(d) // n_sym)
+        batch_size = projector.default_batch_size(backend)
+        if backend != "triton":  # symmetry copies are inserted together off the Triton path
+            batch_size = max(1, batch_size // n_sym)
     sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
-    num_acc = fs.ExtendedSpectrum.zeros(p, device=device, dtype=cdtype)
-    # the kernel accumulates real weights; the torch scatter takes complex slices
-    w_acc = torch.zeros(num_acc.shape, device=device, dtype=dtype if use_k else cdtype)
+    num_acc, w_acc = projector.new_accumulators(device, dtype)
     col = _half_column_factor(d, device, dtype)
     keep = None
     if max_shell is not None:
@@ -221,12 +214,20 @@ def insert_particles(
                     device=device,
                     dtype=dtype,
                     use_ctf=use_ctf,
-                    ctf_values=not use_k,
+                    ctf_values=False,
                 )
-                if use_k:
-                    _insert_batch_kernel(batch, sym, col, num_acc, w_acc)
-                else:
-                    _insert_batch_torch(batch, sym, col, num_acc, w_acc, p)
+                projector.insert(
+                    rfft2_centered(batch.images),
+                    batch.rotations,
+                    num_acc,
+                    w_acc,
+                    ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
+                    shifts_px=batch.shifts_px,
+                    pixel_size_angstrom=batch.pixel_sizes_angstrom,
+                    premultiplied=batch.premultiplied,
+                    sample_weights=col,
+                    symmetry=sym,
+                )
             bar.update(len(global_batch))
     finally:
         bar.close()
@@ -271,63 +272,6 @@ def insert_in_context(
         progress=progress,
         desc=desc,
     )
-
-
-def _kernel_batch_size(box_size: int) -> int:
-    """Particles per batch on the Triton path (about 16 M image samples, as the forward model)."""
-    return _forward_kernel_batch_size(box_size)
-
-
-def _insert_batch_torch(batch, sym, col, num_acc, w_acc, padded: int) -> None:
-    """One batch by the reference scatter (compiled CPU loops where available): the CTF array
-    of the batch is formed, spectra and weights are multiplied, then inserted."""
-    d = batch.images.shape[-1]
-    dtype = batch.images.dtype
-    spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
-    if batch.shifts_px is not None:
-        spectra = spectra * phase_ramp(batch.shifts_px, d, dtype=dtype)
-    data_filter = batch.data_filter()
-    if data_filter is not None:
-        spectra = spectra * data_filter
-        weights = batch.ctf * batch.ctf
-    else:
-        weights = torch.ones((len(batch), d, d // 2 + 1), device=spectra.device, dtype=dtype)
-    spectra = spectra * col
-    weights = (weights * col).to(w_acc.dtype)
-    rotations = batch.rotations
-    if sym is not None:
-        n_sym = sym.shape[0]
-        rotations = (rotations[:, None] @ sym.transpose(-1, -2)[None]).reshape(-1, 3, 3)
-        spectra = spectra.repeat_interleave(n_sym, dim=0)
-        weights = weights.repeat_interleave(n_sym, dim=0)
-    geom = fs.slice_geometry(rotations, d, padded, dtype=dtype)
-    fs.insert_slices(spectra, geom, accumulator=num_acc)
-    fs.insert_slices(weights, geom, accumulator=w_acc)
-
-
-def _insert_batch_kernel(batch, sym, col, num_acc, w_acc) -> None:
-    """One batch by the fused Triton insertion: CTF (from its parameters), shift and ½-column
-    factor applied in the kernel, values and real weights accumulated together; no ``b × D²``
-    CTF array is formed. Symmetry copies are inserted one operator at a time."""
-    # imported here: the Triton kernels need triton, an optional dependency (not a circle)
-    from cryograd.kernels import fourier_slice as kfs
-
-    spectra = rfft2_centered(batch.images)  # (b, D, D//2+1)
-    premultiplied = batch.premultiplied if bool(batch.premultiplied.any()) else None
-    ops = [None] if sym is None else list(sym)
-    for op in ops:
-        rotations = batch.rotations if op is None else batch.rotations @ op.transpose(-1, -2)
-        kfs.insert_slices(
-            spectra,
-            rotations,
-            num_acc,
-            weights=w_acc,
-            ctf=batch.ctf_params,
-            shifts_px=batch.shifts_px,
-            pixel_size_angstrom=batch.pixel_sizes_angstrom,
-            premultiplied=premultiplied,
-            sample_weights=col,
-        )
 
 
 def padded_shell_index(box_size: int, padded: int, *, device=None) -> torch.Tensor:
