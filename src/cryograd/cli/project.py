@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from cryograd.projectors.registry import PROJECTORS
 from cryograd.simulation import project_particles
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("map", type=Path, metavar="MAP", help="cubic MRC map")
     parser.add_argument("particles", type=Path, metavar="PARTICLES", help="STAR or .cs file")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.mrcs")
-    parser.add_argument("--projector", choices=("fourier", "real"), default="fourier")
+    parser.add_argument("--projector", choices=tuple(PROJECTORS), default="fourier")
     parser.add_argument(
         "--ctf",
         action=argparse.BooleanOptionalAction,

@@ -32,6 +32,7 @@ from cryograd.distributed import (
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import read_map
 from cryograd.particles import read_particles
+from cryograd.projectors.registry import PROJECTORS
 from cryograd.reconstruction.masks import load_mask
 from cryograd.reconstruction.options import method_config
 from cryograd.reconstruction.result import (
@@ -156,7 +157,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--method", choices=tuple(SOLVERS), default="direct")
-    p.add_argument("--projector", choices=("fourier", "real"), default="fourier")
+    p.add_argument("--projector", choices=tuple(PROJECTORS), default="fourier")
     p.add_argument("--pad", type=float, default=2.0, help="padding factor of the Fourier grid")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None, help="particles per batch")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cryograd.errors import CryogradError
+from cryograd.projectors.registry import PROJECTORS
 from cryograd.simulation import simulate
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--shift-max", type=float, default=3.0, help="maximum origin in px (3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--projector", choices=("fourier", "real"), default="fourier")
+    parser.add_argument("--projector", choices=tuple(PROJECTORS), default="fourier")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
     parser.add_argument(
         "--stack-size",
