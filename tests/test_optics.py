@@ -150,6 +150,11 @@ def test_insert_beam_tilt_matches_insert_tilt_line_by_line():
     # no odd column: RELION starts from six zeros
     got0 = insert_beam_tilt(torch.zeros(0, dtype=torch.float64), tx, ty, cs, lam)
     np.testing.assert_allclose(got0.numpy(), [2 * z3y, 2 * z3x, 0, z3y, z3x, 0], rtol=1e-14)
+    # replace_coma: terms 3, 4 become the tilt's coma (Debian RELION 3.1.3's measured behaviour)
+    rep = insert_beam_tilt(
+        torch.tensor(odd, dtype=torch.float64), tx, ty, cs, lam, replace_coma=True
+    )
+    np.testing.assert_allclose(rep.numpy(), [want[0], want[1], 0.3, z3y, z3x, 0.6, 0.7], rtol=1e-14)
     # extractTilt undoes insertTilt when the stored coma terms 3, 4 are zero (as RELION writes them)
     stored = torch.tensor([0.1, 0.2, 0.3, 0.0, 0.0, 0.6, 0.7], dtype=torch.float64)
     back, btx, bty = extract_beam_tilt(insert_beam_tilt(stored, tx, ty, cs, lam), cs, lam)

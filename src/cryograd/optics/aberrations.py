@@ -56,6 +56,7 @@ def insert_beam_tilt(
     tilt_y_mrad: torch.Tensor | float,
     cs_mm: torch.Tensor | float,
     wavelength_angstrom: torch.Tensor | float,
+    replace_coma: bool = False,
 ) -> torch.Tensor:
     """Fold a beam tilt into an odd Zernike list, as ``TiltHelper::insertTilt`` does.
 
@@ -71,6 +72,11 @@ def insert_beam_tilt(
         ``rlnSphericalAberration`` in mm.
     wavelength_angstrom
         Electron wavelength in Å.
+    replace_coma
+        False: add the tilt's coma to terms 3 and 4, as RELION's source (3.1 to 5.0) reads. True:
+        replace terms 3 and 4 by it, which is what the ``relion_reconstruct`` of Debian's RELION
+        3.1.3 was measured to do (see ``tests/test_optics_relion.py``). RELION writes odd lists
+        with terms 3 and 4 zero next to a beam tilt (``extractTilt``), so both agree on its files.
 
     Returns
     -------
@@ -88,8 +94,12 @@ def insert_beam_tilt(
     out[..., : odd.shape[-1]] = odd
     out[..., 1] += 2.0 * z3x
     out[..., 0] += 2.0 * z3y
-    out[..., 4] += z3x
-    out[..., 3] += z3y
+    if replace_coma:
+        out[..., 4] = z3x
+        out[..., 3] = z3y
+    else:
+        out[..., 4] += z3x
+        out[..., 3] += z3y
     return out
 
 
@@ -159,6 +169,7 @@ def odd_aberration_phase(
     cs_mm: torch.Tensor | float | None = None,
     wavelength_angstrom: torch.Tensor | float | None = None,
     mag_matrix: torch.Tensor | None = None,
+    replace_coma: bool = False,
 ) -> torch.Tensor:
     """RELION's antisymmetric phase ``φ(k)`` (``ObservationModel::getPhaseCorrection``).
 
@@ -175,6 +186,8 @@ def odd_aberration_phase(
         Spherical aberration (mm) and wavelength (Å), scalars or ``(b,)``.
     mag_matrix
         ``(2, 2)`` or ``(b, 2, 2)`` ``rlnMagMat``; the series is evaluated at ``M k``.
+    replace_coma
+        See :func:`insert_beam_tilt`.
 
     Returns
     -------
@@ -189,7 +202,7 @@ def odd_aberration_phase(
     if beam_tilt_mrad is not None:
         if cs_mm is None or wavelength_angstrom is None:
             raise ValueError("a beam tilt needs cs_mm and wavelength_angstrom")
-        odd = insert_beam_tilt(odd, *beam_tilt_mrad, cs_mm, wavelength_angstrom)
+        odd = insert_beam_tilt(odd, *beam_tilt_mrad, cs_mm, wavelength_angstrom, replace_coma)
     if mag_matrix is not None:
         kx, ky = magnify_frequencies(kx, ky, mag_matrix)
     return zernike_phase(odd, kx, ky, "odd")

@@ -93,6 +93,7 @@ class GroupAberrations:
         table: Mapping[str, Sequence],
         wavelength_angstrom: Sequence[float],
         source: str = "optics table",
+        replace_coma: bool = False,
     ) -> GroupAberrations:
         """Build from a ``data_optics`` table (a DataFrame or a mapping of column to values).
 
@@ -104,6 +105,8 @@ class GroupAberrations:
             ``(g,)`` electron wavelength of each group, in Å.
         source
             File name for error messages.
+        replace_coma
+            See :func:`cryograd.optics.insert_beam_tilt`.
         """
         cols = set(table.keys())
         g = len(wavelength_angstrom)
