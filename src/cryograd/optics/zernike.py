@@ -86,6 +86,10 @@ def zernike_cartesian(m: int, n: int, kx: torch.Tensor, ky: torch.Tensor) -> tor
     """RELION's ``Zernike::Z_cart(m, n, kx, ky)`` on broadcastable frequency tensors (1/Å)."""
     rho = torch.sqrt(kx * kx + ky * ky)
     phi = torch.atan2(ky, kx)  # atan2(0, 0) = 0, as RELION sets it
+    return _z_polar(m, n, rho, phi)
+
+
+def _z_polar(m: int, n: int, rho: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     if m >= 0:
         return zernike_radial(m, n, rho) * torch.cos(m * phi)
     return zernike_radial(-m, n, rho) * torch.sin(-m * phi)
@@ -114,8 +118,12 @@ def zernike_phase(
         raise ValueError(f"parity must be 'odd' or 'even', got {parity!r}")
     to_mn = odd_index_to_mn if parity == "odd" else even_index_to_mn
     coefficients = torch.as_tensor(coefficients, dtype=kx.dtype, device=kx.device)
-    out = torch.zeros(torch.broadcast_shapes(kx.shape, ky.shape), dtype=kx.dtype, device=kx.device)
+    kx, ky = torch.broadcast_tensors(kx, ky)
+    out = torch.zeros_like(kx)
+    if coefficients.shape[-1] == 0:
+        return out
+    rho, phi = torch.sqrt(kx * kx + ky * ky), torch.atan2(ky, kx)
     for i in range(coefficients.shape[-1]):
         m, n = to_mn(i)
-        out = out + coefficients[..., i, None, None] * zernike_cartesian(m, n, kx, ky)
+        out = out + coefficients[..., i, None, None] * _z_polar(m, n, rho, phi)
     return out
