@@ -628,10 +628,10 @@ class Communicator:
                 cause,
             )
             # The watchdog exits the process when it finds a silent rank or another's report.
-            self._watchdog.suspect()
-            deadline = (
-                time.monotonic() + self._watchdog.suspect_timeout_s + 2 * HEARTBEAT_INTERVAL_S
-            )
+            watchdog = self._watchdog
+            assert watchdog is not None  # comm_error implies a watchdog
+            watchdog.suspect()
+            deadline = time.monotonic() + watchdog.suspect_timeout_s + 2 * HEARTBEAT_INTERVAL_S
             while time.monotonic() < deadline:
                 time.sleep(0.1)
             behind = self._ranks_behind()

@@ -19,6 +19,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,7 @@ class _StackCache:
 
     def __init__(self, max_open: int = _MAX_OPEN_STACKS) -> None:
         self.max_open = max_open
-        self._open: OrderedDict[str, tuple[np.ndarray, object]] = OrderedDict()
+        self._open: OrderedDict[str, tuple[np.ndarray, Any]] = OrderedDict()
 
     def get(self, path: Path) -> np.ndarray:
         key = str(path)
@@ -175,8 +176,9 @@ class ParticleSet:
     half_set: np.ndarray | None = None
     class_number: np.ndarray | None = None
     stack_files: list[Path] = field(default_factory=list)
-    stack_ids: np.ndarray | None = None
-    stack_indices: np.ndarray | None = None
+    # np.ndarray; None on input means "no stacks" and __post_init__ fills both arrays.
+    stack_ids: Any = None
+    stack_indices: Any = None
     image_array: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     source_format: str = "memory"
@@ -275,7 +277,7 @@ class ParticleSet:
         CryogradError
             On the first problem (or on a missing stack when ``missing_ok`` is False).
         """
-        missing = []
+        missing: list[Path] = []
         used = np.unique(self.stack_ids[self.stack_ids >= 0])
         if len(used) == 0:
             return missing
@@ -342,7 +344,7 @@ class ParticleSet:
         if np.any(sids < 0):
             bad = int(idx[np.argmax(sids < 0)])
             raise CryogradError(f"{self.path}: particle {bad + 1} has no image (no rlnImageName)")
-        out = None
+        out: np.ndarray | None = None
         for sid in np.unique(sids):  # group reads by stack file
             where = np.nonzero(sids == sid)[0]
             stack_path = Path(self.stack_files[sid])
@@ -358,6 +360,7 @@ class ParticleSet:
                 out = np.empty((len(idx), data.shape[1], data.shape[2]), dtype=np.float32)
             order = np.argsort(frames, kind="stable")
             out[where[order]] = data[frames[order]]
+        assert out is not None  # idx is not empty
         return out
 
     def _open_stack(self, sid: int, stack_path: Path) -> np.ndarray:

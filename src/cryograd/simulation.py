@@ -28,6 +28,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class SimulationResult:
     star_path: Path
     map_path: Path
     stack_paths: list[Path]
-    particles: object
+    particles: Any
     noise_sigma: float
     signal_variance: float
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ def run_demo(
     box = particles.box_size
     px = particles.pixel_size_angstrom
     rows = [{"method": "simulate", "time_s": t_sim}]
-    runs = (
+    runs: tuple[tuple[str, dict[str, Any]], ...] = (
         ("direct", {}),
         ("adam", {"epochs": epochs, "init": "zero", "batch_size": 64}),
     )
@@ -88,7 +89,7 @@ def run_demo(
                 "method": method,
                 "time_s": dt,
                 "half_map_resolution_angstrom": result.resolution_angstrom,
-                "truth_resolution_angstrom": resolution_at(f_truth, 0.5, box, px),
+                "truth_resolution_angstrom": resolution_at(f_truth, 0.5, int(box or 0), px),
             }
         )
     return rows

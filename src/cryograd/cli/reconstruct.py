@@ -105,9 +105,7 @@ def flag_message(message: str) -> str:
     underscore (never an English word) wherever it stands."""
     message = message.replace("use_ctf=False", "--no-ctf")
     for name, flag in PARAMETER_FLAGS.items():
-        message = re.sub(
-            rf"(?<![\w-]){name}=('?)([^\s,;:']*)\1", lambda m, f=flag: f"{f} {m.group(2)}", message
-        )
+        message = re.sub(rf"(?<![\w-]){name}=('?)([^\s,;:']*)\1", rf"{flag} \2", message)
         after = r"\b" if "_" in name else r"(?= must\b| given\b)"
         message = re.sub(rf"(?<![\w-]){name}{after}", flag, message)
     return message

@@ -69,7 +69,7 @@ def read_cs(
     """Read a cryoSPARC ``.cs`` file (see the module docstring for the conventions)."""
     path = Path(path)
     data = _load(path)
-    names = set(data.dtype.names)
+    names = set(data.dtype.names or ())
     n = len(data)
     notes: list[str] = []
     pixels = _pixel_sizes(path, data, angpix)
@@ -104,7 +104,7 @@ def read_cs(
 
 def _pixel_sizes(path: Path, data: np.ndarray, angpix: float | None) -> np.ndarray:
     """``(n,)`` pixel size in Å: ``--angpix``, ``blob/psize_A`` or ``alignments3D/psize_A``."""
-    names = data.dtype.names
+    names = data.dtype.names or ()
     if angpix is not None:
         pixels = np.full(len(data), float(angpix))
     elif "blob/psize_A" in names:
@@ -124,7 +124,7 @@ def _pixel_sizes(path: Path, data: np.ndarray, angpix: float | None) -> np.ndarr
 
 def _box_size(path: Path, data: np.ndarray) -> int | None:
     """The one square box of ``blob/shape``, or None without it."""
-    if "blob/shape" not in data.dtype.names:
+    if "blob/shape" not in (data.dtype.names or ()):
         return None
     shape = np.asarray(data["blob/shape"]).reshape(len(data), -1)
     if shape.shape[1] != 2:
@@ -142,7 +142,7 @@ def _box_size(path: Path, data: np.ndarray) -> int | None:
 
 def _alignments(path: Path, data: np.ndarray, pixels: np.ndarray, notes: list[str]) -> tuple:
     """(rotations ``(n, 3, 3)``, origins ``(n, 2)`` px, half sets, classes) or Nones."""
-    names = data.dtype.names
+    names = data.dtype.names or ()
     rotations = shifts_px = half_set = class_number = None
     if "alignments3D/pose" not in names:
         if "alignments2D/pose" in names:
@@ -179,7 +179,7 @@ _CTF_REQUIRED = (
 
 def _ctf_table(path: Path, data: np.ndarray, notes: list[str]) -> np.ndarray | None:
     """``(n, 9)`` CTF table in ``CTF_COLUMNS`` order, or None when fields are missing."""
-    names = data.dtype.names
+    names = data.dtype.names or ()
     n = len(data)
     if not all(r in names for r in _CTF_REQUIRED):
         if any(r in names for r in _CTF_REQUIRED):
@@ -205,7 +205,7 @@ def _optics_groups(
     path: Path, data: np.ndarray, pixels: np.ndarray, box: int | None
 ) -> tuple[np.ndarray, list[OpticsGroup]]:
     """``(n,)`` group number per particle (from ``ctf/exp_group_id``) and the groups."""
-    if "ctf/exp_group_id" in data.dtype.names:
+    if "ctf/exp_group_id" in (data.dtype.names or ()):
         exp = np.asarray(data["ctf/exp_group_id"]).astype(np.int64)
         uniq, inverse = np.unique(exp, return_inverse=True)
         optics_group = inverse.reshape(-1) + 1
@@ -241,7 +241,7 @@ def _image_locations(
     path: Path, data: np.ndarray, datadir: Path | None
 ) -> tuple[list[Path], np.ndarray | None, np.ndarray | None]:
     """(stack files, stack id ``(n,)``, 0-based index ``(n,)``) from ``blob/path``, ``idx``."""
-    names = data.dtype.names
+    names = data.dtype.names or ()
     if "blob/path" not in names or "blob/idx" not in names:
         return [], None, None
     decoded, inverse = _decoded(np.asarray(data["blob/path"]))
@@ -257,7 +257,7 @@ def _image_locations(
 
 def _micrograph_names(data: np.ndarray) -> pd.DataFrame | None:
     """``rlnMicrographName`` from ``location/micrograph_path`` (RELION groups by micrograph)."""
-    if "location/micrograph_path" not in data.dtype.names:
+    if "location/micrograph_path" not in (data.dtype.names or ()):
         return None
     mic_names, inverse = _decoded(np.asarray(data["location/micrograph_path"]))
     return pd.DataFrame({"rlnMicrographName": np.array(mic_names, dtype=object)[inverse]})

@@ -16,6 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import mrcfile
 import numpy as np
@@ -250,7 +251,7 @@ def read_map(path: str | os.PathLike) -> MapData:
     )
 
 
-def open_stack(path: str | os.PathLike) -> tuple[np.ndarray, object]:
+def open_stack(path: str | os.PathLike) -> tuple[np.ndarray, Any]:
     """Memory-map an image stack; returns ``(data (n, y, x), mrc)`` (keep ``mrc`` to close it).
 
     A single image ``(y, x)`` comes back as ``(1, y, x)``. Odd headers are accepted permissively.
@@ -346,7 +347,7 @@ class StackWriter:
         self.pixel_size_angstrom = float(pixel_size_angstrom)
         self.n_written = 0
         self._tmp = temporary_path(self.path)
-        self._mrc = None
+        self._mrc: Any = None
 
     def __enter__(self) -> StackWriter:
         if self.n_images <= 0 or self.box_size <= 0:
@@ -378,7 +379,8 @@ class StackWriter:
         self._mrc.data[self.n_written : end] = batch
         self.n_written = end
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+        mrc: Any
         mrc, self._mrc = self._mrc, None
         try:
             if exc_type is None and self.n_written != self.n_images:

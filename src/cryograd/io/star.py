@@ -121,6 +121,7 @@ def _box_size(
             f"{path}: optics groups have different box sizes {sorted(boxes)} (rlnImageSize); "
             "cryograd needs one box size per particle set"
         )
+    box: int | None
     if boxes:
         box = boxes.pop()
     else:

@@ -198,7 +198,7 @@ def _optics_frame(
                 row[key] = float(value) if np.isfinite(value) else default
         row.update(
             rlnImagePixelSize=pixel[m],
-            rlnImageSize=int(particles.box_size),
+            rlnImageSize=int(particles.box_size or 0),
             rlnImageDimensionality=2,
             rlnCtfDataAreCtfPremultiplied=int(particles.ctf_premultiplied[m]),
         )
@@ -249,8 +249,9 @@ def _particle_columns(
     if particles.rotations is not None:
         angles = matrix_to_euler(torch.from_numpy(np.asarray(particles.rotations, np.float64)))
         cols["rlnAngleRot"], cols["rlnAngleTilt"], cols["rlnAnglePsi"] = angles.numpy().T
-    if particles.shifts_px is not None:
-        cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = particles.shifts_angstrom.T
+    shifts_angstrom = particles.shifts_angstrom
+    if shifts_angstrom is not None:
+        cols["rlnOriginXAngst"], cols["rlnOriginYAngst"] = shifts_angstrom.T
     if ctf is not None:
         for name, k in (
             ("rlnDefocusU", 0),

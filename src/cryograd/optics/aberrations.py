@@ -202,7 +202,8 @@ def odd_aberration_phase(
     if beam_tilt_mrad is not None:
         if cs_mm is None or wavelength_angstrom is None:
             raise ValueError("a beam tilt needs cs_mm and wavelength_angstrom")
-        odd = insert_beam_tilt(odd, *beam_tilt_mrad, cs_mm, wavelength_angstrom, replace_coma)
+        tilt_x, tilt_y = beam_tilt_mrad
+        odd = insert_beam_tilt(odd, tilt_x, tilt_y, cs_mm, wavelength_angstrom, replace_coma)
     if mag_matrix is not None:
         kx, ky = magnify_frequencies(kx, ky, mag_matrix)
     return zernike_phase(odd, kx, ky, "odd")

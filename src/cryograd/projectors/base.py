@@ -159,6 +159,13 @@ class ChunkedProjector:
 
     box_size: int
 
+    def __init__(self, box_size: int, **options: Any) -> None:  # pragma: no cover - subclasses
+        self.box_size = int(box_size)
+
+    def default_batch_size(self, backend: str) -> int:  # pragma: no cover - subclasses
+        """Particles per chunk on ``backend`` when no batch size was given."""
+        raise NotImplementedError
+
     def steps(self, device: torch.device | str) -> ProjectorSteps:  # pragma: no cover
         raise NotImplementedError
 

@@ -87,7 +87,7 @@ def assess_halves(
         except ValueError:
             mask = None
     result = compute_fsc_result(h1, h2, pixel_size, mask=mask, seed=seed)
-    if max_shell is not None:
+    if max_shell is not None and maxres is not None:
         result = limit_fsc_result(result, max_shell, float(maxres), h1.shape[-1], pixel_size)
     weighted = apply_shell_weights(full, fsc_weight(result.fsc_final))
     maps.timings["fsc"] = time.perf_counter() - t0

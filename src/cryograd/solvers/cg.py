@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
@@ -91,11 +92,13 @@ def solve_cg(
                 particles, indices, context, pad=pad, batch_size=batch_size, progress=progress
             )
         rhs = normal_rhs_from_insertion(insertion)
-        operator = ToeplitzNormalOperator(insertion.weights, d, lam)
+        operator: ToeplitzNormalOperator | RealSpaceNormalOperator = ToeplitzNormalOperator(
+            insertion.weights, d, lam
+        )
     else:
         model = ForwardModel(d, particles.pixel_size_angstrom, projector, pad)
         bs = batch_size or model.batch_size
-        common = dict(
+        common: dict[str, Any] = dict(
             device=context.device,
             dtype=context.dtype,
             use_ctf=context.use_ctf,
@@ -168,7 +171,7 @@ class CGSolver:
         progress: bool = True,
     ) -> HalfMaps:
         """The half maps and the full map (see :class:`~cryograd.solvers.registry.Solver`)."""
-        out = HalfMaps(None, None, None)
+        out = HalfMaps(None, None, None)  # type: ignore[arg-type]  # set below
         t0 = time.perf_counter()
         if config.projector == "fourier":
             maps = self._toeplitz(particles, halves, config, context, max_shell, progress, out)

@@ -45,7 +45,7 @@ class RunContext:
     dtype: torch.dtype = torch.float32
     use_ctf: bool = True
     symmetry: torch.Tensor | None = None
-    comm: Communicator | None = None
+    comm: Communicator = None  # type: ignore[assignment]  # None: filled in __post_init__
     sym: str = "C1"
 
     def __post_init__(self) -> None:
@@ -68,7 +68,7 @@ class RunContext:
         dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
         group_order(sym)  # validates the name
         mats = None if sym.upper() == "C1" else symmetry_matrices(sym, dtype=dtype, device=dev)
-        return cls(dev, dtype, bool(use_ctf), mats, comm, sym)
+        return cls(dev, dtype, bool(use_ctf), mats, comm, sym)  # type: ignore[arg-type]
 
     @classmethod
     def from_options(cls, options: dict) -> RunContext:
@@ -79,7 +79,8 @@ class RunContext:
             dev = dev if isinstance(dev, torch.device) else resolve_device(dev)
             dtype = options.get("dtype", torch.float32)
             mats = options["symmetry"].to(device=dev, dtype=dtype)
-            return cls(dev, dtype, bool(options.get("use_ctf", True)), mats, options.get("comm"))
+            use_ctf = bool(options.get("use_ctf", True))
+            return cls(dev, dtype, use_ctf, mats, options.get("comm"))  # type: ignore[arg-type]
         keys = ("device", "dtype", "use_ctf", "sym", "comm")
         return cls.create(**{k: options[k] for k in keys if k in options})
 

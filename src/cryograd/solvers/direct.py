@@ -248,7 +248,7 @@ class DirectSolver:
         progress: bool = True,
     ) -> HalfMaps:
         """The half maps and the full map (see :class:`~cryograd.solvers.registry.Solver`)."""
-        out = HalfMaps(None, None, None, parameters={"refine": config.refine})
+        out = HalfMaps(None, None, None, parameters={"refine": config.refine})  # type: ignore[arg-type]  # set below
         t0 = time.perf_counter()
         ins = [
             insert_in_context(
@@ -280,7 +280,7 @@ class DirectSolver:
         if config.snr is not None:
             reg = wiener_rho(config.snr, d, p)
         else:
-            reg = lam_to_wiener(config.lam, d, p)
+            reg = lam_to_wiener(config.lam or 0.0, d, p)
         out.history["wiener"] = {"kind": "constant", "value": reg}
         grids = (ins[0], ins[1], full_ins)
         maps = [wiener_reconstruct(i, reg, max_shell=max_shell) for i in grids]

@@ -102,8 +102,8 @@ def split_validation(indices: np.ndarray, val_fraction: float, seed: int):
     n_val = max(1, int(round(val_fraction * n))) if n > 1 else 0
     n_train = n - n_val
     gen = torch.Generator().manual_seed(int(seed))
-    train_sub, val_sub = torch.utils.data.random_split(range(n), [n_train, n_val], generator=gen)
-    return np.sort(indices[list(train_sub.indices)]), np.sort(indices[list(val_sub.indices)])
+    order = torch.randperm(n, generator=gen).numpy()  # what random_split draws
+    return np.sort(indices[order[:n_train]]), np.sort(indices[order[n_train:]])
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -292,6 +292,8 @@ class HuberLoss(DataLoss):
         return super().__call__(residuals, normalizer=normalizer, comm=comm)
 
     def pointwise(self, residuals: torch.Tensor) -> torch.Tensor:
+        if self.delta is None:
+            raise RuntimeError("HuberLoss.pointwise before its threshold was calibrated")
         return torch.nn.functional.huber_loss(
             residuals, torch.zeros_like(residuals), reduction="none", delta=self.delta
         )

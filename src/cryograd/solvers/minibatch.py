@@ -77,7 +77,7 @@ class GradientSolver:
         model = ForwardModel(
             int(particles.box_size), particles.pixel_size_angstrom, config.projector, config.pad
         )
-        out = HalfMaps(None, None, None)
+        out = HalfMaps(None, None, None)  # type: ignore[arg-type]  # set below
         run = _HalfRun(particles, config, context, model, max_shell, progress)
         maps = []
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ half maps and the full map of a gold-standard run. Each solver module registers 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -52,13 +52,16 @@ class Solver(Protocol):
     """What :data:`SOLVERS` holds."""
 
     name: str
-    config_type: type[SolverConfig]
+
+    @property
+    def config_type(self) -> type[SolverConfig]:
+        """The config class the solver takes."""
 
     def solve_halves(
         self,
         particles,
         halves: tuple[np.ndarray, np.ndarray],
-        config: SolverConfig,
+        config: Any,
         context: RunContext,
         *,
         max_shell: int | None = None,

@@ -27,10 +27,11 @@ __all__ = ["extract_slices", "insert_slices", "TorchSteps"]
 def extract_slices(ext_flat: torch.Tensor, geom: SliceGeometry) -> torch.Tensor:
     """Central slices ``(b, D, D // 2 + 1)`` (complex) of a flat extended spectrum."""
     n = geom.box_size
-    acc = None
+    acc: torch.Tensor | None = None
     for off, wgt in zip(geom.corner_offsets(), geom.corner_weights()):
         vals = ext_flat[off:].index_select(0, geom.base) * wgt
         acc = vals if acc is None else acc + vals
+    assert acc is not None  # eight corners
     acc = torch.complex(acc.real, acc.imag * geom.sign)
     out = acc.new_zeros((geom.batch, n * (n // 2 + 1)))
     out[:, geom.flat] = acc.view(geom.batch, -1)

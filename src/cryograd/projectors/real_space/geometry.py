@@ -91,7 +91,7 @@ def real_space_geometry(
     # >= 1 by construction of the buffer, so truncation is floor and frac() the bilinear fraction.
     index_dtype = torch.int32 if b * side * side < 2**31 - 2 * side else torch.int64
     fractions = []
-    base = None
+    base: torch.Tensor | None = None
     for row in range(2):
         a = rot[:, row, :]  # (b, 3)
         zy = a[:, 2, None, None] * c[:, None] + a[:, 1, None, None] * c[None, :] + centre
@@ -102,6 +102,7 @@ def real_space_geometry(
             base = cell
         else:  # base = y0 * side + x0 + particle offset
             base = cell.mul_(side).add_(base)
+    assert base is not None
     offset = torch.arange(b, device=rot.device, dtype=index_dtype) * (side * side)
     base = base.add_(offset.view(b, 1, 1, 1)).reshape(-1)
     fx, fy = fractions
