@@ -16,9 +16,9 @@ import torch
 
 from cryograd.fourier import rfftn_centered, shell_index
 from cryograd.solvers.direct import reconstruct_direct, wiener_reconstruct
-from cryograd.solvers.insertion import insert_particles, lam_to_wiener
+from cryograd.solvers.insertion import default_regularizer, insert_particles, lam_to_wiener
 from cryograd.validation import fsc
-from tests._recon_data import make_particles, small_map
+from tests._recon_data import images_sum, make_particles, small_map
 
 
 def test_noiseless_ctf_free_reaches_099_to_08_nyquist():
@@ -221,21 +221,26 @@ def test_kernel_insertion_equals_torch_insertion(tmp_path):
         assert num_rel <= 1e-5 and w_rel <= 1e-5, (name, num_rel, w_rel)
 
 
-def test_division_loses_the_mean_and_refinement_restores_it():
-    """Noiseless, CTF-free data: the plain division gets every shell ≥ 1 right but the map's
+def test_division_loses_the_mean_and_the_data_mean_restores_it():
+    """Noiseless, CTF-free data: the cropped division gets every shell ≥ 1 right but the map's
     mean (the DC after cropping) 20–40 % low (module doc: the voxels next to the origin see
-    only first-ring samples); 3 in-box CG steps bring the mean to within 5 % without spoiling the
-    shells. The reference is the true map's mean and shell amplitudes."""
+    only first-ring samples); setting the DC from the origin's samples gives the images' own sum
+    (computed from the images), and so do 3 in-box CG steps within 5 %, without spoiling the
+    shells. The references are the images' sums and the true map's shell amplitudes."""
     vol, px = small_map(24)
     ps, _ = make_particles(vol, 600, px, snr=None, ctf=False, shifts=False, seed=21)
+    ins = insert_particles(ps, np.arange(600), use_ctf=False, progress=False, dtype=torch.float64)
+    cropped = wiener_reconstruct(ins, default_regularizer(ins), data_mean=False)
     plain = reconstruct_direct(ps, use_ctf=False, progress=False, dtype=torch.float64)
     refined = reconstruct_direct(ps, use_ctf=False, progress=False, dtype=torch.float64, refine=3)
     truth = torch.from_numpy(vol)
-    assert 0.6 < float(plain.mean() / truth.mean()) < 0.8
-    assert abs(float(refined.mean() / truth.mean()) - 1.0) < 0.05
+    carried = images_sum(ps) / vol.size
+    assert 0.6 < float(cropped.mean() / truth.mean()) < 0.8
+    assert abs(float(plain.mean()) / carried - 1.0) < 0.01
+    assert abs(float(refined.mean()) / carried - 1.0) < 0.05
     spec_t = rfftn_centered(truth).abs().square()
     shells = shell_index(24)
-    for m in (plain, refined):
+    for m in (cropped, plain, refined):
         spec = rfftn_centered(m).abs().square()
         for k in range(1, 9):
             ratio = float((spec[shells == k].sum() / spec_t[shells == k].sum()).sqrt())

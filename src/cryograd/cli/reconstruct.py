@@ -192,8 +192,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--refine",
         type=int,
-        default=3,
-        help="direct: CG iterations on the full map after the division (0: none)",
+        default=0,
+        help="direct: CG iterations confined to the inscribed sphere after the division "
+        "(default 0: none; they zero whatever lies outside that sphere)",
+    )
+    p.add_argument(
+        "--local-filter",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="filter map.mrc by the half maps' local agreement (default); --no-local-filter: "
+        "the FSC-weighted map",
     )
     p.add_argument("--mask", type=Path, default=None, help="mask for the masked FSC (MRC)")
     p.add_argument("--no-ctf", action="store_true", help="reconstruct without CTF correction")
@@ -423,6 +431,7 @@ def _run_rank(args: argparse.Namespace, comm) -> int:
             maxres=args.maxres,
             mask=args.mask if mask is None else mask,
             progress=not args.no_progress,
+            local_filter=args.local_filter,
         )
         if comm.is_main:
             argv = getattr(args, "argv", None)

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+from cryograd.reconstruction.local_filter import local_wiener_filter
 from cryograd.reconstruction.result import Result
 from cryograd.solvers.registry import HalfMaps
 from cryograd.validation import (
@@ -72,11 +73,13 @@ def assess_halves(
     *,
     maxres: float | None = None,
     max_shell: int | None = None,
+    local_filter: bool = True,
 ) -> Result:
     """The :class:`Result` of a solver's half maps: the FSC of the halves, unmasked and with
     ``mask`` (a soft mask from the full map when None) corrected by phase randomisation (seeded
-    with ``seed``), limited to ``max_shell``, and the full map weighted per shell by
-    ``sqrt(2·FSC / (1 + FSC))``."""
+    with ``seed``), limited to ``max_shell``, and the full map filtered by the halves' local
+    agreement (:func:`~cryograd.reconstruction.local_filter.local_wiener_filter`), or with
+    ``local_filter`` False weighted per shell by ``sqrt(2·FSC / (1 + FSC))``."""
     t0 = time.perf_counter()
     h1 = maps.half1.detach().to("cpu", torch.float64)
     h2 = maps.half2.detach().to("cpu", torch.float64)
@@ -89,8 +92,14 @@ def assess_halves(
     result = compute_fsc_result(h1, h2, pixel_size, mask=mask, seed=seed)
     if max_shell is not None and maxres is not None:
         result = limit_fsc_result(result, max_shell, float(maxres), h1.shape[-1], pixel_size)
-    weighted = apply_shell_weights(full, fsc_weight(result.fsc_final))
     maps.timings["fsc"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    weighted = full
+    if local_filter:
+        on_device = (m.detach() for m in (maps.half1, maps.half2, maps.full))
+        weighted = local_wiener_filter(*on_device).to("cpu", torch.float64)
+    weighted = apply_shell_weights(weighted, fsc_weight(result.fsc_final))
+    maps.timings["map_filter"] = time.perf_counter() - t0
     return Result(
         map=weighted.float(),
         full_map=full.float(),

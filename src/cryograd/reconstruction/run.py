@@ -53,6 +53,7 @@ def reconstruct(
     maxres: float | None = None,
     mask=None,
     progress: bool = True,
+    local_filter: bool = True,
     **options,
 ) -> Result:
     """Reconstruct a map from particles with poses, with gold-standard half maps and FSC.
@@ -85,6 +86,10 @@ def reconstruct(
         ``(D, D, D)`` array, a path to an MRC mask, or None (soft mask from the map).
     progress
         Show progress bars (main process only).
+    local_filter
+        Filter the map by the half maps' local agreement
+        (:func:`~cryograd.reconstruction.local_filter.local_wiener_filter`); False: weight it
+        per shell by the FSC (``sqrt(2·FSC / (1 + FSC))``). The half maps are never filtered.
 
     Returns
     -------
@@ -107,6 +112,7 @@ def reconstruct(
     check_memory(d, method, config.pad, config.batch_size or 256, context.device, context.dtype)
     halves, from_file = split_into_halves(particles, idx, config.seed)
     params = _parameters(method, config, context, maxres, halves, from_file)
+    params["map_filter"] = "local-wiener" if local_filter else "fsc-weight"
     logger.info(
         "%s reconstruction of %d particles (box %d, %.4g Å/px), halves %d + %d",
         method,
@@ -130,6 +136,7 @@ def reconstruct(
         params,
         maxres=maxres,
         max_shell=max_shell,
+        local_filter=local_filter,
     )
     result.timings["total"] = time.perf_counter() - t_start
     return result

@@ -25,7 +25,9 @@ from cryograd.solvers.insertion import (
     band_limit,
     default_regularizer,
     insert_in_context,
+    lam_to_wiener,
     wiener_to_lam,
+    with_data_mean,
 )
 from cryograd.solvers.krylov import CGResult, conjugate_gradient
 from cryograd.solvers.normal import (
@@ -220,7 +222,10 @@ class CGSolver:
                 preconditioner=op.preconditioner,
             )
             out.history[name] = _record(res)
-            maps.append(res.x)
+            # the map's k = 0 term from the images' own, as direct does: the Toeplitz system
+            # confines the map to the box but weighs the origin's few samples little
+            rho = lam_to_wiener(lam_used, i.box_size, i.padded)
+            maps.append(with_data_mean(res.x, i, rho))
         out.parameters["lam_used"] = lam_used
         return maps
 

@@ -138,10 +138,11 @@ class DirectConfig(SolverConfig):
     Attributes
     ----------
     refine
-        Preconditioned CG iterations in the box after the division (0: the plain division).
+        Preconditioned CG iterations in the sphere inscribed in the box after the division
+        (0, the default: the plain division, its mean set from the data).
     """
 
-    refine: int = 3
+    refine: int = 0
 
     def validate(self) -> None:
         super().validate()
@@ -210,7 +211,7 @@ class GradientConfig(SolverConfig):
     patience: int = 3
     init: str = "direct"
     lr_schedule: str = "constant"
-    refine: int = 3
+    refine: int = 0
     checkpoint_dir: str | Path | None = None
     resume: bool = False
 

@@ -19,10 +19,15 @@ spectrum falls fast there), and after cropping to the box the map's mean comes o
 (``--pad 3``: ~60 %), while shells ``≥ 1`` are right. This is a property of the plain division
 (it is RELION's ``relion_reconstruct --skip_gridding``), not of the Wiener term, the weight of the
 DC sample or the ``kx = 0`` duplicates (noiseless, CTF-free data: the DC voxel ``N/W`` is the
-images' DC exactly, shells 1–5 are within 5 %). RELION by default avoids it with 10 iterations
-of Pipe–Menon density compensation; here :func:`cryograd.solvers.krylov.refine_in_box` (a few
-preconditioned CG steps on the same system, confined to the box) restores it, and the ``direct``
-method runs 3 of them by default (``refine``).
+images' DC exactly, shells 1–5 are within 5 %). So the map's ``k = 0`` term is set from that
+voxel (:func:`~cryograd.solvers.insertion.with_data_mean`): exact, no added noise, no support
+constraint. RELION uses Pipe–Menon density compensation when asked (``--dont_skip_gridding``);
+:func:`cryograd.solvers.krylov.refine_in_box` (a few preconditioned CG steps on the same system,
+confined to the sphere inscribed in the box) is the other cure here, optional (``refine``, 0 by
+default): it zeroes whatever the data hold outside that sphere (a filament through the box, a
+solvent level, neighbouring density), which costs more than it gains on deposited maps.
+The full map is filtered afterwards by the halves' local agreement
+(:mod:`cryograd.reconstruction.local_filter`), which is what removes the solvent's noise.
 
 Scaling: with :class:`cryograd.forward.ForwardModel`'s Fourier projector, ``Aᵀb`` is
 ``(P³ / D²) · G · crop · irfftn(N)`` and ``AᵀA ≈ (P³ / D²) · G · crop · irfftn(W ·)`` (``G`` the
@@ -50,6 +55,7 @@ from cryograd.solvers.insertion import (
     padded_shell_index,
     shell_regularizer,
     weight_shell_sums,
+    with_data_mean,
 )
 from cryograd.solvers.krylov import refine_in_box
 from cryograd.solvers.registry import HalfMaps, register_solver
@@ -72,8 +78,9 @@ def wiener_reconstruct(
     *,
     max_shell: int | None = None,
     gridding: bool = True,
+    data_mean: bool = True,
 ) -> torch.Tensor:
-    """The map ``G · crop(irfftn(N / (W + ρ)))`` of an insertion.
+    """The map ``G · crop(irfftn(N / (W + ρ)))`` of an insertion, its mean from the data.
 
     Parameters
     ----------
@@ -86,6 +93,9 @@ def wiener_reconstruct(
         Zero the spectrum beyond this shell (``D``-grid units), e.g. for ``maxres``.
     gridding
         Apply the trilinear gridding correction (as the forward model does).
+    data_mean
+        Set the map's ``k = 0`` term from the origin's samples
+        (:func:`~cryograd.solvers.insertion.with_data_mean`; False: as the crop leaves it).
 
     Returns
     -------
@@ -106,7 +116,10 @@ def wiener_reconstruct(
     volume = fs.crop_volume(irfftn_centered(spectrum, p), d).contiguous()
     if gridding:
         volume = fs.gridding_correction(volume, p)
-    return volume
+    if not data_mean:
+        return volume
+    rho0 = float(reg.reshape(-1)[0]) if isinstance(reg, torch.Tensor) else float(reg)
+    return with_data_mean(volume, insertion, rho0)
 
 
 def reconstruct_direct(
@@ -226,7 +239,7 @@ def direct_start(
 
 
 class DirectSolver:
-    """``direct``: Fourier insertion and Wiener division, refined in the box.
+    """``direct``: Fourier insertion and Wiener division (refined in the box when ``refine``).
 
     The Wiener term is ``wiener_rho(snr)`` for a constant ``snr``, ``λ D²/P³`` for an operator
     ``lam``, or by default RELION's ``1/τ²`` from the FSC of the half maps reconstructed first
@@ -309,9 +322,7 @@ class DirectSolver:
         out.timings["divide"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         full = refine_map(full_ins, reg_full, full, config.refine, max_shell)
-        # the half maps are refined too (the plain division leaves their mean ~30 % low). Their
-        # small Wiener term makes the system stiffer: 3 iterations bring the mean to ~93 %, 6 to
-        # ~98 %; more iterations also amplify float32 rounding (multi-process runs drift apart)
+        # the half maps get the same refinement (when asked), each from its own data only
         halves_out = [
             refine_map(i, t, m, config.refine, max_shell) for i, t, m in zip(ins, tiny, pre)
         ]

@@ -1,0 +1,140 @@
+"""Local Wiener filtering of the full map from the local agreement of the two half maps.
+
+A global per-shell weight (RELION's ``1/τ²`` term, the FSC weighting) treats every voxel alike, so
+the noise of the solvent reaches the map with the same weight as the particle's signal, and a
+hard support (zeroing the map outside a sphere) is wrong wherever the data hold density there (a
+filament through the box, neighbouring density, a solvent level). This filter lets the data say
+where the signal is, band of shells by band of shells:
+
+* the half maps ``h1``, ``h2`` and the full map ``x`` are split into ``B`` frequency bands by a
+  partition of unity over the shell radius (triangular weights centred on ``B`` equally spaced
+  radii from 0 to Nyquist, so that the bands sum to the map exactly);
+* in each band ``b`` the local half-map correlation is
+  ``ρ_b(r) = G_σ * (h1_b h2_b) / G_σ * ((h1_b² + h2_b²) / 2)`` (``G_σ`` a Gaussian window of
+  ``σ`` voxels), the local analogue of the half-map FSC, clipped to ``[0, 1]``;
+* the full map's local signal-to-(signal + noise) ratio follows as for the FSC of a full set,
+  ``w_b = 2 ρ_b / (1 + ρ_b)``, and the filtered map is ``Σ_b w_b(r) · x_b(r)``.
+
+``w_b`` is the local Wiener weight of the full map: ~1 inside the particle at the resolutions the
+halves agree on, ~0 in the solvent and at resolutions where only noise is left. The weights use
+both halves, so only the full map is filtered; the half maps (and the FSC reported from them) stay
+independent. The map's mean (the ``k = 0`` term, which the filter would scale) is kept as it was.
+
+For σ = 2 voxels and ``B = 4`` bands (the defaults, measured on band-limited and full-band
+truths, box 32 to 128) the filtered map's FSC to the truth is at least that of the unfiltered map
+in every band of shells, over the whole box and inside a soft mask around the particle; the
+window contains enough independent Fourier samples of the highest band at any box size (their
+number depends on σ and ``B`` only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["band_partition", "gaussian_window_blur", "local_wiener_filter"]
+
+#: Default Gaussian window (voxels) and number of bands of :func:`local_wiener_filter`.
+DEFAULT_SIGMA_PX = 2.0
+DEFAULT_BANDS = 4
+
+
+def _radius_half_grid(box_size: int, *, device, dtype) -> torch.Tensor:
+    """``|k|`` (cycles per box) of every sample of the ``(D, D, D // 2 + 1)`` half grid."""
+    k = torch.fft.fftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
+    kx = torch.fft.rfftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
+    return torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
+
+
+def band_partition(
+    box_size: int, n_bands: int, *, device=None, dtype=torch.float64
+) -> list[torch.Tensor]:
+    """``n_bands`` weights on the half grid that sum to 1 at every frequency.
+
+    Triangular ("hat") weights in ``|k|`` centred on ``n_bands`` radii equally spaced from 0 to
+    Nyquist (``D // 2``); the first is 1 at the origin, the last is 1 beyond Nyquist.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``n_bands`` tensors of shape ``(D, D, D // 2 + 1)``.
+    """
+    if n_bands < 1:
+        raise ValueError(f"n_bands must be at least 1, got {n_bands}")
+    r = _radius_half_grid(box_size, device=device, dtype=dtype)
+    if n_bands == 1:
+        return [torch.ones_like(r)]
+    step = (box_size // 2) / (n_bands - 1)
+    # hat functions of (r / step): band b is max(0, 1 - |r/step - b|), the ends held at 1
+    t = r / step
+    out = []
+    for b in range(n_bands):
+        w = (1.0 - (t - b).abs()).clamp_min(0.0)
+        if b == 0:
+            w = torch.where(t <= 0, torch.ones_like(w), w)
+        if b == n_bands - 1:
+            w = torch.where(t >= b, torch.ones_like(w), w)
+        out.append(w)
+    return out
+
+
+def gaussian_window_blur(volume: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``volume`` convolved (periodically) with a unit-sum Gaussian of ``sigma_px`` voxels."""
+    d = volume.shape[-1]
+    k = torch.fft.fftfreq(d, device=volume.device, dtype=volume.dtype)
+    kx = torch.fft.rfftfreq(d, device=volume.device, dtype=volume.dtype)
+    g = [torch.exp(-2.0 * (math.pi * sigma_px * f) ** 2) for f in (k, k, kx)]
+    kernel = g[0].view(-1, 1, 1) * g[1].view(1, -1, 1) * g[2].view(1, 1, -1)
+    return torch.fft.irfftn(torch.fft.rfftn(volume) * kernel, s=volume.shape[-3:])
+
+
+def local_wiener_filter(
+    half1: torch.Tensor,
+    half2: torch.Tensor,
+    full: torch.Tensor,
+    *,
+    sigma_px: float = DEFAULT_SIGMA_PX,
+    n_bands: int = DEFAULT_BANDS,
+) -> torch.Tensor:
+    """The full map weighted, band by band and voxel by voxel, by the halves' local agreement.
+
+    Parameters
+    ----------
+    half1, half2
+        ``(D, D, D)`` independent half maps.
+    full
+        ``(D, D, D)`` map of all particles (e.g. the two halves' data together).
+    sigma_px
+        Gaussian window of the local correlation, in voxels.
+    n_bands
+        Frequency bands (see :func:`band_partition`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(D, D, D)`` filtered map, dtype and device of ``full``, with ``full``'s mean.
+    """
+    if not sigma_px > 0:
+        raise ValueError(f"sigma_px must be positive, got {sigma_px}")
+    shape = full.shape
+    if half1.shape != shape or half2.shape != shape or len(shape) != 3:
+        raise ValueError(
+            f"half maps {tuple(half1.shape)}, {tuple(half2.shape)} and map {tuple(shape)} must "
+            "be the same (D, D, D) box"
+        )
+    dtype = torch.float64 if full.dtype == torch.float64 else torch.float32
+    h1, h2, x = (v.to(dtype) for v in (half1, half2, full))
+    s1, s2, sx = (torch.fft.rfftn(v) for v in (h1, h2, x))
+    out = torch.zeros_like(x)
+    tiny = torch.finfo(dtype).tiny
+    for band in band_partition(shape[-1], n_bands, device=x.device, dtype=dtype):
+        a = torch.fft.irfftn(s1 * band, s=shape)
+        b = torch.fft.irfftn(s2 * band, s=shape)
+        covariance = gaussian_window_blur(a * b, sigma_px)
+        variance = gaussian_window_blur(0.5 * (a * a + b * b), sigma_px)
+        del a, b
+        rho = (covariance / variance.clamp_min(tiny)).clamp(0.0, 1.0)
+        out += (2.0 * rho / (1.0 + rho)) * torch.fft.irfftn(sx * band, s=shape)
+    out += x.mean() - out.mean()
+    return out.to(full.dtype)
