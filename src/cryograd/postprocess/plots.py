@@ -39,12 +39,12 @@ def plot_locres_histogram(path, locres_angstrom, mask=None) -> Path:
     """Histogram of the local resolution (Å) inside ``mask > 0.5`` (else where it is defined)."""
     from matplotlib.figure import Figure
 
-    vals = np.asarray(locres_angstrom)
+    vals = np.asarray(locres_angstrom, dtype=np.float64)
     sel = vals[np.asarray(mask) > 0.5] if mask is not None else vals[vals > 0]
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     if sel.size:
-        ax.hist(sel, bins=40, color="tab:blue")
+        ax.hist(sel, bins=40 if np.ptp(sel) > 1e-6 * np.abs(sel).max() else 1, color="tab:blue")
         ax.axvline(float(np.median(sel)), color="red", ls=":", label=f"median {np.median(sel):.2f} Å")
         ax.legend(fontsize="small")
     ax.set_xlabel("local resolution (Å)")
