@@ -43,14 +43,35 @@ def _run(args, capsys):
 def test_postprocess_writes_outputs(halves, tmp_path, capsys):
     out = tmp_path / "pp"
     rc, cap = _run(
-        ["postprocess", halves["h1"], halves["h2"], "-o", out, "--auto-mask", "--threshold",
-         "0.5", "--locres", "--locres-sampling", "16", "--no-progress"],
+        [
+            "postprocess",
+            halves["h1"],
+            halves["h2"],
+            "-o",
+            out,
+            "--auto-mask",
+            "--threshold",
+            "0.5",
+            "--locres",
+            "--locres-sampling",
+            "16",
+            "--no-progress",
+        ],
         capsys,
     )
     assert rc == 0, cap.err
-    for name in ("postprocess.mrc", "postprocess_masked.mrc", "mask.mrc", "locres.mrc",
-                 "locres_filtered.mrc", "postprocess.json", "fsc.csv", "fsc.png", "guinier.png",
-                 "locres_histogram.png"):
+    for name in (
+        "postprocess.mrc",
+        "postprocess_masked.mrc",
+        "mask.mrc",
+        "locres.mrc",
+        "locres_filtered.mrc",
+        "postprocess.json",
+        "fsc.csv",
+        "fsc.png",
+        "guinier.png",
+        "locres_histogram.png",
+    ):
         assert (out / name).is_file(), name
     info = json.loads((out / "postprocess.json").read_text())
     assert info["resolution_angstrom"] >= 4.0  # 2 x pixel at best
@@ -59,11 +80,25 @@ def test_postprocess_writes_outputs(halves, tmp_path, capsys):
     m = read_map(out / "mask.mrc").data
     assert m.min() >= 0 and m.max() == 1
     # a given B-factor is used as given; refuses to overwrite without --force
-    rc, cap = _run(["postprocess", halves["h1"], halves["h2"], "-o", out, "--bfactor", "-50"],
-                   capsys)
+    rc, cap = _run(
+        ["postprocess", halves["h1"], halves["h2"], "-o", out, "--bfactor", "-50"], capsys
+    )
     assert rc == 2 and "--force" in cap.err
-    rc, _ = _run(["postprocess", halves["h1"], halves["h2"], "-o", out, "--bfactor", "-50",
-                  "--force", "--mask", halves["mask"]], capsys)
+    rc, _ = _run(
+        [
+            "postprocess",
+            halves["h1"],
+            halves["h2"],
+            "-o",
+            out,
+            "--bfactor",
+            "-50",
+            "--force",
+            "--mask",
+            halves["mask"],
+        ],
+        capsys,
+    )
     assert rc == 0
     assert json.loads((out / "postprocess.json").read_text())["bfactor_a2"] == -50.0
 

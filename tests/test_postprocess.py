@@ -130,8 +130,9 @@ def test_mask_matches_brute_force_rules():
     vol[7:10, 6:12, 8:10] = 1.0
     vol[11, 11, 11] = 1.0
     vol += 0.01 * rng.standard_normal(vol.shape)
-    mask = create_mask(torch.from_numpy(vol), 1.0, 0.5, extend_px=2, soft_edge_px=3.5,
-                       lowpass_angstrom=None)
+    mask = create_mask(
+        torch.from_numpy(vol), 1.0, 0.5, extend_px=2, soft_edge_px=3.5, lowpass_angstrom=None
+    )
     ref = _brute_force_relion_mask(vol >= 0.5, 2, 3.5)
     np.testing.assert_allclose(mask.numpy(), ref, atol=1e-12)
 
@@ -141,8 +142,9 @@ def test_mask_of_a_sphere_has_the_expected_radii():
     c = np.arange(box) - box // 2
     rho = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
     vol = torch.from_numpy((rho <= radius).astype(np.float64))
-    mask = create_mask(vol, 1.0, 0.5, extend_px=extend, soft_edge_px=width,
-                       lowpass_angstrom=None).numpy()
+    mask = create_mask(
+        vol, 1.0, 0.5, extend_px=extend, soft_edge_px=width, lowpass_angstrom=None
+    ).numpy()
     assert np.all(mask[rho <= radius + extend - 1.0] == 1.0)  # voxel-centre gaps < 1 px
     assert np.all(mask[rho >= radius + extend + width] == 0.0)
     # the radial mean of the edge crosses 0.5 halfway through it: radius + extend + width / 2
@@ -172,10 +174,25 @@ def test_mask_equals_relion_mask_create(tmp_path):
     vol = np.exp(-((rho / 6) ** 2)) + 0.05 * rng.standard_normal((box,) * 3)
     write_map(tmp_path / "in.mrc", vol.astype(np.float32), apix)
     subprocess.run(
-        ["relion_mask_create", "--i", str(tmp_path / "in.mrc"), "--o", str(tmp_path / "m.mrc"),
-         "--ini_threshold", "0.3", "--extend_inimask", "2", "--width_soft_edge", "4",
-         "--lowpass", "15", "--angpix", str(apix)],
-        check=True, capture_output=True,
+        [
+            "relion_mask_create",
+            "--i",
+            str(tmp_path / "in.mrc"),
+            "--o",
+            str(tmp_path / "m.mrc"),
+            "--ini_threshold",
+            "0.3",
+            "--extend_inimask",
+            "2",
+            "--width_soft_edge",
+            "4",
+            "--lowpass",
+            "15",
+            "--angpix",
+            str(apix),
+        ],
+        check=True,
+        capture_output=True,
     )
     ref = mrcfile.read(tmp_path / "m.mrc")
     vol32 = torch.from_numpy(vol.astype(np.float32).astype(np.float64))

@@ -56,7 +56,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--autob-lowres", type=float, default=10.0, metavar="A")
     g.add_argument(
-        "--autob-highres", type=float, default=None, metavar="A",
+        "--autob-highres",
+        type=float,
+        default=None,
+        metavar="A",
         help="high-resolution end of the fit (default: the resolution; 0: RELION's default)",
     )
     g.add_argument("--mtf", type=Path, metavar="FILE", help="MTF STAR file of the detector")

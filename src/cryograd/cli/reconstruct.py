@@ -232,7 +232,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
     g.add_argument(
-        "--postprocess", action="store_true", help="run cryograd postprocess into OUTDIR/postprocess"
+        "--postprocess",
+        action="store_true",
+        help="run cryograd postprocess into OUTDIR/postprocess",
     )
     g.add_argument("--nproc", type=int, default=1, help="processes to run (distributed)")
     g.add_argument(

@@ -1,8 +1,8 @@
 """Radial Fourier filters of post-processing, on the half (``rfftn``) grid of an ``(N, N, N)`` map.
 
-Every filter here is a function of ``|k|`` (integer frequency units, cycles per box) evaluated at the
-samples of :func:`cryograd.fourier.rfftn_centered`'s grid, so filtering a map is one forward and one
-inverse transform with products in between (see :func:`apply_filter`).
+Every filter here is a function of ``|k|`` (integer frequency units, cycles per box) evaluated
+at the samples of :func:`cryograd.fourier.rfftn_centered`'s grid, so filtering a map is one
+forward and one inverse transform with products in between (see :func:`apply_filter`).
 """
 
 from __future__ import annotations
@@ -72,9 +72,7 @@ def lowpass_weights(
         ``(N, N, N // 2 + 1)`` float64 weights in ``[0, 1]``.
     """
     if not resolution_angstrom > 0:
-        raise CryogradError(
-            f"resolution_angstrom must be positive, got {resolution_angstrom}"
-        )
+        raise CryogradError(f"resolution_angstrom must be positive, got {resolution_angstrom}")
     ires = relion_round(box * pixel_size / resolution_angstrom)
     return lowpass_weights_at_shell(box, ires, edge_width_shells=edge_width_shells, device=device)
 

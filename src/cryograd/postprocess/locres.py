@@ -21,7 +21,6 @@ the box's FSC sampled on ``W // 2 + 1`` shells; it is linearly interpolated to t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,13 +198,15 @@ def _resolution_shells(fsc_true: torch.Tensor) -> torch.Tensor:
     below = fsc_true < 0.143
     n = fsc_true.shape[1]
     first = torch.where(
-        below.any(dim=1), below.float().argmax(dim=1), torch.full_like(below[:, 0], n, dtype=torch.long)
+        below.any(dim=1),
+        below.float().argmax(dim=1),
+        torch.full_like(below[:, 0], n, dtype=torch.long),
     )
     return (first - 1).clamp_min(0)
 
 
 class _Windows:
-    """Gather ``(B, W, W, W)`` windows centred at voxels from zero-padded maps, and add them back."""
+    """``(B, W, W, W)`` windows centred at voxels of zero-padded maps: gather, add back."""
 
     def __init__(self, box: int, w: int, device) -> None:
         self.box, self.w, self.pad = box, w, w // 2 + 1
@@ -250,7 +251,9 @@ def _filter_batch(fsc_true, shells, spec_avg, shell_idx, lowpass: dict, box: int
     ar = torch.arange(n, device=fsc_true.device)
     below = fsc_true < 1e-4
     first = torch.where(below.any(dim=1), below.float().argmax(dim=1), torch.full_like(shells, n))
-    wts = torch.where(ar[None, :] < first[:, None], fsc_weight(fsc_true), torch.zeros_like(fsc_true))
+    wts = torch.where(
+        ar[None, :] < first[:, None], fsc_weight(fsc_true), torch.zeros_like(fsc_true)
+    )
     wts = torch.cat([wts, torch.zeros_like(wts[:, :1])], dim=1).to(torch.float32)
     filt = wts[:, shell_idx]
     for b, s in enumerate(shells.tolist()):
@@ -329,7 +332,9 @@ def local_resolution(
         true = _corrected(masked, rand, randomize_at)
         shells = _resolution_shells(true)
         res = torch.where(
-            shells > 0, box * apix / shells.clamp_min(1).double(), torch.full_like(true[:, 0], 999.0)
+            shells > 0,
+            box * apix / shells.clamp_min(1).double(),
+            torch.full_like(true[:, 0], 999.0),
         ).clamp(max=cfg.minres_angstrom)
         resolutions[b0 : b0 + len(c)] = res.cpu().numpy()
         res_shells = torch.tensor(

@@ -45,7 +45,9 @@ def plot_locres_histogram(path, locres_angstrom, mask=None) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     if sel.size:
         ax.hist(sel, bins=40 if np.ptp(sel) > 1e-6 * np.abs(sel).max() else 1, color="tab:blue")
-        ax.axvline(float(np.median(sel)), color="red", ls=":", label=f"median {np.median(sel):.2f} Å")
+        ax.axvline(
+            float(np.median(sel)), color="red", ls=":", label=f"median {np.median(sel):.2f} Å"
+        )
         ax.legend(fontsize="small")
     ax.set_xlabel("local resolution (Å)")
     ax.set_ylabel("voxels")

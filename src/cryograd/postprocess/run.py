@@ -143,10 +143,7 @@ class PostprocessResult:
                 "inv_resolution_squared_a2": [
                     float(x) for x in self.guinier["original"].inv_resolution_squared_a2
                 ],
-                **{
-                    k: [num(float(y)) for y in c.log_amplitude]
-                    for k, c in self.guinier.items()
-                },
+                **{k: [num(float(y)) for y in c.log_amplitude] for k, c in self.guinier.items()},
             },
         }
         if self.guinier_fit is not None:

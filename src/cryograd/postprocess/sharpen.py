@@ -199,9 +199,7 @@ def read_mtf(path) -> MTF:
         None,
     )
     if table is None:
-        raise CryogradError(
-            f"{p}: no table with rlnResolutionInversePixel and rlnMtfValue columns"
-        )
+        raise CryogradError(f"{p}: no table with rlnResolutionInversePixel and rlnMtfValue columns")
     try:
         res = np.asarray(table["rlnResolutionInversePixel"], dtype=np.float64)
         val = np.asarray(table["rlnMtfValue"], dtype=np.float64)
