@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "cryograd.cli.simulate",
     "reconstruct": "cryograd.cli.reconstruct",
     "fsc": "cryograd.cli.fsc",
+    "postprocess": "cryograd.cli.postprocess",
     "demo": "cryograd.cli.demo",
 }
 

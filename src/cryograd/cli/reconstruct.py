@@ -239,6 +239,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("runs")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
+    g.add_argument(
+        "--postprocess",
+        action="store_true",
+        help="run cryograd postprocess into OUTDIR/postprocess",
+    )
     g.add_argument("--nproc", type=int, default=1, help="processes to run (distributed)")
     g.add_argument(
         "--timeout",
@@ -453,6 +458,10 @@ def _run_rank(args: argparse.Namespace, comm) -> int:
                 f"resolution {res:.2f} Å (FSC 0.143), {time.perf_counter() - t0:.1f} s -> "
                 f"{out / 'map.mrc'}"
             )
+            if getattr(args, "postprocess", False):
+                from cryograd.cli.postprocess import postprocess_folder
+
+                postprocess_folder(out, mask=args.mask, progress=not args.no_progress)
     except BaseException:
         if comm.is_distributed:
             handler = None  # keep it: the job's stop is logged there, then this process ends
