@@ -54,8 +54,9 @@ def checkpointed_cg(op, rhs: torch.Tensor, config, stage: str) -> CGResult:
             op, rhs, tol=config.tol, max_iter=config.max_iter, preconditioner=op.preconditioner
         )
     path = spec.folder / CG_CHECKPOINT
-    state = _load(path) if spec.resume else {}
-    saved = state.get(stage)
+    # a fresh run starts the file with its first stage and keeps the stages it finished
+    state = _load(path) if spec.resume or stage != "half1" else {}
+    saved = state.get(stage) if spec.resume else None
     x0 = None
     iterations, residuals = 0, []
     if saved is not None:
