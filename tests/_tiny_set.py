@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryograd.io.mrc import write_stack, write_map
+from cryograd.io.mrc import write_map, write_stack
 
 BOX = 16
 N = 24
