@@ -39,6 +39,7 @@ timing.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import logging
 import os
@@ -926,6 +927,7 @@ def init_communicator(
     if launch is None or launch.world_size == 1:
         local_rank = 0 if launch is None else launch.local_rank
         return single_process(resolve_device(device, local_rank))
+    die_with_parent()  # a rank never outlives its launcher (torchrun, srun, --nproc)
     dev = resolve_device(device, launch.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -1090,6 +1092,49 @@ def spawn_needed(nproc: int, environ: Mapping[str, str] | None = None) -> bool:
     return nproc > 1
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent (the launcher) dies.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)`` through ctypes); returns whether it was set. When the
+    launcher that started this process (``$CRYOGRAD_LAUNCHER_PID``) is already gone, exits now.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    launcher = os.environ.get("CRYOGRAD_LAUNCHER_PID", "")
+    if ok and launcher.isdigit() and os.getppid() != int(launcher):
+        _exit_now("launcher is gone before this process started", EXIT_ABORTED)
+    return ok
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def warn_oversubscription(nproc: int) -> None:
+    """Warn when ``nproc`` CPU processes would share fewer cores (each then runs much slower)."""
+    cores = usable_cores()
+    if nproc > cores and not torch.cuda.is_available():
+        logger.warning(
+            "--nproc %d on %d CPU core(s): the processes compete for the cores and the run is "
+            "slower than with --nproc %d",
+            nproc,
+            cores,
+            cores,
+        )
+
+
 def _describe_status(code: int) -> str:
     if code < 0:
         try:
@@ -1148,6 +1193,10 @@ def spawn(
     for name in list(base):
         if name.startswith("TORCHELASTIC_"):
             del base[name]
+    warn_oversubscription(nproc)
+    base["CRYOGRAD_LAUNCHER_PID"] = str(os.getpid())
+    base.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    base.setdefault("TORCH_SHOW_CPP_STACKTRACES", "0")
     port = find_free_port()
     if "OMP_NUM_THREADS" not in base:
         base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))

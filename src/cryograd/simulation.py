@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from cryograd.arrays import to_tensor
+from cryograd.checks import check_metadata
 from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
 from cryograd.forward import ForwardModel
@@ -432,6 +433,7 @@ def project_particles(
         use_ctf = ps.has_ctf
     if use_ctf and not ps.has_ctf:
         raise CryogradError(f"{particles_path}: --ctf asked for but the file has no CTF parameters")
+    check_metadata(ps, use_ctf=use_ctf)
     if projector not in ("fourier", "real"):
         raise CryogradError(f"unknown projector {projector!r}: use 'fourier' or 'real'")
     if batch_size < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -21,6 +22,20 @@ COMMANDS: dict[str, str] = {
     "postprocess": "cryograd.cli.postprocess",
     "demo": "cryograd.cli.demo",
 }
+
+
+def os_error_message(exc: OSError) -> str:
+    """``path: reason`` for an :class:`OSError` (``No space left on device``, ...)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    where = " -> ".join(names) if names else "output"
+    hint = {
+        errno.ENOSPC: "; free some space or write elsewhere",
+        errno.EDQUOT: "; the disk quota is exceeded",
+        errno.EACCES: "; choose a folder you can write to",
+        errno.EFBIG: "; the file size limit (ulimit -f) is exceeded",
+    }.get(exc.errno or 0, "")
+    return f"{where}: {reason}{hint}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,11 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks
     try:
         result = args.func(args)
     except CryogradError as exc:
         print(f"cryograd: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, no permission, file too large: one line, the path named
+        print(f"cryograd: error: {os_error_message(exc)}", file=sys.stderr)
+        return CryogradError.exit_code
     except KeyboardInterrupt:
         print("cryograd: interrupted", file=sys.stderr)
         return 130

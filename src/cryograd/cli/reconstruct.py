@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -31,8 +33,22 @@ from cryograd.distributed import (
 )
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import read_map
+from cryograd.io.outdir import (
+    commit_folder,
+    discard,
+    folder_lock,
+    in_error,
+    lock_holder,
+    recover_folder,
+    staging_folder,
+)
 from cryograd.particles import read_particles
 from cryograd.projectors.registry import PROJECTORS
+from cryograd.reconstruction.fingerprint import (
+    FINGERPRINT_FILE,
+    check_fingerprint,
+    run_fingerprint,
+)
 from cryograd.reconstruction.masks import load_mask
 from cryograd.reconstruction.options import method_config
 from cryograd.reconstruction.result import (
@@ -40,10 +56,12 @@ from cryograd.reconstruction.result import (
     LOG_FILE,
     OUTPUT_FILES,
     checkpoint_name,
+    write_json_atomic,
 )
 from cryograd.reconstruction.run import reconstruct
 from cryograd.reconstruction.selection import select_particles
 from cryograd.solvers import LOSSES, PENALTIES, SOLVERS
+from cryograd.solvers.checkpointing import checkpointing
 from cryograd.solvers.config import (
     INITS,
     LR_SCHEDULES,
@@ -90,6 +108,7 @@ PARAMETER_FLAGS: dict[str, str] = {
     "patience": "--patience",
     "init": "--init",
     "lr_schedule": "--lr-schedule",
+    "skip_bad_particles": "--skip-bad-particles",
 }
 """Library parameter -> the flag that sets it."""
 
@@ -210,6 +229,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--angpix", type=float, default=None, help="pixel size in Å (overrides the file)"
     )
     p.add_argument("--double", action="store_true", help="compute in float64")
+    p.add_argument(
+        "--skip-bad-particles",
+        action="store_true",
+        help="leave out particles whose image has NaN/inf pixels, is constant or has a corrupt "
+        "pixel (default: refuse the set, naming the first)",
+    )
     g = p.add_argument_group("cg")
     g.add_argument("--tol", type=float, default=1e-5, help="relative residual tolerance")
     g.add_argument("--max-iter", type=int, default=200)
@@ -280,7 +305,7 @@ def check_outdir(out: Path, *, force: bool, resume: bool) -> None:
                 stale.name, (*OUTPUT_NAMES, *checkpoints, *CHECKPOINTS)
             ):
                 stale.unlink(missing_ok=True)
-        previous = [f for f in (*OUTPUT_NAMES, CHECKPOINTS[0]) if (out / f).exists()]
+        previous = [f for f in (*OUTPUT_NAMES, *checkpoints) if (out / f).exists()]
         if previous and not (force or resume):
             raise CryogradError(
                 f"{out}: holds a previous run ({', '.join(previous)}); use --force to overwrite "
@@ -291,6 +316,7 @@ def check_outdir(out: Path, *, force: bool, resume: bool) -> None:
                 (out / name).unlink()
             for ck in out.glob(CHECKPOINT_PATTERN):
                 ck.unlink()
+            (out / FINGERPRINT_FILE).unlink(missing_ok=True)
             for log in out.glob("rank*.log"):
                 log.unlink()
 
@@ -299,6 +325,12 @@ def _precheck_outdir(out: Path, *, force: bool, resume: bool) -> None:
     """Before starting processes: refuse at once a folder rank 0 would refuse (changes nothing)."""
     if out.exists() and not out.is_dir():
         raise CryogradError(f"{out}: exists and is not a folder")
+    holder = lock_holder(out)
+    if holder is not None:
+        raise CryogradError(
+            f"{out}: another cryograd run (pid {holder}) is writing this folder; wait for it to "
+            "end or choose another output folder"
+        )
     if out.is_dir() and not (force or resume):
         previous = [f for f in (*OUTPUT_NAMES, CHECKPOINTS[0]) if (out / f).exists()]
         if previous:
@@ -309,14 +341,21 @@ def _precheck_outdir(out: Path, *, force: bool, resume: bool) -> None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Options checked before anything is read or written: the method's config (which validates
-    its own), and the options of the command itself."""
+    """Options checked before anything is read or written: every method's config (each validates
+    its own, so that an option outside its domain is refused whatever the method), and the
+    options of the command itself."""
     method_config_of(args)
+    options = method_options(args)
+    for name in SOLVERS:
+        method_config(name, None, options)
     check_positive("maxres", args.maxres)
     check_positive("--angpix", args.angpix)
     check_at_least("first", args.first, 2)
     check_at_least("--nproc", args.nproc, 1)
     check_positive("--timeout", args.timeout)
+    check_positive("tol", args.tol)
+    if args.max_iter is not None:
+        check_at_least("max_iter", args.max_iter, 1)
 
 
 def _check_inputs(args: argparse.Namespace, comm=None):
@@ -348,7 +387,8 @@ def _remove_if_only_logs(out: Path, created: bool, before: set[str]) -> None:
     if not out.is_dir():
         return
     new = {e.name for e in out.iterdir()} - before
-    if any(not (n == LOG_FILE or (n.startswith("rank") and n.endswith(".log"))) for n in new):
+    removable = (LOG_FILE, FINGERPRINT_FILE)
+    if any(not (n in removable or (n.startswith("rank") and n.endswith(".log"))) for n in new):
         return  # an output or a checkpoint was written: keep everything
     for name in new:
         (out / name).unlink(missing_ok=True)
@@ -387,19 +427,73 @@ def _run(args: argparse.Namespace, comm) -> int:
 
 def _run_rank(args: argparse.Namespace, comm) -> int:
     out: Path = args.out
+    with contextlib.ExitStack() as stack:
+        particles = mask = None
+        if not comm.is_distributed:
+            # one process: bad input is found before the output folder is made or cleaned; a
+            # distributed job keeps its order (rank 0 logs every rank's failure into the folder)
+            particles, mask = _check_inputs(args)
+        if comm.is_main:
+            stack.enter_context(folder_lock(out))
+            recover_folder(out)
+            check_outdir(out, force=args.force, resume=args.resume)
+        return _run_locked(args, comm, particles, mask)
+    raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
+
+
+def _fingerprint_options(args: argparse.Namespace) -> dict:
+    """The command's settings beside the method's config that change the result."""
+    return {
+        "method": args.method,
+        "first": args.first,
+        "class_number": args.class_number,
+        "maxres": args.maxres,
+        "sym": args.sym,
+        "use_ctf": not args.no_ctf,
+        "double": args.double,
+        "angpix": args.angpix,
+        "mask": None if args.mask is None else str(Path(args.mask).resolve()),
+        "skip_bad_particles": args.skip_bad_particles,
+    }
+
+
+def _check_resume(args: argparse.Namespace, particles, config: SolverConfig) -> None:
+    """Write the run's fingerprint (fresh run) or check it against the checkpoint's (resume)."""
+    path = args.out / FINGERPRINT_FILE
+    current = run_fingerprint(particles, config, _fingerprint_options(args))
+    if args.resume and path.exists():
+        check_fingerprint(json.loads(path.read_text()), current, args.out)
+        return
+    if args.resume and any(args.out.glob(CHECKPOINT_PATTERN)):
+        logger.warning("%s: checkpoints without a fingerprint: cannot check they match", args.out)
+        return
+    write_json_atomic(path, current)
+
+
+def _save(result, out: Path, extra: dict, handler) -> None:
+    """Write the outputs into a staging folder beside ``out`` (``run.json`` last) and move it
+    into place (:func:`cryograd.io.outdir.commit_folder`); on failure nothing is left."""
+    stage = staging_folder(out)
+    try:
+        result.save(stage, extra=extra)
+        if handler is not None:
+            handler.flush()
+            shutil.copy2(out / LOG_FILE, stage / LOG_FILE)
+        commit_folder(stage, out, last=OUTPUT_FILES["run_json"], carry=(LOG_FILE,))
+    except OSError as exc:
+        discard(stage)
+        raise in_error(exc, stage, out) from None
+    except BaseException:
+        discard(stage)
+        raise
+
+
+def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
+    out: Path = args.out
     handler = None
-    particles = mask = None
     created = not out.exists()
     before = {f.name for f in out.iterdir()} if out.is_dir() else set()
-    if not comm.is_distributed:
-        # one process: bad input is found before the output folder is made or cleaned; a
-        # distributed job keeps its order (rank 0 logs every rank's failure into the folder)
-        particles, mask = _check_inputs(args)
-        check_outdir(out, force=args.force, resume=args.resume)
-        before = {f.name for f in out.iterdir()} if out.is_dir() else set()
     if comm.is_main:
-        if comm.is_distributed:
-            check_outdir(out, force=args.force, resume=args.resume)
         out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(out / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -419,6 +513,9 @@ def _run_rank(args: argparse.Namespace, comm) -> int:
             particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
             if args.mask is not None and not args.mask.exists():
                 raise CryogradError(f"{args.mask}: mask file not found")
+        config = method_config_of(args)
+        if comm.is_main:
+            _check_resume(args, particles, config)
         context = RunContext.create(
             device=comm.device,
             dtype=torch.float64 if args.double else torch.float32,
@@ -426,31 +523,31 @@ def _run_rank(args: argparse.Namespace, comm) -> int:
             sym=args.sym,
             comm=comm,
         )
-        result = reconstruct(
-            particles,
-            args.method,
-            config=method_config_of(args),
-            context=context,
-            first=args.first,
-            class_number=args.class_number,
-            maxres=args.maxres,
-            mask=args.mask if mask is None else mask,
-            progress=not args.no_progress,
-            local_filter=args.local_filter,
-        )
+        with checkpointing(out, resume=args.resume, is_main=comm.is_main):
+            result = reconstruct(
+                particles,
+                args.method,
+                config=config,
+                context=context,
+                first=args.first,
+                class_number=args.class_number,
+                maxres=args.maxres,
+                mask=args.mask if mask is None else mask,
+                progress=not args.no_progress,
+                skip_bad_particles=args.skip_bad_particles,
+                local_filter=args.local_filter,
+            )
         if comm.is_main:
             argv = getattr(args, "argv", None)
             command = " ".join(["cryograd", *argv]) if argv is not None else " ".join(sys.argv)
-            result.save(
-                out,
-                extra={
-                    "command": command,
-                    "particles_file": str(args.particles),
-                    "wall_time_s": time.perf_counter() - t0,
-                    "world_size": comm.world_size,
-                    "distributed": comm.stats(),
-                },
-            )
+            extra = {
+                "command": command,
+                "particles_file": str(args.particles),
+                "wall_time_s": time.perf_counter() - t0,
+                "world_size": comm.world_size,
+                "distributed": comm.stats(),
+            }
+            _save(result, out, extra, handler)
             res = result.resolution_angstrom
             procs = f" on {comm.world_size} processes" if comm.world_size > 1 else ""
             print(

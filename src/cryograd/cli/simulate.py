@@ -9,6 +9,14 @@ from pathlib import Path
 import torch
 
 from cryograd.errors import CryogradError
+from cryograd.io.outdir import (
+    commit_folder,
+    discard,
+    folder_lock,
+    in_error,
+    recover_folder,
+    staging_folder,
+)
 from cryograd.projectors.registry import PROJECTORS
 from cryograd.simulation import simulate
 
@@ -68,8 +76,40 @@ def run(args: argparse.Namespace) -> int:
         raise CryogradError(f"--snr must be positive, got {args.snr}")
     if not args.map.is_file():
         raise CryogradError(f"{args.map}: file not found")
+    if args.output.exists() and not args.output.is_dir():
+        raise CryogradError(f"{args.output}: exists and is not a folder")
+    for name, value in (("--shift-max", args.shift_max), ("--batch-size", args.batch_size)):
+        if not value >= (1 if name == "--batch-size" else 0):
+            raise CryogradError(f"{name} {value}: out of range")
+    lo, hi = args.defocus
+    if not 0 < lo <= hi < 20:
+        raise CryogradError(f"--defocus {lo}:{hi}: give MIN:MAX in µm with 0 < MIN <= MAX < 20")
+    with folder_lock(args.output):
+        recover_folder(args.output)
+        stage = staging_folder(args.output)
+        try:
+            result = _simulate_into(args, stage)
+            commit_folder(stage, args.output, last="particles.star")
+        except OSError as exc:
+            discard(stage)
+            raise in_error(exc, stage, args.output) from None
+        except BaseException:
+            discard(stage)
+            raise
+    logger.info(
+        "wrote %s (%d particles, %d stack(s)), noise sigma %.4g",
+        args.output / result.star_path.name,
+        len(result.particles),
+        len(result.stack_paths),
+        result.noise_sigma,
+    )
+    return 0
+
+
+def _simulate_into(args: argparse.Namespace, folder: Path):
+    """:func:`cryograd.simulation.simulate` with the flags, writing into ``folder``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = simulate(
+    return simulate(
         args.map,
         args.number,
         pixel_size=args.angpix,
@@ -78,16 +118,8 @@ def run(args: argparse.Namespace) -> int:
         shift_max_px=args.shift_max,
         seed=args.seed,
         projector=args.projector,
-        out_dir=args.output,
+        out_dir=folder,
         batch_size=args.batch_size,
         images_per_stack=args.stack_size,
         device=device,
     )
-    logger.info(
-        "wrote %s (%d particles, %d stack(s)), noise sigma %.4g",
-        result.star_path,
-        len(result.particles),
-        len(result.stack_paths),
-        result.noise_sigma,
-    )
-    return 0

@@ -11,6 +11,7 @@ destination only when complete, and deleted when anything fails.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import warnings
@@ -111,7 +112,11 @@ def _open(path: Path, *, mmap: bool, header_only: bool = False):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return opener(str(path), **kwargs), False
+            mrc = opener(str(path), **kwargs)
+        _check_header(path, mrc)
+        return mrc, False
+    except CryogradError:
+        raise
     except Exception as strict_exc:  # noqa: BLE001 - any parse failure means: try permissive
         text = str(strict_exc).strip()
         strict_msg = text.splitlines()[0] if text else type(strict_exc).__name__
@@ -122,7 +127,35 @@ def _open(path: Path, *, mmap: bool, header_only: bool = False):
     except Exception as exc:  # noqa: BLE001
         raise CryogradError(f"{path}: not a readable MRC file ({strict_msg}; {exc})") from None
     _check_permissive(path, mrc, caught, strict_msg, header_only)
+    _check_header(path, mrc)
     return mrc, True
+
+
+_MODES = (0, 1, 2, 4, 6, 12, 101)
+
+
+def _check_header(path: Path, mrc) -> None:
+    """Refuse a header whose mode, dimensions or axis mapping make no sense (closing ``mrc``)."""
+    h = mrc.header
+    try:
+        dims = (int(h.nx), int(h.ny), int(h.nz))
+        mode = int(h.mode)
+        axes = (int(h.mapc), int(h.mapr), int(h.maps))
+    except Exception:  # noqa: BLE001
+        dims, mode, axes = (-1, -1, -1), -1, (0, 0, 0)
+    problem = None
+    if mode not in _MODES:
+        problem = f"data mode {mode} is not an MRC mode ({', '.join(map(str, _MODES))})"
+    elif min(dims) <= 0:
+        problem = f"dimensions (nx, ny, nz) = {dims} must be positive"
+    elif sorted(axes) != [1, 2, 3]:
+        problem = f"axis mapping (mapc, mapr, maps) = {axes} is not a permutation of (1, 2, 3)"
+    if problem is not None:
+        try:
+            mrc.close()
+        except Exception:  # noqa: BLE001
+            pass
+        raise CryogradError(f"{path}: not a valid MRC file: {problem}")
 
 
 def _check_permissive(path: Path, mrc, caught, strict_msg: str, header_only: bool) -> None:
@@ -315,6 +348,27 @@ def write_map(
     return path
 
 
+def preallocate(path: Path) -> None:
+    """Reserve the disk blocks of ``path`` at its current size (``posix_fallocate``).
+
+    A memory-mapped file on a full disk (or beyond ``ulimit -f``) fails by SIGBUS at the first
+    write to a page it cannot store; reserving the blocks first turns that into an
+    :class:`OSError` (ENOSPC, EDQUOT, EFBIG) here. Where the call is unsupported nothing is done.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size > 0 and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    return
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
 class StackWriter:
     """Stream images batch by batch into an ``.mrcs`` stack, atomically.
 
@@ -352,12 +406,20 @@ class StackWriter:
     def __enter__(self) -> StackWriter:
         if self.n_images <= 0 or self.box_size <= 0:
             raise ValueError("StackWriter needs n_images > 0 and box_size > 0")
-        self._mrc = mrcfile.new_mmap(
-            str(self._tmp),
-            shape=(self.n_images, self.box_size, self.box_size),
-            mrc_mode=2,
-            overwrite=True,
-        )
+        try:
+            self._mrc = mrcfile.new_mmap(
+                str(self._tmp),
+                shape=(self.n_images, self.box_size, self.box_size),
+                mrc_mode=2,
+                overwrite=True,
+            )
+            preallocate(self._tmp)
+        except OSError as exc:
+            if self._mrc is not None:
+                self._mrc.close()
+                self._mrc = None
+            self._tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self._mrc.set_image_stack()
         _set_voxel(self._mrc, self.pixel_size_angstrom)
         return self

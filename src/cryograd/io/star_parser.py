@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cryograd.errors import CryogradError
+
 __all__ = ["read_star_file"]
 
 _BLANKS = (b" ", b"\t", b"\r", b"\f", b"\v")
@@ -183,6 +185,11 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
     while (line := cur.peek()).startswith("_"):
         columns.append(line.split()[0][1:])
         cur.advance()
+    seen: set[str] = set()
+    for name in columns:
+        if name in seen:
+            raise CryogradError(f"{path}: column _{name} is named twice in one loop")
+        seen.add(name)
     while not cur.at_end and cur.peek() == "":
         cur.advance()
     start = cur.pos

@@ -27,12 +27,14 @@ import logging
 import time
 from pathlib import Path
 
+from cryograd.checks import check_halves
 from cryograd.particles import read_particles
 from cryograd.reconstruction.masks import load_mask
 from cryograd.reconstruction.memory import check_memory
 from cryograd.reconstruction.options import method_config, run_context, solver_for
 from cryograd.reconstruction.resolution import assess_halves, max_shell_of
 from cryograd.reconstruction.result import Result
+from cryograd.reconstruction.screening import screen_particles
 from cryograd.reconstruction.selection import select_particles, split_into_halves
 from cryograd.solvers.config import SolverConfig, check_positive
 from cryograd.solvers.context import RunContext
@@ -54,6 +56,7 @@ def reconstruct(
     mask=None,
     progress: bool = True,
     local_filter: bool = True,
+    skip_bad_particles: bool = False,
     **options,
 ) -> Result:
     """Reconstruct a map from particles with poses, with gold-standard half maps and FSC.
@@ -90,6 +93,9 @@ def reconstruct(
         Filter the map by the half maps' local agreement
         (:func:`~cryograd.reconstruction.local_filter.local_wiener_filter`); False: weight it
         per shell by the FSC (``sqrt(2·FSC / (1 + FSC))``). The half maps are never filtered.
+    skip_bad_particles
+        Leave out particles whose image is non-finite, constant or has a corrupt pixel
+        (:mod:`cryograd.checks`) instead of refusing the set.
 
     Returns
     -------
@@ -105,12 +111,16 @@ def reconstruct(
     idx = select_particles(
         particles, first=first, class_number=class_number, use_ctf=context.use_ctf
     )
+    idx = screen_particles(
+        particles, idx, use_ctf=context.use_ctf, skip_bad=skip_bad_particles, comm=context.comm
+    )
     d = int(particles.box_size)
     px = float(particles.pixel_size_angstrom)
     max_shell = max_shell_of(maxres, d, px)
     mask_t = load_mask(mask, d)
     check_memory(d, method, config.pad, config.batch_size or 256, context.device, context.dtype)
     halves, from_file = split_into_halves(particles, idx, config.seed)
+    check_halves(particles, halves)
     params = _parameters(method, config, context, maxres, halves, from_file)
     params["map_filter"] = "local-wiener" if local_filter else "fsc-weight"
     logger.info(

@@ -18,6 +18,7 @@ import numpy as np
 
 from cryograd.forward import ForwardModel
 from cryograd.projectors import fourier_slice as fs
+from cryograd.solvers.cg_checkpoint import checkpointed_cg
 from cryograd.solvers.config import CGConfig, wiener_rho
 from cryograd.solvers.context import CONTEXT_FIELDS, RunContext
 from cryograd.solvers.insertion import (
@@ -213,14 +214,7 @@ class CGSolver:
         maps = []
         for name, i in (("half1", ins[0]), ("half2", ins[1]), ("full", ins[0] + ins[1])):
             op = ToeplitzNormalOperator(i.weights, i.box_size, lam_used)
-            res = conjugate_gradient(
-                op,
-                normal_rhs_from_insertion(i),
-                tol=config.tol,
-                max_iter=config.max_iter,
-                progress=False,
-                preconditioner=op.preconditioner,
-            )
+            res = checkpointed_cg(op, normal_rhs_from_insertion(i), config, name)
             out.history[name] = _record(res)
             # the map's k = 0 term from the images' own, as direct does: the Toeplitz system
             # confines the map to the box but weighs the origin's few samples little
