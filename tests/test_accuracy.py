@@ -137,7 +137,7 @@ def test_half_maps_share_nothing():
 @pytest.mark.parametrize("method", ["cg", "adam"])
 def test_l2_methods_as_good_as_direct(method):
     truth, _, particles, runs = _runs("atoms", "C1")
-    options = {"epochs": 6} if method == "adam" else {}
+    options = {"epochs": 4} if method == "adam" else {}
     other = cryograd.reconstruct(particles, method=method, progress=False, **options)
     ours = _scores(other.map, truth)
     direct = _scores(runs["default"].map, truth)

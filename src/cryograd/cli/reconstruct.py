@@ -200,7 +200,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--snr",
         type=float,
         default=None,
-        help="constant Wiener SNR (default: RELION's tau2 from the half-map FSC)",
+        help="constant signal-to-noise power ratio per Fourier voxel of the box, giving the "
+        "Wiener term (D/P)^3/SNR in the units of the CTF^2 weights (default: RELION's 1/tau2 "
+        "per shell from the half-map FSC)",
     )
     p.add_argument(
         "--lam",
@@ -215,14 +217,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="direct: CG iterations confined to the inscribed sphere after the division "
         "(default 0: none; they zero whatever lies outside that sphere)",
     )
-    p.add_argument(
-        "--local-filter",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="filter map.mrc by the half maps' local agreement (default); --no-local-filter: "
-        "the FSC-weighted map",
-    )
-    p.add_argument("--mask", type=Path, default=None, help="mask for the masked FSC (MRC)")
+    _add_map_options(p)
     p.add_argument("--no-ctf", action="store_true", help="reconstruct without CTF correction")
     p.add_argument("--datadir", type=Path, default=None, help="folder of the image stacks")
     p.add_argument(
@@ -279,6 +274,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+def _add_map_options(p: argparse.ArgumentParser) -> None:
+    """The flags of what ``map.mrc`` is and of the mask of the masked FSC."""
+    p.add_argument(
+        "--local-filter",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="filter map.mrc by the half maps' local agreement (default); --no-local-filter: "
+        "the FSC-weighted map",
+    )
+    p.add_argument("--mask", type=Path, default=None, help="mask for the masked FSC (MRC)")
 
 
 def _is_temporary_of(name: str, outputs: tuple[str, ...]) -> bool:
