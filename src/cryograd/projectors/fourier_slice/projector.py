@@ -173,6 +173,24 @@ class FourierSliceProjector(ChunkedProjector):
                     sample_weights=sample_weights,
                 )
             return
+        if backend == "cpu" and _fused_cpu(spectra, accumulator, weights, ctf):
+            rot = rotations
+            if symmetry is not None:
+                rot = (rotations[:, None] @ symmetry.to(rotations).transpose(-1, -2)[None]).reshape(
+                    -1, 3, 3
+                )
+            params = _cpu.particle_parameters(
+                spectra.shape[0],
+                self.box_size,
+                ctf=ctf if isinstance(ctf, CTFParams) else None,
+                shifts_px=shifts_px,
+                pixel_size_angstrom=pixel_size_angstrom,
+                premultiplied=premultiplied,
+            )
+            _cpu.insert_weighted(
+                spectra, rot, params, sample_weights, self.padded_size, accumulator, weights
+            )
+            return
         values, wts = _filtered_values(spectra, filters, premultiplied, sample_weights)
         if symmetry is not None:
             rotations = (
@@ -185,6 +203,22 @@ class FourierSliceProjector(ChunkedProjector):
         steps.raw_insert(values, geom, accumulator)
         if weights is not None:
             steps.raw_insert(wts.to(weights.dtype), geom, weights)
+
+
+def _fused_cpu(spectra, accumulator, weights, ctf) -> bool:
+    """Whether :func:`_cpu.insert_weighted` takes this insertion (contiguous grids of the
+    spectra's precision, real weights, CTF as parameters or none)."""
+    if ctf is not None and not isinstance(ctf, CTFParams):
+        return False
+    if not accumulator.is_contiguous() or accumulator.dtype != spectra.dtype:
+        return False
+    if weights is None:
+        return True
+    return (
+        weights.is_contiguous()
+        and not weights.is_complex()
+        and weights.dtype == accumulator.real.dtype
+    )
 
 
 def _filtered_values(
