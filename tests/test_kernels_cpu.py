@@ -176,3 +176,16 @@ def test_threaded_plain_pair_matches_torch(box, pad, monkeypatch, restore_thread
         assert (compiled - reference).abs().max() <= 1e-12 * reference.abs().max(), threads
         got = cpu.extract_slices(spectrum, rot, box, p)
         assert (got - expected).abs().max() <= 1e-12 * expected.abs().max(), threads
+
+
+@pytest.mark.parametrize("padded", [16, 17, 34])
+def test_fold_packed_equals_fold(padded) -> None:
+    """The packed grid's fold gives the values and weights that :meth:`fold` gives."""
+    g = torch.Generator().manual_seed(padded)
+    packed = torch.randn(fs.ExtendedSpectrum.zeros_packed(padded).numel(), generator=g)
+    cells = packed.view(-1, 3)
+    num, wts = fs.ExtendedSpectrum.fold_packed(packed, padded)
+    expected_num = fs.ExtendedSpectrum.fold(torch.complex(cells[:, 0], cells[:, 1]), padded)
+    expected_w = fs.ExtendedSpectrum.fold(cells[:, 2].contiguous(), padded)
+    assert torch.allclose(num, expected_num, atol=1e-5)
+    assert torch.allclose(wts, expected_w, atol=1e-5)

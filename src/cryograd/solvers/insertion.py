@@ -123,13 +123,14 @@ def _half_column_factor(box_size: int, device, dtype) -> torch.Tensor:
 
 
 def _symmetrize_planes(spectrum: torch.Tensor, padded: int) -> torch.Tensor:
-    """Add the mirrored contributions on the ``qx = 0`` (and Nyquist) planes: ``X + conj X(-q)``."""
-    herm = fs.hermitian_part_rfft(spectrum, padded, 3)
+    """Add the mirrored contributions on the ``qx = 0`` (and Nyquist) planes: ``X + conj X(-q)``
+    (in place: only those planes change)."""
     cols = [0] + ([padded // 2] if padded % 2 == 0 else [])
-    out = spectrum.clone()
     for col in cols:
-        out[..., col] = 2.0 * herm[..., col]
-    return out
+        plane = spectrum[..., col]
+        mirrored = torch.roll(torch.flip(plane, (0, 1)), shifts=(1, 1), dims=(0, 1))
+        spectrum[..., col] = plane + torch.conj(mirrored)
+    return spectrum
 
 
 def insert_particles(
@@ -188,7 +189,7 @@ def insert_particles(
         if backend != "triton":  # symmetry copies are inserted together off the Triton path
             batch_size = max(1, batch_size // n_sym)
     sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
-    num_acc, w_acc = projector.new_accumulators(device, dtype)
+    num_acc, w_acc = projector.new_accumulators(device, dtype, packed=True)
     col = _half_column_factor(d, device, dtype)
     keep = None
     if max_shell is not None:
@@ -231,11 +232,9 @@ def insert_particles(
             bar.update(len(global_batch))
     finally:
         bar.close()
-    numerator = fs.ExtendedSpectrum.fold(num_acc, p)
-    del num_acc
-    weights = fs.ExtendedSpectrum.fold(w_acc, p)
-    weights = (weights.real if weights.is_complex() else weights).contiguous()
-    del w_acc
+    numerator, weights = projector.fold_accumulators(num_acc, w_acc)
+    assert weights is not None
+    del num_acc, w_acc
     comm.all_reduce_sum_(numerator)
     comm.all_reduce_sum_(weights)
     numerator = _symmetrize_planes(numerator, p)

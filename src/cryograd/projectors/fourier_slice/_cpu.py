@@ -250,11 +250,15 @@ def insert_weighted(
         ``P``.
     accumulator, weights
         Flat extended grids (:meth:`ExtendedSpectrum.zeros`): complex, and real or None;
-        contiguous, CPU, the spectra's precision.
+        contiguous, CPU, the spectra's precision. Or a packed real ``accumulator``
+        (:meth:`ExtendedSpectrum.zeros_packed`) that receives values and weights together
+        (``weights`` is then ignored).
     """
     if not accumulator.is_contiguous() or (weights is not None and not weights.is_contiguous()):
         raise ValueError("the accumulators must be contiguous")
+    packed = not accumulator.is_complex()
     real = accumulator.real.dtype
+    cdtype = torch.complex128 if real == torch.float64 else torch.complex64
     b, d, w = spectra.shape
     group = rotations.shape[0] // max(b, 1)
     if group * b != rotations.shape[0]:
@@ -264,12 +268,13 @@ def insert_weighted(
     if sample_weights is not None:
         sw = sw * torch.as_tensor(sample_weights).to("cpu", real)
     sw = sw.reshape(-1)[flat].contiguous()
-    src = torch.view_as_real(spectra.to(accumulator.dtype).contiguous())
+    src = torch.view_as_real(spectra.to(cdtype).contiguous())
     rot = rotations.to(real).contiguous()
     prm = params.to("cpu", torch.float64).contiguous()
     sz, sy = extended_strides(padded)
     dims = torch.tensor(
-        [rot.shape[0], kx.numel(), d * w, group, padded // 2, sz, sy, d], dtype=torch.int64
+        [rot.shape[0], kx.numel(), d * w, group, padded // 2, sz, sy, d, int(packed)],
+        dtype=torch.int64,
     )
     fn = getattr(_library(), f"cryograd_insert_weighted_{_SUFFIX[real]}")
     fn(
@@ -282,8 +287,8 @@ def insert_weighted(
         _ptr(prm),
         _ptr(sw),
         padded / d,
-        _ptr(torch.view_as_real(accumulator)),
-        None if weights is None else _ptr(weights.real if weights.is_complex() else weights),
+        _ptr(accumulator),
+        None if weights is None or packed else _ptr(weights),
         threads(),
     )
 

@@ -165,7 +165,7 @@ typedef struct {
   const double *params;  /* (n / group, NPAR) */
   const T *sw;           /* (ns,) sample weights */
   T *num, *wts;          /* complex numerator grid; real weight grid or NULL */
-  int64_t hw, group, box;
+  int64_t hw, group, box, packed; /* packed: num holds (re, im, weight) per cell, wts unused */
 } FN(weighted_t);
 
 static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s) {
@@ -198,6 +198,16 @@ static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, in
   int64_t off[8];
   FN(corner_offsets)(g, off);
   const T vi = vim * p.sgn;
+  if (c->packed) {
+    const T wv = (T)(ctf * ctf * sw);
+    for (int k = 0; k < 8; ++k) {
+      T *cell = c->num + 3 * (p.base + off[k]);
+      cell[0] += p.w[k] * vre;
+      cell[1] += p.w[k] * vi;
+      cell[2] += p.w[k] * wv;
+    }
+    return;
+  }
   for (int k = 0; k < 8; ++k) {
     T *cell = c->num + 2 * (p.base + off[k]);
     cell[0] += p.w[k] * vre;
@@ -209,14 +219,16 @@ static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, in
   }
 }
 
-/* dims[8] = {n, ns, hw, group, h, sz, sy, box}: poses (particles x group symmetry copies, pose i
- * uses spectrum and parameters i / group), samples per slice, D (D/2+1), copies per particle,
- * P/2, extended strides, D. */
+/* dims[9] = {n, ns, hw, group, h, sz, sy, box, packed}: poses (particles x group symmetry copies,
+ * pose i uses spectrum and parameters i / group), samples per slice, D (D/2+1), copies per
+ * particle, P/2, extended strides, D, and 1 when `num` is a packed grid of (re, im, weight)
+ * cells (which keeps a sample's values and weights in the same cache lines). */
 void FN(cryograd_insert_weighted)(const int64_t *dims, const T *rot, const T *kx, const T *ky,
                                   const int64_t *flat, const T *spectra, const double *params,
                                   const T *sw, T scale, T *num, T *wts, int nthreads) {
   const FN(geo_t) g = {dims[0], dims[1], dims[4], dims[5], dims[6], scale, rot, kx, ky};
-  const FN(weighted_t) c = {flat, spectra, params, sw, num, wts, dims[2], dims[3], dims[7]};
+  const FN(weighted_t) c = {flat,    spectra, params,  sw,      num,
+                            wts,     dims[2], dims[3], dims[7], dims[8]};
   FN(scatter_all)(&g, FN(weighted_body), &c, nthreads);
 }
 
