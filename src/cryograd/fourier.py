@@ -67,7 +67,22 @@ def rfftn_centered(volume: torch.Tensor) -> torch.Tensor:
 def irfftn_centered(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
     """Inverse of :func:`rfftn_centered`: back to ``(..., N, N, N)`` real, origin at ``N // 2``."""
     out = torch.fft.irfftn(spectra, s=(box_size,) * 3, dim=(-3, -2, -1))
-    return torch.fft.fftshift(out, dim=(-3, -2, -1))
+    return _fftshift3(out)
+
+
+def _fftshift3(x: torch.Tensor) -> torch.Tensor:
+    """``torch.fft.fftshift`` over the last three dimensions by eight block copies into one new
+    tensor (``fftshift`` rolls one dimension at a time, holding several copies of a large grid)."""
+    out = torch.empty_like(x)
+    halves = []
+    for n in x.shape[-3:]:
+        h = n // 2  # out[(i + h) mod n] = x[i]
+        halves.append([(slice(h, n), slice(0, n - h)), (slice(0, h), slice(n - h, n))])
+    for dz, sz in halves[0]:
+        for dy, sy in halves[1]:
+            for dx, sx in halves[2]:
+                out[..., dz, dy, dx] = x[..., sz, sy, sx]
+    return out
 
 
 def frequency_grid_2d(

@@ -92,13 +92,21 @@ def shell_sums(
     sums, counts
         Each ``(n_shells,)`` float64.
     """
-    values = torch.as_tensor(values).reshape(-1).to(torch.float64)
-    idx = torch.as_tensor(shell_idx, device=values.device).reshape(-1).long()
-    keep = idx < n_shells
-    idx, values = idx[keep], values[keep]
-    sums = torch.bincount(idx, weights=values, minlength=n_shells)[:n_shells]
-    counts = torch.bincount(idx, minlength=n_shells)[:n_shells].to(torch.float64)
-    return sums.to(torch.float64), counts
+    values = torch.as_tensor(values).reshape(-1)
+    shell_idx = torch.as_tensor(shell_idx, device=values.device).reshape(-1)
+    sums = torch.zeros(n_shells + 1, dtype=torch.float64, device=values.device)
+    counts = torch.zeros(n_shells + 1, dtype=torch.float64, device=values.device)
+    step = _SHELL_CHUNK  # pieces, so that a large grid makes no float64/int64 copies of itself
+    for start in range(0, values.numel(), step):
+        idx = shell_idx[start : start + step].long().clamp(0, n_shells)  # n_shells: ignored
+        sums += torch.bincount(
+            idx, weights=values[start : start + step].to(torch.float64), minlength=n_shells + 1
+        )[: n_shells + 1]
+        counts += torch.bincount(idx, minlength=n_shells + 1)[: n_shells + 1].to(torch.float64)
+    return sums[:n_shells], counts[:n_shells]
+
+
+_SHELL_CHUNK = 1 << 22
 
 
 # --------------------------------------------------------------------------------------------

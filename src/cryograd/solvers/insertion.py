@@ -288,10 +288,14 @@ _SHELL_CACHE: dict[tuple, torch.Tensor] = {}
 
 
 def _padded_shell_index(box_size: int, padded: int, device) -> torch.Tensor:
+    """int32 shells, computed one ``z`` plane at a time (no float64 grid temporaries)."""
     k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
     kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
-    r = torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
-    return torch.round(r * (box_size / padded)).long()
+    r2_yx = k.view(-1, 1) ** 2 + kx.view(1, -1) ** 2
+    out = torch.empty((padded, padded, kx.numel()), device=device, dtype=torch.int32)
+    for z in range(padded):
+        out[z] = torch.round(torch.sqrt(r2_yx + k[z] ** 2) * (box_size / padded))
+    return out
 
 
 def weight_shell_sums(insertion: FourierInsertion) -> tuple[torch.Tensor, torch.Tensor]:
