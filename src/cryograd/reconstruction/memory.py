@@ -69,6 +69,7 @@ def estimate_memory_bytes(
     unit = p * p * (p // 2 + 1) * real  # one real padded half grid
     batch = min(int(batch_size), fs.default_batch_size(d)) * d * d * BATCH_BYTES_PER_SAMPLE
     assess = ASSESS_VOLUMES * 8 * d**3
+    grid: float
     if method in ("adam", "sgd"):
         fft = p**3 * real * 6
         grid = fft + 8 * d**3 * real * 4 + batch * 4
