@@ -20,7 +20,10 @@ Backends: each batch goes through :meth:`FourierSliceProjector.insert
 <cryograd.projectors.fourier_slice.projector.FourierSliceProjector.insert>`, whose backend
 (:func:`cryograd.projectors.backend.select_backend`) is the compiled C loop or ``index_add_`` on the
 CPU, and on CUDA one fused Triton insertion that computes the CTF from its parameters, the shift
-ramp and the ½-column factor in the kernel. This module is the only solver code that inserts.
+ramp and the ½-column factor in the kernel. The compiled CPU loop does the same on all threads
+(``torch.get_num_threads()``; the grid is split into slabs, no atomics) into one packed grid of
+``(re, im, weight)`` cells, which the fold splits into ``N`` and ``W``; no ``batch × D²`` CTF or
+ramp arrays are made. This module is the only solver code that inserts.
 
 Each process inserts its shard of every global batch; the grids are summed with
 ``comm.all_reduce_sum_`` once at the end.
