@@ -70,7 +70,15 @@ static void slab_bounds(const uint16_t *zb, int64_t count, int64_t planes, int n
   free(hist);
 }
 
-static int thread_count(int requested) { return requested < 1 ? 1 : requested; }
+/* Threads to run on: the request with OpenMP, one without it. */
+static int thread_count(int requested) {
+#ifdef _OPENMP
+  return requested < 1 ? 1 : requested;
+#else
+  (void)requested;
+  return 1;
+#endif
+}
 
 #define T float
 #define SUFFIX f32

@@ -139,7 +139,8 @@ void FN(cryograd_extract)(const int64_t *dims, const T *rot, const T *kx, const 
   const int64_t hw = dims[2], channels = dims[3], conj_channel = dims[4];
   int64_t off[8];
   FN(corner_offsets)(&g, off);
-  int nt = thread_count(nthreads);
+  const int nt = thread_count(nthreads);
+  (void)nt; /* unused without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t i = 0; i < g.n; ++i) {
     for (int64_t s = 0; s < g.ns; ++s) {
