@@ -1,20 +1,29 @@
-"""Benchmark: direct reconstruction by cryograd against cryoDRGN and RELION (when available).
+"""Benchmark: whole-command direct reconstruction by cryograd beside RELION and cryoDRGN.
 
-Simulates one data set (default box 128, 4,000 particles, SNR 0.1, CTF, shifts) from the built-in
-map Fourier-padded to the box, then times
+For each box (default 64, 128 and 256; ``--quick``: 64 and 128 with fewer particles) one data set
+is simulated (SNR 0.1, CTF, shifts) from the built-in map Fourier-padded to the box; then, in the
+same run and interleaved (``--repeats`` rounds, the order rotated each round, so that other load on
+the machine falls on every tool alike), it times
 
-- ``cryograd reconstruct --method direct`` (a subprocess, as users run it),
-- ``cryodrgn backproject_voxel`` when ``cryodrgn`` is found (``--cryodrgn EXE``, ``$PATH``, or
-  ``/tmp/cryodrgn-venv/bin/cryodrgn``); cryoDRGN's pose file holds RELION's ``A`` and
-  ``origin / box``, its CTF has the opposite sign and it inverts the data by default, which
-  compensates,
-- ``relion_reconstruct --ctf`` when it is on the PATH,
+- ``cryograd reconstruct --method direct`` (a subprocess, as users run it; ``--refine 0`` and the
+  default refinement),
+- ``relion_reconstruct --ctf`` (found on ``$PATH`` or ``$RELION_RECONSTRUCT``; run in the data's
+  folder, single-threaded as Debian builds it),
+- cryoDRGN's ``backproject_voxel`` (the interpreter of a cryoDRGN environment:
+  ``--cryodrgn-python``, ``$CRYODRGN_PYTHON``, or the ``python`` beside a ``cryodrgn`` on
+  ``$PATH``; cryoDRGN's pose file
+  holds RELION's ``A`` and ``origin / box``, its CTF has the opposite sign and it inverts the data
+  by default, which compensates),
 
-and prints wall time, peak memory (max RSS of the process), throughput and the FSC to the true
-map at 0.5 and 0.143 for each. Without cryoDRGN the calibration figures of the issue are printed
-as the peer instead, and marked so.
+and prints wall time, CPU time (user + system of the child and its threads), peak memory (max
+RSS of the child) and, for cryograd, the memory planner's estimate and the ratios to the peers
+(median over the rounds). A peer that is not found is skipped and named. It then measures the
+insertion throughput of the compiled loops on 1 and on all threads (interleaved, in process), and
+the time to open a 1M-row RELION 3.1 STAR file with ``cryograd.read_particles`` beside
+``starfile.read`` (``--star-rows``; 0 skips it).
 
-Run: ``python benchmarks/bench_reconstruct.py [--box 128] [-n 4000] [--snr 0.1] [--out DIR]``.
+Run: ``python benchmarks/bench_reconstruct.py [--quick] [--boxes 64 128] [-n 4000 5000]
+[--repeats 2] [--threads N] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import os
 import pickle
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -36,15 +46,12 @@ import torch
 from cryograd.data import demo_map_path
 from cryograd.io.mrc import read_map, write_map
 from cryograd.particles import read_particles
+from cryograd.reconstruction.memory import estimate_memory_bytes
 from cryograd.simulation import simulate
 from cryograd.validation import fsc, resolution_at
 
-ISSUE_CALIBRATION = (
-    "cryoDRGN backproject_voxel, measured for the issue on 2 CPU cores at box 64 (not here): "
-    "82 s for 4,000 particles (66 s in its loop, ~60 particles/s); RELION relion_reconstruct "
-    "--ctf (1 thread): 3 s for the same particles; plain-torch index_add_ insertion ~58 "
-    "particles/s at box 128 vs RELION ~300/s on one core"
-)
+#: Particles per box by default (``--quick``: the second column).
+DEFAULT_N = {64: (4000, 1000), 128: (5000, 1000), 256: (1000, 0)}
 
 
 def upsampled_map(box: int) -> tuple[np.ndarray, float]:
@@ -61,18 +68,19 @@ def upsampled_map(box: int) -> tuple[np.ndarray, float]:
     return big.numpy().astype(np.float32), m.voxel_size_angstrom * n / box
 
 
-def timed(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd``; wall time and the max RSS of the child (measured in a wrapper process)."""
+def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run ``cmd``: wall time, CPU time and max RSS of the child (measured in a wrapper)."""
     wrapper = (
         "import json, resource, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "print(json.dumps({'rc': p.returncode, 'wall_s': time.perf_counter() - t,\n"
-        "  'maxrss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,\n"
+        "  'cpu_s': r.ru_utime + r.ru_stime, 'maxrss_mb': r.ru_maxrss / 1024,\n"
         "  'tail': (p.stdout + p.stderr)[-2000:]}))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env
+        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=cwd
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -125,142 +133,221 @@ def write_cryodrgn_inputs(star: Path, out: Path) -> tuple[Path, Path, Path]:
     return stack, poses, ctf_path
 
 
-def find_cryodrgn(given: str | None) -> str | None:
-    for cand in (given, shutil.which("cryodrgn"), "/tmp/cryodrgn-venv/bin/cryodrgn"):
+_DRGN_MAIN = (
+    "import argparse, sys; from cryodrgn.commands import backproject_voxel as b; "
+    "p = argparse.ArgumentParser(); b.add_args(p); b.main(p.parse_args(sys.argv[1:]))"
+)
+
+
+def find_cryodrgn_python(given: str | None) -> str | None:
+    """The interpreter of a cryoDRGN environment (``backproject_voxel`` importable)."""
+    cands = [given, os.environ.get("CRYODRGN_PYTHON")]
+    exe = shutil.which("cryodrgn")
+    if exe:
+        cands.append(str(Path(exe).with_name("python")))
+    for cand in cands:
+        if cand and Path(cand).exists():
+            ok = subprocess.run(
+                [cand, "-c", "import cryodrgn.commands.backproject_voxel"], capture_output=True
+            )
+            if ok.returncode == 0:
+                return cand
+    return None
+
+
+def find_relion(given: str | None) -> str | None:
+    for cand in (given, os.environ.get("RELION_RECONSTRUCT"), shutil.which("relion_reconstruct")):
         if cand and Path(cand).exists():
             return cand
     return None
 
 
+def prepare(box: int, n: int, out: Path, drgn: bool) -> dict:
+    """Simulated data of one box (kept between runs), the truth and the cryoDRGN inputs."""
+    data = out / f"box{box}_n{n}"
+    truth, px = upsampled_map(box)
+    if not (data / "particles.star").exists():
+        simulate(truth, n, pixel_size=px, snr=0.1, seed=0, out_dir=data, progress=False)
+    write_map(data / "truth.mrc", truth, px)
+    case = {"box": box, "n": n, "dir": data, "truth": truth, "px": px}
+    if drgn and not (data / "poses.pkl").exists():
+        write_cryodrgn_inputs(data / "particles.star", data)
+    return case
+
+
+def commands(case: dict, relion: str | None, drgn_python: str | None, refine: list[str]):
+    """``{tool: (argv, cwd, map path)}`` of every tool for one data set."""
+    data = case["dir"]
+    star = data / "particles.star"
+    tools = {}
+    for r in refine:
+        o = data / f"cryograd_refine{r}"
+        argv = [sys.executable, "-m", "cryograd", "reconstruct", str(star), "-o", str(o)]
+        argv += ["--method", "direct", "--force", "--no-progress", "--device", "cpu"]
+        label = "cryograd direct" + (" --refine 0" if r == "0" else "")
+        tools[label] = (argv + (["--refine", r] if r else []), None, o / "map.mrc")
+    if relion:
+        argv = [relion, "--i", "particles.star", "--o", str(data / "relion.mrc"), "--ctf"]
+        tools["relion_reconstruct --ctf"] = (argv + ["--angpix", str(case["px"])], data, None)
+    if drgn_python:
+        argv = [drgn_python, "-c", _DRGN_MAIN, str(data / "particles.mrcs"), "--poses"]
+        argv += [str(data / "poses.pkl"), "--ctf", str(data / "ctf.pkl"), "-o", str(data / "drgn")]
+        tools["cryoDRGN backproject_voxel"] = (argv, None, None)
+    return tools
+
+
+def run_case(case: dict, tools: dict, repeats: int, env: dict) -> dict:
+    """Every tool ``repeats`` times, interleaved, the order rotated each round."""
+    names = list(tools)
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for rnd in range(repeats):
+        for k in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            argv, cwd, _ = tools[k]
+            res = timed(argv, env, cwd)
+            if res["rc"] != 0:
+                print(f"# {k} failed (box {case['box']}):", res["tail"][-600:], file=sys.stderr)
+            runs[k].append(res)
+    rows = {}
+    for k, rs in runs.items():
+        good = [r for r in rs if r["rc"] == 0]
+        if not good:
+            continue
+        rows[k] = {f: statistics.median(r[f] for r in good) for f in ("wall_s", "cpu_s")}
+        rows[k]["maxrss_mb"] = max(r["maxrss_mb"] for r in good)
+        rows[k]["runs"] = len(good)
+        path = tools[k][2] or _peer_map(case["dir"], k)
+        if path is not None and path.exists():
+            q = fsc_to_truth(path, case["truth"], case["px"], try_axes=not k.startswith("cryograd"))
+            rows[k]["fsc0143_A"] = q["fsc_truth_0143_angstrom"]
+    return rows
+
+
+def _peer_map(data: Path, tool: str) -> Path | None:
+    if tool.startswith("relion"):
+        return data / "relion.mrc"
+    out = data / "drgn"
+    if out.is_file():
+        return out
+    found = sorted(out.rglob("*.mrc")) if out.is_dir() else []
+    return found[0] if found else None
+
+
+def planner_mb(box: int, refine: int) -> float:
+    return estimate_memory_bytes(box, "direct", 2.0, 256, refine=refine) / 2**20
+
+
+def print_case(case: dict, rows: dict) -> None:
+    box, n = case["box"], case["n"]
+    print(f"\nbox {box}, {n} particles, pad 2, CTF ({case['px']:.3f} Å/px)")
+    print(
+        f"{'tool':<30}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'plan MB':>9}{'ptcl/s':>8}"
+        f"{'FSC.143 Å':>10}"
+    )
+    for k, r in rows.items():
+        plan = ""
+        if k.startswith("cryograd"):
+            plan = f"{planner_mb(box, 0 if 'refine 0' in k else 3):>9.0f}"
+        print(
+            f"{k:<30}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['maxrss_mb']:>9.0f}{plan:>9}"
+            f"{n / r['wall_s']:>8.0f}{r.get('fsc0143_A', float('nan')):>10.2f}"
+        )
+    for k, r in rows.items():
+        if not k.startswith("cryograd"):
+            continue
+        for peer in ("relion_reconstruct --ctf", "cryoDRGN backproject_voxel"):
+            if peer in rows:
+                q = rows[peer]
+                print(
+                    f"  {k} / {peer}: wall {r['wall_s'] / q['wall_s']:.2f}x, "
+                    f"CPU {r['cpu_s'] / q['cpu_s']:.2f}x, "
+                    f"peak {r['maxrss_mb'] / q['maxrss_mb']:.2f}x"
+                )
+        plan = planner_mb(box, 0 if "refine 0" in k else 3)
+        print(f"  {k}: planner estimate / measured peak {plan / r['maxrss_mb']:.2f}")
+
+
+def insertion_throughput(case: dict, threads: int, repeats: int) -> None:
+    """Particles/s of ``insert_particles`` on 1 and on ``threads`` threads, interleaved."""
+    from cryograd.solvers.insertion import insert_particles
+
+    ps = read_particles(case["dir"] / "particles.star")
+    idx = np.arange(min(len(ps), 1000))
+    insert_particles(ps, idx[:64], progress=False)  # warm up (library load, first pages)
+    rates: dict[int, list[float]] = {1: [], threads: []}
+    cpus: dict[int, list[float]] = {1: [], threads: []}
+    for _ in range(repeats):
+        for nt in rates:
+            torch.set_num_threads(nt)
+            t, c = time.perf_counter(), time.process_time()
+            insert_particles(ps, idx, progress=False)
+            rates[nt].append(len(idx) / (time.perf_counter() - t))
+            cpus[nt].append(time.process_time() - c)
+    torch.set_num_threads(threads)
+    one, many = statistics.median(rates[1]), statistics.median(rates[threads])
+    print(
+        f"\ninsertion, box {case['box']}, pad 2, {len(idx)} particles: 1 thread {one:.0f} "
+        f"ptcl/s, {threads} threads {many:.0f} ptcl/s ({many / one:.2f}x; CPU s "
+        f"{statistics.median(cpus[1]):.2f} vs {statistics.median(cpus[threads]):.2f})"
+    )
+
+
+def star_opening(rows: int, out: Path) -> None:
+    """Seconds, CPU seconds and peak MB to open a ``rows``-row STAR file: cryograd vs starfile."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_star
+
+    path = out / f"star_{rows}.star"
+    if not path.exists():
+        bench_star.write_star(path, rows)
+    print(f"\nopening a {rows}-row RELION 3.1 STAR file ({path.stat().st_size / 1e6:.0f} MB)")
+    print(f"{'reader':<26}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}")
+    for reader in ("cryograd read_particles", "starfile", "cryograd read_particles"):
+        try:
+            wall, cpu, peak = bench_star.measure(reader, path)
+        except subprocess.CalledProcessError:
+            print(f"{reader:<26} not available")
+            continue
+        print(f"{reader:<26}{wall:>8.2f}{cpu:>8.2f}{peak:>9.0f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--box", type=int, default=128)
-    ap.add_argument("-n", type=int, default=4000)
-    ap.add_argument("--snr", type=float, default=0.1)
+    ap.add_argument("--boxes", type=int, nargs="+", default=None)
+    ap.add_argument("-n", type=int, nargs="+", default=None, help="particles per box")
+    ap.add_argument("--quick", action="store_true", help="boxes 64 and 128, 1000 particles")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds per box")
     ap.add_argument("--out", type=Path, default=Path("bench-reconstruct"))
-    ap.add_argument("--cryodrgn", default=None, help="cryodrgn executable")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads for every tool")
+    ap.add_argument("--cryodrgn-python", default=None)
+    ap.add_argument("--relion", default=None, help="relion_reconstruct executable")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--refine", nargs="+", default=["0", ""], help="cryograd --refine values")
+    ap.add_argument("--star-rows", type=int, default=None, help="0: skip the STAR timing")
     args = ap.parse_args()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    col = 1 if args.quick else 0
+    boxes = args.boxes or [b for b, n in DEFAULT_N.items() if n[col]]
+    counts = args.n or [DEFAULT_N.get(b, (1000, 1000))[col] for b in boxes]
+    star_rows = args.star_rows if args.star_rows is not None else (200_000 if args.quick else 10**6)
+    args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    truth, px = upsampled_map(args.box)
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    data = out / "data"
-    if not (data / "particles.star").exists():
-        simulate(truth, args.n, pixel_size=px, snr=args.snr, seed=0, out_dir=data, progress=False)
-    write_map(out / "truth.mrc", truth, px)
-    star = data / "particles.star"
-    print(
-        f"data: {args.n} particles, box {args.box}, {px:.3f} Å/px, SNR {args.snr} "
-        f"(simulated in {time.perf_counter() - t0:.1f} s)"
-    )
-    rows = []
-
-    res = timed(
-        [
-            sys.executable,
-            "-m",
-            "cryograd",
-            "reconstruct",
-            str(star),
-            "-o",
-            str(out / "cryograd"),
-            "--method",
-            "direct",
-            "--force",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ],
-        env,
-    )
-    if res["rc"] == 0:
-        info = json.loads((out / "cryograd" / "run.json").read_text())
-        row = {
-            "tool": "cryograd direct",
-            **res,
-            **fsc_to_truth(out / "cryograd" / "map.mrc", truth, px),
-        }
-        row["insert_particles_per_s"] = args.n / info["timings_s"]["insert"]
-        rows.append(row)
-    else:
-        print("cryograd failed:", res["tail"])
-
-    exe = find_cryodrgn(args.cryodrgn)
-    if exe:
-        stack, poses, ctf = write_cryodrgn_inputs(star, out)
-        drgn_out = out / "cryodrgn"
-        res = timed(
-            [
-                exe,
-                "backproject_voxel",
-                str(stack),
-                "--poses",
-                str(poses),
-                "--ctf",
-                str(ctf),
-                "-o",
-                str(drgn_out),
-            ],
-            env,
-        )
-        maps = sorted(drgn_out.rglob("backproject.mrc")) if drgn_out.is_dir() else []
-        if drgn_out.is_file():
-            maps = [drgn_out]
-        if res["rc"] == 0 and maps:
-            rows.append(
-                {
-                    "tool": "cryodrgn backproject_voxel",
-                    **res,
-                    **fsc_to_truth(maps[0], truth, px, try_axes=True),
-                }
-            )
-        else:
-            print("cryodrgn failed:", res["tail"])
-    relion = shutil.which("relion_reconstruct")
-    if relion:
-        res = timed(
-            [
-                relion,
-                "--i",
-                str(star),
-                "--o",
-                str(out / "relion.mrc"),
-                "--ctf",
-                "--angpix",
-                str(px),
-            ],
-            env,
-        )
-        if res["rc"] == 0:
-            rows.append(
-                {
-                    "tool": "relion_reconstruct --ctf",
-                    **res,
-                    **fsc_to_truth(out / "relion.mrc", truth, px),
-                }
-            )
-
-    print(
-        f"\n{'tool':<28}{'wall s':>8}{'peak MB':>9}{'FSC0.5 Å':>10}{'FSC0.143 Å':>12}"
-        f"{'mean FSC':>10}"
-    )
-    for r in rows:
-        print(
-            f"{r['tool']:<28}{r['wall_s']:>8.1f}{r['maxrss_mb']:>9.0f}"
-            f"{r['fsc_truth_05_angstrom']:>10.2f}{r['fsc_truth_0143_angstrom']:>12.2f}"
-            f"{r['fsc_truth_mean']:>10.3f}"
-        )
-    for r in rows:
-        if "insert_particles_per_s" in r:
-            print(f"cryograd insertion throughput: {r['insert_particles_per_s']:.0f} particles/s")
-    if not exe:
-        print("peer (not run here):", ISSUE_CALIBRATION)
-    if not relion:
-        print("relion_reconstruct: not on the PATH, not run")
-    (out / "bench.json").write_text(json.dumps(rows, indent=2, default=str))
+    relion, drgn = find_relion(args.relion), find_cryodrgn_python(args.cryodrgn_python)
+    print(f"machine: {os.cpu_count()} CPUs, {args.threads} threads used; {torch.__version__}")
+    if relion is None:
+        print("relion_reconstruct: not found ($PATH, $RELION_RECONSTRUCT), skipped")
+    if drgn is None:
+        print("cryoDRGN: no interpreter with cryodrgn found ($CRYODRGN_PYTHON, $PATH), skipped")
+    report = []
+    for box, n in zip(boxes, counts):
+        case = prepare(box, n, args.out, drgn is not None)
+        tools = commands(case, relion, drgn, args.refine)
+        rows = run_case(case, tools, args.repeats, env)
+        print_case(case, rows)
+        report.append({"box": box, "n": n, "rows": rows})
+        if box == 128:
+            insertion_throughput(case, args.threads, max(2, args.repeats))
+    if star_rows:
+        star_opening(star_rows, args.out)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 

@@ -145,6 +145,11 @@ def cpu():
 t, c = time.perf_counter(), cpu()
 {call}
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # VmHWM is this process's own peak (ru_maxrss keeps the parent's across exec)
+    with open("/proc/self/status") as fh:
+        peak = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM")) / 1024
+except (OSError, StopIteration):
+    pass
 print(time.perf_counter() - t, cpu() - c, peak)
 """
 

@@ -61,13 +61,29 @@ def rfftn_centered(volume: torch.Tensor) -> torch.Tensor:
 
     Returns ``(..., N, N, N // 2 + 1)`` complex in the unshifted layout ``[kz, ky, kx]``.
     """
-    return torch.fft.rfftn(torch.fft.ifftshift(volume, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+    return torch.fft.rfftn(_fftshift3(volume, inverse=True), dim=(-3, -2, -1))
 
 
 def irfftn_centered(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
     """Inverse of :func:`rfftn_centered`: back to ``(..., N, N, N)`` real, origin at ``N // 2``."""
     out = torch.fft.irfftn(spectra, s=(box_size,) * 3, dim=(-3, -2, -1))
-    return torch.fft.fftshift(out, dim=(-3, -2, -1))
+    return _fftshift3(out)
+
+
+def _fftshift3(x: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
+    """``torch.fft.fftshift`` (``inverse``: ``ifftshift``) over the last three dimensions by eight
+    block copies into one new tensor (``fftshift`` rolls one dimension at a time, holding several
+    copies of a large grid)."""
+    out = torch.empty_like(x)
+    halves = []
+    for n in x.shape[-3:]:
+        h = (n + 1) // 2 if inverse else n // 2  # out[(i + h) mod n] = x[i]
+        halves.append([(slice(h, n), slice(0, n - h)), (slice(0, h), slice(n - h, n))])
+    for dz, sz in halves[0]:
+        for dy, sy in halves[1]:
+            for dx, sx in halves[2]:
+                out[..., dz, dy, dx] = x[..., sz, sy, sx]
+    return out
 
 
 def frequency_grid_2d(
@@ -126,9 +142,15 @@ def shell_index(box_size: int, *, ndim: int = 3, rfft: bool = True, device=None)
     if ndim == 2:
         kx, ky = frequency_grid_2d(box_size, rfft=rfft, device=device, dtype=torch.float64)
         r = torch.sqrt(kx**2 + ky**2)
-    elif ndim == 3:
-        kx, ky, kz = frequency_grid_3d(box_size, rfft=rfft, device=device, dtype=torch.float64)
-        r = torch.sqrt(kx**2 + ky**2 + kz**2)
+    elif ndim == 3:  # one z plane at a time: no float64 grids of the whole volume
+        k = torch.fft.fftfreq(box_size, d=1.0 / box_size, device=device, dtype=torch.float64)
+        kx = torch.fft.rfftfreq(box_size, d=1.0 / box_size, device=device, dtype=torch.float64)
+        kx = kx if rfft else k
+        r2_yx = k.view(-1, 1) ** 2 + kx.view(1, -1) ** 2
+        out = torch.empty((box_size, box_size, kx.numel()), device=device, dtype=torch.long)
+        for z in range(box_size):
+            out[z] = torch.round(torch.sqrt(r2_yx + k[z] ** 2))
+        return out
     else:
         raise ValueError(f"ndim must be 2 or 3, got {ndim}")
     return torch.round(r).long()

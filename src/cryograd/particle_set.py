@@ -15,6 +15,7 @@ which picks the reader by the file's extension.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -360,6 +361,7 @@ class ParticleSet:
                 out = np.empty((len(idx), data.shape[1], data.shape[2]), dtype=np.float32)
             order = np.argsort(frames, kind="stable")
             out[where[order]] = data[frames[order]]
+            _release_pages(data)
         assert out is not None  # idx is not empty
         return out
 
@@ -720,3 +722,17 @@ def parse_image_names(
     listing = _FolderListing()
     stack_files = [resolve_image_path(str(u), base, datadir, listing) for u in uniques]
     return stack_files, codes.astype(np.int32), numbers - 1
+
+
+def _release_pages(data: np.ndarray) -> None:
+    """Drop the pages just read from a read-only memory-mapped stack from this process's
+    resident memory (``MADV_DONTNEED``; they stay in the page cache, so a later read is cheap).
+    Streaming a large stack then costs one batch of memory, not the whole file's pages."""
+    mm = getattr(data, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mm is None or advice is None or getattr(data, "mode", "r") != "r":
+        return
+    try:
+        mm.madvise(advice)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -92,13 +92,21 @@ def shell_sums(
     sums, counts
         Each ``(n_shells,)`` float64.
     """
-    values = torch.as_tensor(values).reshape(-1).to(torch.float64)
-    idx = torch.as_tensor(shell_idx, device=values.device).reshape(-1).long()
-    keep = idx < n_shells
-    idx, values = idx[keep], values[keep]
-    sums = torch.bincount(idx, weights=values, minlength=n_shells)[:n_shells]
-    counts = torch.bincount(idx, minlength=n_shells)[:n_shells].to(torch.float64)
-    return sums.to(torch.float64), counts
+    values = torch.as_tensor(values).reshape(-1)
+    shell_idx = torch.as_tensor(shell_idx, device=values.device).reshape(-1)
+    sums = torch.zeros(n_shells + 1, dtype=torch.float64, device=values.device)
+    counts = torch.zeros(n_shells + 1, dtype=torch.float64, device=values.device)
+    step = _SHELL_CHUNK  # pieces, so that a large grid makes no float64/int64 copies of itself
+    for start in range(0, values.numel(), step):
+        idx = shell_idx[start : start + step].long().clamp(0, n_shells)  # n_shells: ignored
+        sums += torch.bincount(
+            idx, weights=values[start : start + step].to(torch.float64), minlength=n_shells + 1
+        )[: n_shells + 1]
+        counts += torch.bincount(idx, minlength=n_shells + 1)[: n_shells + 1].to(torch.float64)
+    return sums[:n_shells], counts[:n_shells]
+
+
+_SHELL_CHUNK = 1 << 22
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,12 +149,23 @@ def fsc(map1, map2, *, mask=None) -> torch.Tensor:
     f1 = rfftn_centered(v1)
     f2 = rfftn_centered(v2.to(v1.dtype))
     idx, mult, n_shells = _shells_and_weights(box, v1.device, torch.float64)
-    cross, _ = shell_sums(mult * (f1 * f2.conj()).real.double(), idx, n_shells)
-    p1, _ = shell_sums(mult * f1.abs().double() ** 2, idx, n_shells)
-    p2, _ = shell_sums(mult * f2.abs().double() ** 2, idx, n_shells)
+    cross, p1, p2 = _fsc_sums(f1, f2, idx, mult, n_shells)
     denom = torch.sqrt(p1 * p2)
     tiny = torch.finfo(torch.float64).tiny
     return torch.where(denom > tiny, cross / denom.clamp_min(tiny), torch.zeros_like(cross))
+
+
+def _fsc_sums(f1, f2, idx, mult, n_shells: int, planes: int = 16):
+    """Per-shell ``Σ Re f1 f2*``, ``Σ |f1|²``, ``Σ |f2|²`` (half-grid multiplicities, float64),
+    a few ``z`` planes at a time (no product grids of the whole volume)."""
+    out = [torch.zeros(n_shells, dtype=torch.float64, device=f1.device) for _ in range(3)]
+    for z in range(0, f1.shape[0], planes):
+        a, b = f1[z : z + planes], f2[z : z + planes]
+        i, m = idx[z : z + planes], mult[z : z + planes]
+        terms = ((a * b.conj()).real, a.abs() ** 2, b.abs() ** 2)
+        for k, term in enumerate(terms):
+            out[k] += shell_sums(m * term.double(), i, n_shells)[0]
+    return out[0], out[1], out[2]
 
 
 def shell_frequencies_inv_angstrom(box: int, pixel_size: float) -> torch.Tensor:

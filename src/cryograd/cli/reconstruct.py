@@ -266,6 +266,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--nproc", type=int, default=1, help="processes to run (distributed)")
     g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads per process (default: the cores this process may use, shared "
+        "among the --nproc processes); sets torch.set_num_threads",
+    )
+    g.add_argument(
         "--timeout",
         type=float,
         default=300.0,
@@ -359,6 +367,7 @@ def _check_options(args: argparse.Namespace) -> None:
     check_positive("--angpix", args.angpix)
     check_at_least("first", args.first, 2)
     check_at_least("--nproc", args.nproc, 1)
+    check_at_least("--threads", getattr(args, "threads", None), 1)
     check_positive("--timeout", args.timeout)
     check_positive("tol", args.tol)
     if args.max_iter is not None:
@@ -424,6 +433,20 @@ def run(args: argparse.Namespace) -> int:
             return spawn(args.nproc, list(argv))
         comm = init_communicator(args.timeout, args.device)
     return run_distributed(_run, comm, args, comm)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (``len(os.sched_getaffinity(0))``, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads(requested: int | None, processes: int = 1) -> int:
+    """Threads per process: ``requested``, or the usable cores shared among ``processes``."""
+    if requested is not None:
+        return max(1, int(requested))
+    return max(1, usable_cores() // max(1, int(processes)))
 
 
 def _run(args: argparse.Namespace, comm) -> int:
@@ -514,6 +537,9 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
         logger.info(
             "rank %d of %d (pid %d) on %s", comm.rank, comm.world_size, os.getpid(), comm.device
         )
+    threads = cpu_threads(getattr(args, "threads", None), comm.world_size)
+    torch.set_num_threads(threads)
+    logger.info("%d CPU thread(s) per process", threads)
     try:
         t0 = time.perf_counter()
         if particles is None:

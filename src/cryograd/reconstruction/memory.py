@@ -11,28 +11,75 @@ from cryograd.solvers.insertion import insertion_memory_bytes
 __all__ = ["estimate_memory_bytes", "check_memory"]
 
 
+#: Resident memory of the interpreter with torch, numpy, pandas and cryograd imported (bytes).
+BASE_BYTES = 400 * 2**20
+#: Peak of the direct method's grid phase in units of one real ``P²(P // 2 + 1)`` grid: the
+#: numerator (2) and weights (1) of both halves and of their sum (9), the padded shell index
+#: (1) and the division's temporaries and ``irfftn`` (about 8.5); measured with
+#: ``benchmarks/bench_reconstruct.py`` (box 64 and 128, pad 1 and 2).
+DIRECT_GRID_UNITS = 19.5
+#: The same with ``refine > 0`` (the Toeplitz normal operator of the refinement steps).
+REFINE_GRID_UNITS = 30.0
+#: Peak of the resolution assessment (half maps, full map, mask, phase-randomised maps, FSCs):
+#: float64 ``D³`` volumes.
+ASSESS_VOLUMES = 18
+#: Bytes per image sample of a batch (images, spectra, CTF parameters, accumulator traffic).
+BATCH_BYTES_PER_SAMPLE = 32
+
+
 def estimate_memory_bytes(
     box_size: int,
     method: str,
     pad: float = 2.0,
     batch_size: int = 256,
     dtype: torch.dtype = torch.float32,
+    *,
+    refine: int = 0,
 ) -> int:
-    """Rough peak memory of a reconstruction in bytes (grids of one half set, both halves kept,
-    batches)."""
+    """Peak resident memory of a reconstruction in bytes (what ``/usr/bin/time -v`` reports).
+
+    ``direct`` holds what RELION holds (the numerator and weights of both halves, their sum, a
+    batch) plus the division's temporaries, on the padded half grid of ``P²(P // 2 + 1)``
+    samples; the resolution assessment afterwards holds ``D³`` float64 volumes; the peak is the
+    larger of the two phases plus the interpreter.
+
+    Parameters
+    ----------
+    box_size
+        ``D`` in pixels.
+    method
+        ``direct``, ``cg``, ``adam`` or ``sgd``.
+    pad
+        Padding factor (``P`` = :func:`~cryograd.projectors.fourier_slice.padded_size`).
+    batch_size
+        Particles per batch.
+    dtype
+        Real compute dtype.
+    refine
+        ``direct``: the CG refinement steps (0: none).
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     real = torch.finfo(dtype).bits // 8
     d = int(box_size)
     p = fs.padded_size(d, pad)
-    grids = insertion_memory_bytes(d, pad, dtype=dtype)
-    kept = 2 * p * p * (p // 2 + 1) * real * 3  # numerator + weights of both halves
-    vol = 8 * d**3 * real
-    batch = batch_size * d * d * real * 12
+    unit = p * p * (p // 2 + 1) * real  # one real padded half grid
+    batch = min(int(batch_size), fs.default_batch_size(d)) * d * d * BATCH_BYTES_PER_SAMPLE
+    assess = ASSESS_VOLUMES * 8 * d**3
+    grid: float
     if method in ("adam", "sgd"):
         fft = p**3 * real * 6
-        return int(fft + vol * 4 + batch * 4)
-    if method == "cg":
-        return int(grids + kept + p**3 * real * 4 + vol * 8 + batch)
-    return int(grids + kept + vol + batch)
+        grid = fft + 8 * d**3 * real * 4 + batch * 4
+    elif method == "cg":
+        grids = insertion_memory_bytes(d, pad, dtype=dtype)
+        grid = grids + 6 * unit + p**3 * real * 4 + 8 * d**3 * real * 8 + batch
+    else:
+        units = REFINE_GRID_UNITS if refine > 0 else DIRECT_GRID_UNITS
+        grid = units * unit + batch
+    return int(BASE_BYTES + max(grid, assess))
 
 
 def _available_memory_bytes(device: torch.device) -> int | None:
@@ -57,20 +104,27 @@ def check_memory(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    *,
+    refine: int = 0,
 ) -> int:
     """Raise CryogradError when the estimated need exceeds the device's free memory; returns the
     estimate in bytes."""
-    need = estimate_memory_bytes(box_size, method, pad, batch_size, dtype)
+    need = estimate_memory_bytes(box_size, method, pad, batch_size, dtype, refine=refine)
     have = _available_memory_bytes(device)
     if have is not None and need > have:
         device = torch.device(device)
+        hints = []
+        if method == "direct" and refine > 0:
+            smaller = estimate_memory_bytes(box_size, method, pad, batch_size, dtype, refine=0)
+            hints.append(f"refine=0 (about {smaller / 2**30:.1f} GiB)")
+        if pad > 1:
+            smaller = estimate_memory_bytes(box_size, method, 1.0, batch_size, dtype, refine=refine)
+            hints.append(f"pad=1 (about {smaller / 2**30:.1f} GiB)")
+        hints.append("device='cpu'" if device.type != "cpu" else "a machine with more memory")
         raise CryogradError(
-            f"box {box_size} with method={method} pad={pad:g} needs about "
-            f"{need / 2**30:.1f} GiB but {device} has {have / 2**30:.1f} GiB free; "
-            + (
-                "try pad=1, a smaller batch_size, or device='cpu'"
-                if device.type != "cpu"
-                else "try pad=1 or a smaller batch_size, or a machine with more memory"
-            )
+            f"box {box_size} with method={method} pad={pad:g}"
+            + (f" refine={refine}" if method == "direct" else "")
+            + f" needs about {need / 2**30:.1f} GiB but {device} has {have / 2**30:.1f} GiB "
+            f"free; try {', '.join(hints[:-1])}{' or ' if len(hints) > 1 else ''}{hints[-1]}"
         )
     return need

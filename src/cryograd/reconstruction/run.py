@@ -118,7 +118,15 @@ def reconstruct(
     px = float(particles.pixel_size_angstrom)
     max_shell = max_shell_of(maxres, d, px)
     mask_t = load_mask(mask, d)
-    check_memory(d, method, config.pad, config.batch_size or 256, context.device, context.dtype)
+    check_memory(
+        d,
+        method,
+        config.pad,
+        config.batch_size or 256,
+        context.device,
+        context.dtype,
+        refine=int(getattr(config, "refine", 0) or 0),
+    )
     halves, from_file = split_into_halves(particles, idx, config.seed)
     check_halves(particles, halves)
     params = _parameters(method, config, context, maxres, halves, from_file)

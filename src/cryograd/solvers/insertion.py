@@ -20,7 +20,10 @@ Backends: each batch goes through :meth:`FourierSliceProjector.insert
 <cryograd.projectors.fourier_slice.projector.FourierSliceProjector.insert>`, whose backend
 (:func:`cryograd.projectors.backend.select_backend`) is the compiled C loop or ``index_add_`` on the
 CPU, and on CUDA one fused Triton insertion that computes the CTF from its parameters, the shift
-ramp and the ½-column factor in the kernel. This module is the only solver code that inserts.
+ramp and the ½-column factor in the kernel. The compiled CPU loop does the same on all threads
+(``torch.get_num_threads()``; the grid is split into slabs, no atomics) into one packed grid of
+``(re, im, weight)`` cells, which the fold splits into ``N`` and ``W``; no ``batch × D²`` CTF or
+ramp arrays are made. This module is the only solver code that inserts.
 
 Each process inserts its shard of every global batch; the grids are summed with
 ``comm.all_reduce_sum_`` once at the end.
@@ -125,13 +128,14 @@ def _half_column_factor(box_size: int, device, dtype) -> torch.Tensor:
 
 
 def _symmetrize_planes(spectrum: torch.Tensor, padded: int) -> torch.Tensor:
-    """Add the mirrored contributions on the ``qx = 0`` (and Nyquist) planes: ``X + conj X(-q)``."""
-    herm = fs.hermitian_part_rfft(spectrum, padded, 3)
+    """Add the mirrored contributions on the ``qx = 0`` (and Nyquist) planes: ``X + conj X(-q)``
+    (in place: only those planes change)."""
     cols = [0] + ([padded // 2] if padded % 2 == 0 else [])
-    out = spectrum.clone()
     for col in cols:
-        out[..., col] = 2.0 * herm[..., col]
-    return out
+        plane = spectrum[..., col]
+        mirrored = torch.roll(torch.flip(plane, (0, 1)), shifts=(1, 1), dims=(0, 1))
+        spectrum[..., col] = plane + torch.conj(mirrored)
+    return spectrum
 
 
 def insert_particles(
@@ -190,7 +194,7 @@ def insert_particles(
         if backend != "triton":  # symmetry copies are inserted together off the Triton path
             batch_size = max(1, batch_size // n_sym)
     sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
-    num_acc, w_acc = projector.new_accumulators(device, dtype)
+    num_acc, w_acc = projector.new_accumulators(device, dtype, packed=True)
     col = _half_column_factor(d, device, dtype)
     keep = None
     if max_shell is not None:
@@ -233,11 +237,9 @@ def insert_particles(
             bar.update(len(global_batch))
     finally:
         bar.close()
-    numerator = fs.ExtendedSpectrum.fold(num_acc, p)
-    del num_acc
-    weights = fs.ExtendedSpectrum.fold(w_acc, p)
-    weights = (weights.real if weights.is_complex() else weights).contiguous()
-    del w_acc
+    numerator, weights = projector.fold_accumulators(num_acc, w_acc)
+    assert weights is not None
+    del num_acc, w_acc
     comm.all_reduce_sum_(numerator)
     comm.all_reduce_sum_(weights)
     numerator = _symmetrize_planes(numerator, p)
@@ -291,10 +293,14 @@ _SHELL_CACHE: dict[tuple, torch.Tensor] = {}
 
 
 def _padded_shell_index(box_size: int, padded: int, device) -> torch.Tensor:
+    """int32 shells, computed one ``z`` plane at a time (no float64 grid temporaries)."""
     k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
     kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
-    r = torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
-    return torch.round(r * (box_size / padded)).long()
+    r2_yx = k.view(-1, 1) ** 2 + kx.view(1, -1) ** 2
+    out = torch.empty((padded, padded, kx.numel()), device=device, dtype=torch.int32)
+    for z in range(padded):
+        out[z] = torch.round(torch.sqrt(r2_yx + k[z] ** 2) * (box_size / padded))
+    return out
 
 
 def weight_shell_sums(insertion: FourierInsertion) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,16 +8,23 @@ kernels: the same geometry per sample, all 8 corners and all channels together, 
 
 They are used for CPU tensors when :func:`cryograd.projectors.backend.select_backend` answers
 ``"cpu"`` (the extension was built, ``CRYOGRAD_KERNELS`` is ``auto`` or ``cpu``). The tests compare
-them with the torch reference.
+them with the torch reference. They run on ``torch.get_num_threads()`` threads (OpenMP, where the
+extension was built with it): extraction splits the particles, insertion splits the grid into
+slabs of planes so that no two threads add into one cell (see ``_cpu_slices.c``).
+:func:`insert_weighted` is the CPU counterpart of the Triton insertion: RELION's CTF, the shift
+ramp and the sample weights are computed in the loop from each particle's parameters, and values
+and CTF² weights are added in one pass (no ``batch × D²`` CTF or ramp arrays).
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 from functools import cache
 
 import torch
 
+from cryograd.ctf import CTFParams, electron_wavelength_angstrom
 from cryograd.projectors.backend import cpu_library, select_backend
 from cryograd.projectors.fourier_slice._torch import TorchSteps
 from cryograd.projectors.fourier_slice.geometry import (
@@ -26,10 +33,21 @@ from cryograd.projectors.fourier_slice.geometry import (
     slice_sample_positions,
 )
 
-__all__ = ["available", "usable", "insert_slices", "extract_slices", "CpuSteps"]
+__all__ = [
+    "available",
+    "usable",
+    "openmp",
+    "insert_slices",
+    "extract_slices",
+    "insert_weighted",
+    "particle_parameters",
+    "CpuSteps",
+]
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _CTYPE = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+#: Doubles per particle in :func:`particle_parameters` (``NPAR`` in ``_cpu_slices.c``).
+NPAR = 16
 
 
 @cache
@@ -40,15 +58,32 @@ def _library() -> ctypes.CDLL | None:
     for dtype, suffix in _SUFFIX.items():
         for name in ("insert", "extract"):
             fn = getattr(lib, f"cryograd_{name}_{suffix}")
-            # (dims[8], rot, kx, ky, flat, slices, scale, grid); dims as in _cpu_slices.c
-            fn.argtypes = [ctypes.c_void_p] * 6 + [_CTYPE[dtype], ctypes.c_void_p]
+            # (dims[8], rot, kx, ky, flat, slices, scale, grid, threads); dims: _cpu_slices.c
+            fn.argtypes = [ctypes.c_void_p] * 6 + [_CTYPE[dtype], ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
+        fn = getattr(lib, f"cryograd_insert_weighted_{suffix}")
+        # (dims, rot, kx, ky, flat, spectra, params, sw, scale, num, wts, threads)
+        fn.argtypes = [ctypes.c_void_p] * 8 + [_CTYPE[dtype]] + [ctypes.c_void_p] * 2
+        fn.argtypes += [ctypes.c_int]
+        fn.restype = None
+    lib.cryograd_openmp.restype = ctypes.c_int
     return lib
 
 
 def available() -> bool:
     """Whether the compiled loops were built and load."""
     return _library() is not None
+
+
+def openmp() -> bool:
+    """Whether the compiled loops were built with OpenMP (several threads)."""
+    lib = _library()
+    return lib is not None and bool(lib.cryograd_openmp())
+
+
+def threads() -> int:
+    """Threads the loops run on: ``torch.get_num_threads()`` (``--threads``)."""
+    return max(1, int(torch.get_num_threads()))
 
 
 def usable(tensor: torch.Tensor) -> bool:
@@ -59,6 +94,12 @@ def usable(tensor: torch.Tensor) -> bool:
     return select_backend(tensor.device, "fourier_slice") == "cpu"
 
 
+@cache
+def _positions(box_size: int, dtype: torch.dtype):
+    """:func:`slice_sample_positions` (on the CPU), kept per box and dtype."""
+    return slice_sample_positions(box_size, dtype=dtype)
+
+
 def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
@@ -66,7 +107,7 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
 def _call(name: str, rotations, box_size, padded, slices_real, channels, grid_real) -> None:
     dtype = grid_real.dtype
     rot = rotations.to(dtype).contiguous()
-    kx, ky, flat = slice_sample_positions(box_size, dtype=dtype)
+    kx, ky, flat = _positions(box_size, dtype)
     sz, sy = extended_strides(padded)
     fn = getattr(_library(), f"cryograd_{name}_{_SUFFIX[dtype]}")
     dims = torch.tensor(
@@ -91,6 +132,7 @@ def _call(name: str, rotations, box_size, padded, slices_real, channels, grid_re
         _ptr(slices_real),
         padded / box_size,
         _ptr(grid_real),
+        threads(),
     )
 
 
@@ -132,6 +174,123 @@ def extract_slices(
     out = torch.zeros(shape + ((2,) if channels == 2 else ()), dtype=grid_real.dtype)
     _call("extract", rotations, box_size, padded, out, channels, grid_real)
     return torch.view_as_complex(out) if channels == 2 else out
+
+
+def particle_parameters(
+    n: int,
+    box_size: int,
+    *,
+    ctf: CTFParams | None = None,
+    shifts_px: torch.Tensor | None = None,
+    pixel_size_angstrom: float | torch.Tensor | None = None,
+    premultiplied: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ``(n, NPAR)`` float64 per-particle table of :func:`insert_weighted`.
+
+    Columns (``enum`` in ``_cpu_slices.c``): origin ``tx, ty`` (px); ``(dfU + dfV) / 2``,
+    ``(dfU − dfV) / 2`` (Å); ``cos 2α, sin 2α`` of the defocus angle; the CTF phase
+    ``γ = C1 · Δf · s² + C2 · s⁴ − C0`` (``C1 = −πλ``, ``C2 = π Cs λ³ / 2``, ``C0`` phase shift +
+    amplitude-contrast phase); ``−B / 4`` and the scale of the envelope; ``1 / (D · pixel size)``
+    (1/Å per grid step); flags (1: has a CTF, 2: premultiplied). The same formula as
+    :func:`cryograd.ctf.ctf_from_frequencies`.
+    """
+    out = torch.zeros((n, NPAR), dtype=torch.float64)
+    if shifts_px is not None:
+        out[:, 0:2] = shifts_px.detach().to("cpu", torch.float64).reshape(n, 2)
+    if ctf is None:
+        return out
+    p = ctf.to(device="cpu", dtype=torch.float64)
+    lam = electron_wavelength_angstrom(p.voltage_kv)
+    q0 = p.amplitude_contrast
+    ang = torch.deg2rad(p.defocus_angle_degrees)
+    out[:, 2] = 0.5 * (p.defocus_u_angstrom + p.defocus_v_angstrom)
+    out[:, 3] = 0.5 * (p.defocus_u_angstrom - p.defocus_v_angstrom)
+    out[:, 4], out[:, 5] = torch.cos(2 * ang), torch.sin(2 * ang)
+    out[:, 6] = -math.pi * lam
+    out[:, 7] = 0.5 * math.pi * (p.spherical_aberration_mm * 1e7) * lam**3
+    out[:, 8] = torch.deg2rad(p.phase_shift_degrees) + torch.atan(q0 / torch.sqrt(1 - q0**2))
+    out[:, 9] = -p.b_factor / 4.0
+    out[:, 10] = p.scale
+    apix = torch.as_tensor(pixel_size_angstrom, dtype=torch.float64).reshape(-1)
+    out[:, 11] = 1.0 / (box_size * apix.expand(n))
+    flags = torch.ones(n, dtype=torch.float64)
+    if premultiplied is not None:
+        flags += 2.0 * torch.as_tensor(premultiplied).to("cpu").reshape(-1).double()
+    out[:, 12] = flags
+    return out
+
+
+def insert_weighted(
+    spectra: torch.Tensor,
+    rotations: torch.Tensor,
+    params: torch.Tensor,
+    sample_weights: torch.Tensor | None,
+    padded: int,
+    accumulator: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> None:
+    """Add ``Sᵀ(w · c · ramp(+origin) · spectra)`` and ``Sᵀ(w · c²)`` into flat extended grids.
+
+    The compiled counterpart of the torch path of
+    :meth:`~cryograd.projectors.fourier_slice.projector.FourierSliceProjector.insert` (``c`` is
+    1 in the values of premultiplied particles and everywhere without CTF).
+
+    Parameters
+    ----------
+    spectra
+        ``(b, D, D // 2 + 1)`` complex half spectra.
+    rotations
+        ``(b · G, 3, 3)`` RELION ``A``; pose ``i`` inserts spectrum ``i // G`` (``G`` symmetry
+        copies per particle, particle-major).
+    params
+        ``(b, NPAR)`` float64, :func:`particle_parameters`.
+    sample_weights
+        None or real factors broadcastable to ``(D, D // 2 + 1)``.
+    padded
+        ``P``.
+    accumulator, weights
+        Flat extended grids (:meth:`ExtendedSpectrum.zeros`): complex, and real or None;
+        contiguous, CPU, the spectra's precision. Or a packed real ``accumulator``
+        (:meth:`ExtendedSpectrum.zeros_packed`) that receives values and weights together
+        (``weights`` is then ignored).
+    """
+    if not accumulator.is_contiguous() or (weights is not None and not weights.is_contiguous()):
+        raise ValueError("the accumulators must be contiguous")
+    packed = not accumulator.is_complex()
+    real = accumulator.real.dtype
+    cdtype = torch.complex128 if real == torch.float64 else torch.complex64
+    b, d, w = spectra.shape
+    group = rotations.shape[0] // max(b, 1)
+    if group * b != rotations.shape[0]:
+        raise ValueError("rotations must hold a whole number of poses per spectrum")
+    kx, ky, flat = _positions(d, real)
+    sw = torch.ones((d, w), dtype=real)
+    if sample_weights is not None:
+        sw = sw * torch.as_tensor(sample_weights).to("cpu", real)
+    sw = sw.reshape(-1)[flat].contiguous()
+    src = torch.view_as_real(spectra.to(cdtype).contiguous())
+    rot = rotations.to(real).contiguous()
+    prm = params.to("cpu", torch.float64).contiguous()
+    sz, sy = extended_strides(padded)
+    dims = torch.tensor(
+        [rot.shape[0], kx.numel(), d * w, group, padded // 2, sz, sy, d, int(packed)],
+        dtype=torch.int64,
+    )
+    fn = getattr(_library(), f"cryograd_insert_weighted_{_SUFFIX[real]}")
+    fn(
+        _ptr(dims),
+        _ptr(rot),
+        _ptr(kx),
+        _ptr(ky),
+        _ptr(flat),
+        _ptr(src),
+        _ptr(prm),
+        _ptr(sw),
+        padded / d,
+        _ptr(accumulator),
+        None if weights is None or packed else _ptr(weights),
+        threads(),
+    )
 
 
 class CpuSteps(TorchSteps):

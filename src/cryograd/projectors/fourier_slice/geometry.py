@@ -329,6 +329,27 @@ class ExtendedSpectrum:
         return torch.zeros((padded + 2) ** 2 * (half + 1), device=device, dtype=dtype)
 
     @staticmethod
+    def zeros_packed(padded: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+        """A flat packed accumulator of zeros: ``(re, im, weight)`` real triples per extended
+        cell (the compiled insertion adds a sample's values and weights in the same cache
+        lines); :meth:`fold_packed` splits it."""
+        half = padded // 2 + 1
+        return torch.zeros((padded + 2) ** 2 * (half + 1) * 3, device=device, dtype=dtype)
+
+    @staticmethod
+    def fold_packed(packed: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`fold` of a packed accumulator: the complex numerator and the real weights,
+        each ``(P, P, P // 2 + 1)``, with no temporary larger than one plane."""
+        half = padded // 2 + 1
+        ext = packed.view(padded + 2, padded + 2, half + 1, 3)
+        cdtype = torch.complex128 if packed.dtype == torch.float64 else torch.complex64
+        num = torch.empty((padded, padded, half), device=packed.device, dtype=cdtype)
+        _fold_into(torch.view_as_real(num), ext[..., :2], padded)
+        wts = torch.empty((padded, padded, half), device=packed.device, dtype=packed.dtype)
+        _fold_into(wts, ext[..., 2], padded)
+        return num, wts
+
+    @staticmethod
     def fold(ext_flat: torch.Tensor, padded: int) -> torch.Tensor:
         """Transpose of :meth:`from_spectrum`: flat extended -> ``(P, P, P // 2 + 1)``."""
         half = padded // 2 + 1
@@ -336,6 +357,27 @@ class ExtendedSpectrum:
         w = ExtendedSpectrum._wrap_index(padded, ext.device)
         tmp = ext.new_zeros((padded, padded + 2, half)).index_add_(0, w, ext)
         return ext.new_zeros((padded, padded, half)).index_add_(1, w, tmp)
+
+
+def _fold_into(out: torch.Tensor, ext: torch.Tensor, padded: int) -> None:
+    """``out[j] = Σ ext[z]`` over the extended rows ``z`` with ``(z - P // 2) mod P = j``, in
+    ``z`` and ``y`` (``out``: ``(P, P, H, ...)``, ``ext``: ``(P + 2, P + 2, H + 1, ...)``): block
+    copies of the two wrapped halves, then the two extra planes and rows added."""
+    p, h = padded, padded // 2
+    half = out.shape[2]
+    blocks = [(slice(0, p - h), slice(h, p)), (slice(p - h, p), slice(0, h))]
+    extra = [((z - h) % p, z) for z in (p, p + 1)]
+    for dz, sz in blocks:
+        for dy, sy in blocks:
+            out[dz, dy] = ext[sz, sy, :half]
+    for jz, z in extra:
+        for dy, sy in blocks:
+            out[jz, dy] += ext[z, sy, :half]
+        for jy, y in extra:
+            out[jz, jy] += ext[z, y, :half]
+    for jy, y in extra:
+        for dz, sz in blocks:
+            out[dz, jy] += ext[sz, y, :half]
 
 
 def spectra_to_images(spectra: torch.Tensor, box_size: int) -> torch.Tensor:

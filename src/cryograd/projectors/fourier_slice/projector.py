@@ -93,12 +93,33 @@ class FourierSliceProjector(ChunkedProjector):
         return steps_class(backend)(self.box_size, self.padded_size, self.gridding, size)
 
     def new_accumulators(
-        self, device: torch.device | str, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero accumulators for :meth:`insert`: flat extended complex values, real weights."""
+        self, device: torch.device | str, dtype: torch.dtype, *, packed: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Zero accumulators for :meth:`insert`: flat extended complex values, real weights.
+
+        With ``packed`` and the compiled CPU loops: one packed grid of ``(re, im, weight)``
+        cells and None (:meth:`ExtendedSpectrum.zeros_packed`; the same memory, a sample's
+        values and weights in the same cache lines). :meth:`fold_accumulators` reads either.
+        """
+        if packed and self.backend(device) == "cpu" and dtype in (torch.float32, torch.float64):
+            return ExtendedSpectrum.zeros_packed(self.padded_size, device=device, dtype=dtype), None
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         num = ExtendedSpectrum.zeros(self.padded_size, device=device, dtype=cdtype)
         return num, torch.zeros(num.shape, device=device, dtype=dtype)
+
+    def fold_accumulators(
+        self, accumulator: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(P, P, P // 2 + 1)`` complex values and real weights of :meth:`new_accumulators`'
+        grids (``weights`` None and ``accumulator`` complex: None for the weights)."""
+        p = self.padded_size
+        if not accumulator.is_complex():
+            return ExtendedSpectrum.fold_packed(accumulator, p)
+        num = ExtendedSpectrum.fold(accumulator, p)
+        if weights is None:
+            return num, None
+        w = ExtendedSpectrum.fold(weights, p)
+        return num, (w.real if w.is_complex() else w).contiguous()
 
     def extract(
         self, spectrum: torch.Tensor, rotations: torch.Tensor, filters: ImageFilters | None = None
@@ -139,7 +160,8 @@ class FourierSliceProjector(ChunkedProjector):
             ``(b, 3, 3)`` RELION ``A``.
         accumulator, weights
             Flat extended accumulators (:meth:`new_accumulators`): complex values and real (or
-            complex) weights, contiguous, on the spectra's device; ``weights`` may be None.
+            complex) weights, contiguous, on the spectra's device; ``weights`` may be None. On
+            the compiled CPU loops also a packed accumulator (``weights`` None).
         ctf
             None, :class:`CTFParams` of ``b`` particles, or values ``(b, D, D // 2 + 1)``.
         shifts_px
@@ -173,6 +195,24 @@ class FourierSliceProjector(ChunkedProjector):
                     sample_weights=sample_weights,
                 )
             return
+        if backend == "cpu" and _fused_cpu(spectra, accumulator, weights, ctf):
+            rot = rotations
+            if symmetry is not None:
+                rot = (rotations[:, None] @ symmetry.to(rotations).transpose(-1, -2)[None]).reshape(
+                    -1, 3, 3
+                )
+            params = _cpu.particle_parameters(
+                spectra.shape[0],
+                self.box_size,
+                ctf=ctf if isinstance(ctf, CTFParams) else None,
+                shifts_px=shifts_px,
+                pixel_size_angstrom=pixel_size_angstrom,
+                premultiplied=premultiplied,
+            )
+            _cpu.insert_weighted(
+                spectra, rot, params, sample_weights, self.padded_size, accumulator, weights
+            )
+            return
         values, wts = _filtered_values(spectra, filters, premultiplied, sample_weights)
         if symmetry is not None:
             rotations = (
@@ -185,6 +225,26 @@ class FourierSliceProjector(ChunkedProjector):
         steps.raw_insert(values, geom, accumulator)
         if weights is not None:
             steps.raw_insert(wts.to(weights.dtype), geom, weights)
+
+
+def _fused_cpu(spectra, accumulator, weights, ctf) -> bool:
+    """Whether :func:`_cpu.insert_weighted` takes this insertion (contiguous grids of the
+    spectra's precision, real weights, CTF as parameters or none)."""
+    if not accumulator.is_complex():  # packed (re, im, weight) grid: only these loops read it
+        if (ctf is not None and not isinstance(ctf, CTFParams)) or not accumulator.is_contiguous():
+            raise ValueError("a packed accumulator takes CTF parameters and must be contiguous")
+        return True
+    if ctf is not None and not isinstance(ctf, CTFParams):
+        return False
+    if not accumulator.is_contiguous() or accumulator.dtype != spectra.dtype:
+        return False
+    if weights is None:
+        return True
+    return (
+        weights.is_contiguous()
+        and not weights.is_complex()
+        and weights.dtype == accumulator.real.dtype
+    )
 
 
 def _filtered_values(

@@ -1,0 +1,238 @@
+/* The loops of _cpu_slices.c for one real type: included once with T = float, SUFFIX = f32 and
+ * once with T = double, SUFFIX = f64. */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SUFFIX)
+
+/* What every loop shares: the slice sampling of a chunk. */
+typedef struct {
+  int64_t n, ns, h, sz, sy; /* particles (poses), samples per slice, P/2, extended strides */
+  T scale;                  /* P / D */
+  const T *rot, *kx, *ky;   /* (n, 3, 3) RELION A; (ns,) integer frequencies */
+} FN(geo_t);
+
+typedef struct {
+  int64_t base; /* flat index of the lower corner */
+  T w[8];       /* trilinear weights of the corners */
+  T sgn;        /* -1: mirrored through the origin (Friedel) */
+} FN(sample_t);
+
+/* 3D position of sample s of particle i, mirrored into qx >= 0 and clamped to the Nyquist
+ * sphere's bounding box, as slice_geometry computes it (fmin/fmax also map a NaN to a bound: no
+ * access leaves the grid). */
+static inline void FN(position)(const FN(geo_t) *g, int64_t i, int64_t s, T *q, T *sgn) {
+  const T *A = g->rot + 9 * i;
+  const T kx = g->kx[s], ky = g->ky[s], h = (T)g->h;
+  T qx = g->scale * (kx * A[0] + ky * A[3]);
+  T qy = g->scale * (kx * A[1] + ky * A[4]);
+  T qz = g->scale * (kx * A[2] + ky * A[5]);
+  *sgn = 1;
+  if (qx < 0) { qx = -qx; qy = -qy; qz = -qz; *sgn = -1; }
+  q[0] = fmin(fmax(qx, (T)0), h);
+  q[1] = fmin(fmax(qy, -h), h);
+  q[2] = fmin(fmax(qz, -h), h);
+}
+
+static inline void FN(geometry)(const FN(geo_t) *g, int64_t i, int64_t s, FN(sample_t) *out) {
+  T q[3];
+  FN(position)(g, i, s, q, &out->sgn);
+  const T x0 = floor(q[0]), y0 = floor(q[1]), z0 = floor(q[2]);
+  const T ax = q[0] - x0, ay = q[1] - y0, az = q[2] - z0;
+  out->base = ((int64_t)z0 + g->h) * g->sz + ((int64_t)y0 + g->h) * g->sy + (int64_t)x0;
+  out->w[0] = (1 - az) * (1 - ay) * (1 - ax);
+  out->w[1] = (1 - az) * (1 - ay) * ax;
+  out->w[2] = (1 - az) * ay * (1 - ax);
+  out->w[3] = (1 - az) * ay * ax;
+  out->w[4] = az * (1 - ay) * (1 - ax);
+  out->w[5] = az * (1 - ay) * ax;
+  out->w[6] = az * ay * (1 - ax);
+  out->w[7] = az * ay * ax;
+}
+
+/* The extended plane index z0 + P/2 of a sample's lower corner. */
+static inline uint16_t FN(lower_plane)(const FN(geo_t) *g, int64_t i, int64_t s) {
+  T q[3], sgn;
+  FN(position)(g, i, s, q, &sgn);
+  return (uint16_t)((int64_t)floor(q[2]) + g->h);
+}
+
+static inline void FN(corner_offsets)(const FN(geo_t) *g, int64_t *off) {
+  const int64_t sz = g->sz, sy = g->sy;
+  off[0] = 0; off[1] = 1; off[2] = sy; off[3] = sy + 1;
+  off[4] = sz; off[5] = sz + 1; off[6] = sz + sy; off[7] = sz + sy + 1;
+}
+
+typedef void (*FN(body_t))(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s);
+
+/* Run `body` on every sample of the chunk, the grid split into slabs over the threads (see the
+ * file's comment); one thread (or a grid too thin to split): in particle order. */
+static void FN(scatter_all)(const FN(geo_t) *g, FN(body_t) body, const void *ctx, int nthreads) {
+  const int64_t planes = 2 * g->h + 1, count = g->n * g->ns;
+  int nt = thread_count(nthreads);
+  if (nt > g->n) nt = (int)g->n;
+  int nslab = 2 * nt;
+  uint16_t *zb = NULL;
+  if (nt > 1 && planes >= nslab) zb = (uint16_t *)malloc((size_t)count * sizeof(uint16_t));
+  if (zb == NULL) {
+    for (int64_t i = 0; i < g->n; ++i)
+      for (int64_t s = 0; s < g->ns; ++s) body(g, ctx, i, s);
+    return;
+  }
+  int64_t bounds[2 * 256 + 1];
+  if (nslab > 2 * 256) { nt = 256; nslab = 2 * 256; }
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < g->n; ++i)
+    for (int64_t s = 0; s < g->ns; ++s) zb[i * g->ns + s] = FN(lower_plane)(g, i, s);
+  slab_bounds(zb, count, planes, nslab, bounds);
+  for (int parity = 0; parity < 2; ++parity) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int k = parity; k < nslab; k += 2) {
+      const uint16_t lo = (uint16_t)bounds[k], hi = (uint16_t)bounds[k + 1];
+      for (int64_t i = 0; i < g->n; ++i) {
+        const uint16_t *row = zb + i * g->ns;
+        for (int64_t s = 0; s < g->ns; ++s)
+          if (row[s] >= lo && row[s] < hi) body(g, ctx, i, s);
+      }
+    }
+  }
+  free(zb);
+}
+
+/* --- plain insertion / extraction: values (C channels) <-> grid ---------------------------- */
+
+typedef struct {
+  const int64_t *flat;
+  const T *slices;
+  T *grid;
+  int64_t hw, channels, conj_channel;
+} FN(plain_t);
+
+static void FN(plain_insert_body)(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s) {
+  const FN(plain_t) *c = (const FN(plain_t) *)ctx;
+  FN(sample_t) p;
+  FN(geometry)(g, i, s, &p);
+  int64_t off[8];
+  FN(corner_offsets)(g, off);
+  T v[4];
+  const T *src = c->slices + (i * c->hw + c->flat[s]) * c->channels;
+  for (int64_t ch = 0; ch < c->channels; ++ch) v[ch] = src[ch];
+  if (c->conj_channel >= 0) v[c->conj_channel] *= p.sgn;
+  for (int k = 0; k < 8; ++k) {
+    T *cell = c->grid + (p.base + off[k]) * c->channels;
+    for (int64_t ch = 0; ch < c->channels; ++ch) cell[ch] += p.w[k] * v[ch];
+  }
+}
+
+/* The integer sizes, packed by the caller as dims[8] = {n, ns, hw, channels, conj_channel, h, sz,
+ * sy}: particles, samples per slice, half-grid size D (D/2+1), channels per cell (2 complex, 1
+ * real), the channel negated for mirrored samples (-1: none), P/2, extended strides. */
+void FN(cryograd_insert)(const int64_t *dims, const T *rot, const T *kx, const T *ky,
+                         const int64_t *flat, const T *slices, T scale, T *grid, int nthreads) {
+  const FN(geo_t) g = {dims[0], dims[1], dims[5], dims[6], dims[7], scale, rot, kx, ky};
+  const FN(plain_t) c = {flat, slices, grid, dims[2], dims[3], dims[4]};
+  FN(scatter_all)(&g, FN(plain_insert_body), &c, nthreads);
+}
+
+void FN(cryograd_extract)(const int64_t *dims, const T *rot, const T *kx, const T *ky,
+                          const int64_t *flat, T *slices, T scale, const T *grid, int nthreads) {
+  const FN(geo_t) g = {dims[0], dims[1], dims[5], dims[6], dims[7], scale, rot, kx, ky};
+  const int64_t hw = dims[2], channels = dims[3], conj_channel = dims[4];
+  int64_t off[8];
+  FN(corner_offsets)(&g, off);
+  const int nt = thread_count(nthreads);
+  (void)nt; /* unused without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < g.n; ++i) {
+    for (int64_t s = 0; s < g.ns; ++s) {
+      FN(sample_t) p;
+      FN(geometry)(&g, i, s, &p);
+      T v[4] = {0, 0, 0, 0};
+      for (int k = 0; k < 8; ++k) {
+        const T *cell = grid + (p.base + off[k]) * channels;
+        for (int64_t ch = 0; ch < channels; ++ch) v[ch] += p.w[k] * cell[ch];
+      }
+      if (conj_channel >= 0) v[conj_channel] *= p.sgn;
+      T *dst = slices + (i * hw + flat[s]) * channels;
+      for (int64_t ch = 0; ch < channels; ++ch) dst[ch] = v[ch];
+    }
+  }
+}
+
+/* --- weighted insertion: spectra, CTF, shift and sample weights in one pass ----------------- */
+
+typedef struct {
+  const int64_t *flat;
+  const T *spectra;      /* (n / group, hw) complex, interleaved */
+  const double *params;  /* (n / group, NPAR) */
+  const T *sw;           /* (ns,) sample weights */
+  T *num, *wts;          /* complex numerator grid; real weight grid or NULL */
+  int64_t hw, group, box, packed; /* packed: num holds (re, im, weight) per cell, wts unused */
+} FN(weighted_t);
+
+static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s) {
+  const FN(weighted_t) *c = (const FN(weighted_t) *)ctx;
+  const int64_t j = i / c->group;
+  const double *pp = c->params + NPAR * j;
+  const int flags = (int)pp[P_FLAGS];
+  const double kx = (double)g->kx[s], ky = (double)g->ky[s];
+  const T *src = c->spectra + 2 * (j * c->hw + c->flat[s]);
+  double re = (double)src[0], im = (double)src[1];
+  if (pp[P_TX] != 0 || pp[P_TY] != 0) { /* ramp(+origin) = exp(-2 pi i k.t / D) */
+    const double ph = (-2.0 * M_PI / (double)c->box) * (kx * pp[P_TX] + ky * pp[P_TY]);
+    const double cr = cos(ph), si = sin(ph), r = re;
+    re = r * cr - im * si;
+    im = r * si + im * cr;
+  }
+  double ctf = 1.0;
+  if (flags & 1) { /* RELION's CTF, as cryograd.ctf.ctf_from_frequencies */
+    const double sx = kx * pp[P_INV], sy = ky * pp[P_INV], s2 = sx * sx + sy * sy;
+    double c2t = 1.0, s2t = 0.0; /* cos, sin of 2 atan2(sy, sx); atan2(0, 0) = 0 */
+    if (s2 > 0) { c2t = (sx * sx - sy * sy) / s2; s2t = 2.0 * sx * sy / s2; }
+    const double df = pp[P_DF_MEAN] + pp[P_DF_HALF] * (c2t * pp[P_COS2A] + s2t * pp[P_SIN2A]);
+    const double gamma = pp[P_C1] * df * s2 + pp[P_C2] * s2 * s2 - pp[P_C0];
+    ctf = -sin(gamma) * exp(pp[P_BQ] * s2) * pp[P_SCALE];
+  }
+  const double f = (flags & 2) ? 1.0 : ctf, sw = (double)c->sw[s];
+  const T vre = (T)(re * f * sw), vim = (T)(im * f * sw);
+  FN(sample_t) p;
+  FN(geometry)(g, i, s, &p);
+  int64_t off[8];
+  FN(corner_offsets)(g, off);
+  const T vi = vim * p.sgn;
+  if (c->packed) {
+    const T wv = (T)(ctf * ctf * sw);
+    for (int k = 0; k < 8; ++k) {
+      T *cell = c->num + 3 * (p.base + off[k]);
+      cell[0] += p.w[k] * vre;
+      cell[1] += p.w[k] * vi;
+      cell[2] += p.w[k] * wv;
+    }
+    return;
+  }
+  for (int k = 0; k < 8; ++k) {
+    T *cell = c->num + 2 * (p.base + off[k]);
+    cell[0] += p.w[k] * vre;
+    cell[1] += p.w[k] * vi;
+  }
+  if (c->wts != NULL) {
+    const T wv = (T)(ctf * ctf * sw);
+    for (int k = 0; k < 8; ++k) c->wts[p.base + off[k]] += p.w[k] * wv;
+  }
+}
+
+/* dims[9] = {n, ns, hw, group, h, sz, sy, box, packed}: poses (particles x group symmetry copies,
+ * pose i uses spectrum and parameters i / group), samples per slice, D (D/2+1), copies per
+ * particle, P/2, extended strides, D, and 1 when `num` is a packed grid of (re, im, weight)
+ * cells (which keeps a sample's values and weights in the same cache lines). */
+void FN(cryograd_insert_weighted)(const int64_t *dims, const T *rot, const T *kx, const T *ky,
+                                  const int64_t *flat, const T *spectra, const double *params,
+                                  const T *sw, T scale, T *num, T *wts, int nthreads) {
+  const FN(geo_t) g = {dims[0], dims[1], dims[4], dims[5], dims[6], scale, rot, kx, ky};
+  const FN(weighted_t) c = {flat,    spectra, params,  sw,      num,
+                            wts,     dims[2], dims[3], dims[7], dims[8]};
+  FN(scatter_all)(&g, FN(weighted_body), &c, nthreads);
+}
+
+#undef FN
+#undef CAT
+#undef CAT_
