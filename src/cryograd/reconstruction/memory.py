@@ -14,10 +14,11 @@ __all__ = ["estimate_memory_bytes", "check_memory"]
 #: Resident memory of the interpreter with torch, numpy, pandas and cryograd imported (bytes).
 BASE_BYTES = 400 * 2**20
 #: Peak of the direct method's grid phase in units of one real ``P²(P // 2 + 1)`` grid: the
-#: numerator (2) and weights (1) of both halves and of their sum (9), the padded shell index
-#: (1) and the division's temporaries and ``irfftn`` (about 8.5); measured with
-#: ``benchmarks/bench_reconstruct.py`` (box 64 and 128, pad 1 and 2).
-DIRECT_GRID_UNITS = 19.5
+#: numerator (2) and weights (1) of both halves, the full set's summed in place into half 1's
+#: (half 2's released), the padded shell index (int32, 1), the division's in-place temporaries
+#: and ``irfftn`` (about 4); measured with ``/usr/bin/time -v`` at box 192 and 256, pad 2
+#: (12.7 units both).
+DIRECT_GRID_UNITS = 13.0
 #: The same with ``refine > 0`` (the Toeplitz normal operator of the refinement steps).
 REFINE_GRID_UNITS = 30.0
 #: Peak of the resolution assessment (half maps, full map, mask, phase-randomised maps, FSCs):

@@ -105,20 +105,25 @@ def wiener_reconstruct(
     d, p = insertion.box_size, insertion.padded
     w = insertion.weights
     reg, shells = shell_regularizer(insertion, regularizer)
+    rho0 = float(reg.reshape(-1)[0]) if isinstance(reg, torch.Tensor) else float(reg)
+    # in place where possible: at box 448 the grids are GBs each
     denom = w + reg
-    tiny = torch.finfo(w.dtype).tiny
-    spectrum = insertion.numerator / torch.where(denom.abs() > tiny, denom, torch.ones_like(denom))
-    spectrum = torch.where(denom.abs() > tiny, spectrum, torch.zeros_like(spectrum))
+    del reg
+    empty = denom.abs() <= torch.finfo(w.dtype).tiny
+    denom.masked_fill_(empty, 1.0)
+    spectrum = insertion.numerator / denom
+    del denom
+    spectrum.masked_fill_(empty, 0.0)
+    del empty
     if max_shell is not None:
         if shells is None:
             shells = padded_shell_index(d, p, device=w.device)
-        spectrum = torch.where(shells <= max_shell, spectrum, torch.zeros_like(spectrum))
+        spectrum.masked_fill_(shells > max_shell, 0.0)
     volume = fs.crop_volume(irfftn_centered(spectrum, p), d).contiguous()
     if gridding:
         volume = fs.gridding_correction(volume, p)
     if not data_mean:
         return volume
-    rho0 = float(reg.reshape(-1)[0]) if isinstance(reg, torch.Tensor) else float(reg)
     return with_data_mean(volume, insertion, rho0)
 
 
@@ -309,10 +314,14 @@ class DirectSolver:
         """RELION's τ²: the FSC of halves divided with a tiny term, then ``1/τ²`` per shell for
         the full map."""
         t0 = time.perf_counter()
-        full_ins = ins[0] + ins[1]
         tiny = [default_regularizer(i) for i in ins]
         pre = [wiener_reconstruct(i, t, max_shell=max_shell) for i, t in zip(ins, tiny)]
         f0 = fsc(pre[0], pre[1])
+        if config.refine > 0:  # the halves' own grids are needed again
+            full_ins = ins[0] + ins[1]
+        else:  # the full set's grids in place of half 1's, half 2's released
+            full_ins = ins[0].accumulate_(ins[1])
+            del ins[:]
         sums, counts = weight_shell_sums(full_ins)
         reg_full = inverse_tau2_from_fsc(f0, sums, counts, whole_instead_of_half=True)
         out.history["wiener"] = {"kind": "tau2", "fsc_prior": [float(x) for x in f0]}
@@ -323,9 +332,11 @@ class DirectSolver:
         t0 = time.perf_counter()
         full = refine_map(full_ins, reg_full, full, config.refine, max_shell)
         # the half maps get the same refinement (when asked), each from its own data only
-        halves_out = [
-            refine_map(i, t, m, config.refine, max_shell) for i, t, m in zip(ins, tiny, pre)
-        ]
+        halves_out = pre
+        if config.refine > 0:
+            halves_out = [
+                refine_map(i, t, m, config.refine, max_shell) for i, t, m in zip(ins, tiny, pre)
+            ]
         out.timings["refine"] = time.perf_counter() - t0
         return [halves_out[0], halves_out[1], full]
 

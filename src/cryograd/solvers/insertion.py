@@ -102,6 +102,17 @@ class FourierInsertion:
             _combined_shell(self.max_shell, other.max_shell),
         )
 
+    def accumulate_(self, other: FourierInsertion) -> FourierInsertion:
+        """Add ``other``'s sums into this insertion's, in place (no third pair of grids);
+        returns ``self``, which then holds both sets."""
+        if (self.box_size, self.padded) != (other.box_size, other.padded):
+            raise ValueError("cannot add insertions of different grids")
+        self.numerator += other.numerator
+        self.weights += other.weights
+        self.n_particles += other.n_particles
+        self.max_shell = _combined_shell(self.max_shell, other.max_shell)
+        return self
+
 
 def _combined_shell(a: int | None, b: int | None) -> int | None:
     if a is None or b is None:
