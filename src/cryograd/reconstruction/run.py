@@ -34,10 +34,12 @@ from cryograd.reconstruction.memory import check_memory
 from cryograd.reconstruction.options import method_config, run_context, solver_for
 from cryograd.reconstruction.resolution import assess_halves, max_shell_of
 from cryograd.reconstruction.result import Result
+from cryograd.reconstruction.robust import RobustConfig, robust_particle_weights
 from cryograd.reconstruction.screening import screen_particles
 from cryograd.reconstruction.selection import select_particles, split_into_halves
 from cryograd.solvers.config import SolverConfig, check_positive
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.particle_weights import check_particle_weights
 
 __all__ = ["reconstruct"]
 
@@ -57,6 +59,8 @@ def reconstruct(
     progress: bool = True,
     local_filter: bool = True,
     skip_bad_particles: bool = False,
+    robust: RobustConfig | None = None,
+    particle_weights=None,
     **options,
 ) -> Result:
     """Reconstruct a map from particles with poses, with gold-standard half maps and FSC.
@@ -96,6 +100,13 @@ def reconstruct(
     skip_bad_particles
         Leave out particles whose image is non-finite, constant or has a corrupt pixel
         (:mod:`cryograd.checks`) instead of refusing the set.
+    robust
+        :class:`~cryograd.reconstruction.robust.RobustConfig`: weigh every particle by how well its
+        half's map explains it (IRLS, :mod:`cryograd.reconstruction.robust`); the weights and
+        scores are in ``result.robust``. None: every particle weighs 1.
+    particle_weights
+        ``(N,)`` fixed weights in ``[0, 1]`` of every particle of the set (e.g. a STAR column),
+        or None; with ``robust`` they multiply the robust weights.
 
     Returns
     -------
@@ -132,9 +143,25 @@ def reconstruct(
         len(halves[0]),
         len(halves[1]),
     )
+    if particle_weights is not None:
+        context = context.with_weights(check_particle_weights(particle_weights, len(particles)))
+    outcome = None
+    if robust is not None:
+        outcome = robust_particle_weights(
+            particles,
+            halves,
+            context,
+            robust,
+            pad=config.pad,
+            max_shell=max_shell,
+            progress=progress,
+        )
+        context = context.with_weights(outcome.weights)
+    t_solve = time.perf_counter()
     maps = solver.solve_halves(
         particles, halves, config, context, max_shell=max_shell, progress=progress
     )
+    maps.timings.setdefault("solve", time.perf_counter() - t_solve)
     params.update(maps.parameters)
     result = assess_halves(
         maps,
@@ -148,6 +175,10 @@ def reconstruct(
         max_shell=max_shell,
         local_filter=local_filter,
     )
+    if outcome is not None:
+        result.robust = outcome
+        result.parameters["robust"] = outcome.summary()
+        result.timings["robust"] = outcome.seconds
     result.timings["total"] = time.perf_counter() - t_start
     return result
 

@@ -41,6 +41,7 @@ from cryograd.projectors import fourier_slice as fs
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 from cryograd.solvers.batches import global_batches, load_batch
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.particle_weights import weighted_inputs
 from cryograd.validation import apply_shell_weights, shell_sums
 
 __all__ = [
@@ -148,6 +149,7 @@ def insert_particles(
     comm=None,
     progress: bool = True,
     desc: str = "insert",
+    particle_weights: np.ndarray | None = None,
 ) -> FourierInsertion:
     """Insert particles ``indices`` of a set into the padded Fourier grid.
 
@@ -174,6 +176,10 @@ def insert_particles(
         :class:`cryograd.distributed.Communicator` (default: one process).
     progress
         Show a tqdm bar over particles (on the main process only).
+    particle_weights
+        ``(N,)`` weights of every particle of the set (indexed like the set), or None: each
+        particle's numerator and ``c²`` weights are multiplied by its weight
+        (:func:`cryograd.solvers.particle_weights.weighted_inputs`).
 
     Returns
     -------
@@ -216,8 +222,10 @@ def insert_particles(
                     device=device,
                     dtype=dtype,
                     use_ctf=use_ctf,
-                    ctf_values=False,
+                    ctf_values=particle_weights is not None,
                 )
+                if particle_weights is not None:
+                    batch = weighted_inputs(batch, particle_weights[local])
                 projector.insert(
                     rfft2_centered(batch.images),
                     batch.rotations,
@@ -273,6 +281,7 @@ def insert_in_context(
         comm=context.comm,
         progress=progress,
         desc=desc,
+        particle_weights=context.particle_weights,
     )
 
 
