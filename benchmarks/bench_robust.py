@@ -25,12 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests._recon_data import pseudo_atom_map, soft_sphere  # noqa: E402
+
 from cryograd.io.mrc import read_map, write_map  # noqa: E402
 from cryograd.particles import read_particles  # noqa: E402
 from cryograd.reconstruction.robust import RobustConfig  # noqa: E402
 from cryograd.reconstruction.run import reconstruct  # noqa: E402
 from cryograd.validation import fsc  # noqa: E402
-from tests._recon_data import pseudo_atom_map, soft_sphere  # noqa: E402
 
 
 def auc(bad, labels) -> float:
