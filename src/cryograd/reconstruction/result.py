@@ -20,6 +20,7 @@ from cryograd import __version__
 from cryograd.io.atomic import atomic_path
 from cryograd.io.mrc import write_map
 from cryograd.plots import plot_fsc_result, plot_loss
+from cryograd.reconstruction.robust_outputs import write_robust_outputs
 from cryograd.validation import FSCResult
 
 __all__ = [
@@ -151,9 +152,7 @@ class Result:
             "versions": _versions(),
         }
         if self.robust is not None:
-            from cryograd.reconstruction.robust_outputs import write_robust_outputs
-
-            paths.update(write_robust_outputs(out, self.robust))
+            paths.update(write_robust_outputs(out, self.robust, names))
             info["robust"] = self.robust.summary()
         if extra:
             info.update(extra)

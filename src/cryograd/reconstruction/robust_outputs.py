@@ -59,19 +59,16 @@ def weights_figure(outcome):
     return fig
 
 
-def write_robust_outputs(folder: str | Path, outcome) -> dict[str, Path]:
-    """Write the robust files into ``folder``; returns key -> path
-    (:data:`~cryograd.reconstruction.result.OUTPUT_FILES` keys)."""
-    from cryograd.reconstruction.result import OUTPUT_FILES
-
+def write_robust_outputs(folder: str | Path, outcome, names: dict[str, str]) -> dict[str, Path]:
+    """Write the robust files into ``folder`` under ``names`` (keys ``scored_star``,
+    ``kept_star``, ``robust_png``: :data:`~cryograd.reconstruction.result.OUTPUT_FILES`);
+    returns key -> path."""
     out = Path(folder)
     scored = scored_particles(outcome)
-    paths = {"scored_star": write_star(out / OUTPUT_FILES["scored_star"], scored)}
+    paths = {"scored_star": write_star(out / names["scored_star"], scored)}
     keep = outcome.config.keep_above
     if keep is not None:
         rows = np.nonzero(outcome.used & (outcome.weights > float(keep)))[0]
-        paths["kept_star"] = write_star(out / OUTPUT_FILES["kept_star"], scored.subset(rows))
-    paths["robust_png"] = save_figure_atomic(
-        weights_figure(outcome), out / OUTPUT_FILES["robust_png"]
-    )
+        paths["kept_star"] = write_star(out / names["kept_star"], scored.subset(rows))
+    paths["robust_png"] = save_figure_atomic(weights_figure(outcome), out / names["robust_png"])
     return paths
