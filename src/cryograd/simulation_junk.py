@@ -62,12 +62,23 @@ class JunkPlan:
         return (self.kinds > 0).astype(np.int64)
 
 
+def _random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 3, 3)`` uniform rotations (normalised Gaussian quaternions), as the clean draws."""
+    q = rng.standard_normal((n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+    return np.stack([np.stack(r, -1) for r in rows], axis=-2)
+
+
 def plan_junk(
     n: int, fraction: float, kind: str, rotations: np.ndarray, has_map: bool, seed: int
 ) -> JunkPlan:
     """Draw the junk of a set of ``n`` (its own generator: the clean draws do not change)."""
-    from cryograd.simulation import random_rotations
-
     rng = np.random.default_rng([int(seed), 7919])
     kinds = np.zeros(n, dtype=np.int64)
     m = int(round(fraction * n))
@@ -80,7 +91,7 @@ def plan_junk(
         kinds[rows] = KIND_NAMES.index(kind)
     true_rot = np.array(rotations, copy=True)
     moved = np.isin(kinds, (3, 4))
-    true_rot[moved] = random_rotations(int(moved.sum()), rng)
+    true_rot[moved] = _random_rotations(int(moved.sum()), rng)
     blobs = (
         np.column_stack(
             [

@@ -266,6 +266,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=3, help="epochs without improvement to stop")
     g.add_argument("--init", choices=INITS, default="direct")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    _add_robust_flags(p)
+    g = p.add_argument_group("runs")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
+    g.add_argument(
+        "--postprocess",
+        action="store_true",
+        help="run cryograd postprocess into OUTDIR/postprocess",
+    )
+    g.add_argument("--nproc", type=int, default=1, help="processes to run (distributed)")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a process waits for the others before failing",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_robust_flags(p: argparse.ArgumentParser) -> None:
+    """The ``--robust`` flags."""
     g = p.add_argument_group("robust (junk-immune)")
     g.add_argument(
         "--robust",
@@ -288,24 +311,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="NAME",
         help="fixed per-particle weights in [0, 1] from this STAR column (e.g. rlnCryogradWeight)",
     )
-    g = p.add_argument_group("runs")
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
-    g.add_argument(
-        "--postprocess",
-        action="store_true",
-        help="run cryograd postprocess into OUTDIR/postprocess",
-    )
-    g.add_argument("--nproc", type=int, default=1, help="processes to run (distributed)")
-    g.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        help="seconds a process waits for the others before failing",
-    )
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
-    return p
 
 
 def _is_temporary_of(name: str, outputs: tuple[str, ...]) -> bool:
@@ -582,7 +587,7 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
             use_ctf=not args.no_ctf,
             sym=args.sym,
             comm=comm,
-        )
+        ).with_weights(weights_of(args, particles))
         with checkpointing(out, resume=args.resume, is_main=comm.is_main):
             result = reconstruct(
                 particles,
@@ -597,7 +602,6 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
                 skip_bad_particles=args.skip_bad_particles,
                 local_filter=args.local_filter,
                 robust=robust_config_of(args),
-                particle_weights=weights_of(args, particles),
             )
         if comm.is_main:
             argv = getattr(args, "argv", None)

@@ -59,8 +59,6 @@ def reconstruct(
     progress: bool = True,
     local_filter: bool = True,
     skip_bad_particles: bool = False,
-    robust: RobustConfig | None = None,
-    particle_weights=None,
     **options,
 ) -> Result:
     """Reconstruct a map from particles with poses, with gold-standard half maps and FSC.
@@ -100,18 +98,17 @@ def reconstruct(
     skip_bad_particles
         Leave out particles whose image is non-finite, constant or has a corrupt pixel
         (:mod:`cryograd.checks`) instead of refusing the set.
-    robust
-        :class:`~cryograd.reconstruction.robust.RobustConfig`: weigh every particle by how well its
-        half's map explains it (IRLS, :mod:`cryograd.reconstruction.robust`); the weights and
-        scores are in ``result.robust``. None: every particle weighs 1.
-    particle_weights
-        ``(N,)`` fixed weights in ``[0, 1]`` of every particle of the set (e.g. a STAR column),
-        or None; with ``robust`` they multiply the robust weights.
+    options
+        Also ``robust``: a :class:`~cryograd.reconstruction.robust.RobustConfig` weighs every
+        particle by how well its half's map explains it (:mod:`cryograd.reconstruction.robust`;
+        weights and scores in ``result.robust``). Fixed weights go in the context
+        (``RunContext.with_weights``); the robust ones multiply them.
 
     Returns
     -------
     Result
     """
+    robust: RobustConfig | None = options.pop("robust", None)
     solver = solver_for(method)
     config = method_config(method, config, options)
     context = run_context(context, options)
@@ -143,25 +140,12 @@ def reconstruct(
         len(halves[0]),
         len(halves[1]),
     )
-    if particle_weights is not None:
-        context = context.with_weights(check_particle_weights(particle_weights, len(particles)))
-    outcome = None
-    if robust is not None:
-        outcome = robust_particle_weights(
-            particles,
-            halves,
-            context,
-            robust,
-            pad=config.pad,
-            max_shell=max_shell,
-            progress=progress,
-        )
-        context = context.with_weights(outcome.weights)
-    t_solve = time.perf_counter()
+    context, outcome = _weighted_context(
+        particles, halves, context, robust, pad=config.pad, max_shell=max_shell, progress=progress
+    )
     maps = solver.solve_halves(
         particles, halves, config, context, max_shell=max_shell, progress=progress
     )
-    maps.timings.setdefault("solve", time.perf_counter() - t_solve)
     params.update(maps.parameters)
     result = assess_halves(
         maps,
@@ -181,6 +165,20 @@ def reconstruct(
         result.timings["robust"] = outcome.seconds
     result.timings["total"] = time.perf_counter() - t_start
     return result
+
+
+def _weighted_context(particles, halves, context, robust, *, pad, max_shell, progress):
+    """The context with the particles' weights (fixed ones checked, robust ones computed), and
+    the :class:`~cryograd.reconstruction.robust.RobustOutcome` (None without ``robust``)."""
+    if context.particle_weights is not None:
+        w = check_particle_weights(context.particle_weights, len(particles))
+        context = context.with_weights(w)
+    if robust is None:
+        return context, None
+    outcome = robust_particle_weights(
+        particles, halves, context, robust, pad=pad, max_shell=max_shell, progress=progress
+    )
+    return context.with_weights(outcome.weights), outcome
 
 
 def _parameters(method, config, context, maxres, halves, from_file) -> dict:

@@ -146,13 +146,12 @@ def evaluate(
     dtype,
     comm,
     loader=None,
-    weights=None,
 ) -> float:
     """Mean data loss per particle over ``indices`` (summed over processes).
 
     ``loader`` (``local_indices -> ParticleBatch``, e.g. :func:`batch_loader`) defaults to
-    reading from the stacks; ``weights`` (``(N,)``, indexed like the set) weight each particle's
-    loss (its residual scaled by ``√w``)."""
+    reading from the stacks. The validation loss is unweighted (``--robust`` weights the
+    training loss only)."""
     if loader is None:
 
         def loader(local):
@@ -164,7 +163,7 @@ def evaluate(
             local = comm.shard(global_batch)
             if len(local):
                 batch = loader(local)
-                share = _batch_loss(model, volume, batch, loss_fn, 1.0, symmetry, comm, weights)
+                share = _batch_loss(model, volume, batch, loss_fn, 1.0, symmetry, comm)
                 total += share.to(torch.float64)
             elif getattr(loss_fn, "name", "") == "sorted-l1" and comm.world_size > 1:
                 empty = torch.zeros((0, 1), device=device, dtype=dtype)
@@ -399,7 +398,6 @@ class _Training:
             dtype=ctx.dtype,
             comm=ctx.comm,
             loader=self.loader,
-            weights=ctx.particle_weights,
         )
 
     def epoch(self, epoch: int) -> float:

@@ -147,8 +147,7 @@ def insert_particles(
     symmetry: torch.Tensor | None = None,
     max_shell: int | None = None,
     comm=None,
-    progress: bool = True,
-    desc: str = "insert",
+    progress: bool | str = True,
     particle_weights: np.ndarray | None = None,
 ) -> FourierInsertion:
     """Insert particles ``indices`` of a set into the padded Fourier grid.
@@ -175,7 +174,8 @@ def insert_particles(
     comm
         :class:`cryograd.distributed.Communicator` (default: one process).
     progress
-        Show a tqdm bar over particles (on the main process only).
+        Show a tqdm bar over particles (on the main process only); a string is the bar's
+        description (default ``"insert"``).
     particle_weights
         ``(N,)`` weights of every particle of the set (indexed like the set), or None: each
         particle's numerator and ``c²`` weights are multiplied by its weight
@@ -207,7 +207,7 @@ def insert_particles(
     indices = np.asarray(indices, dtype=np.int64)
     bar = tqdm(
         total=len(indices),
-        desc=desc,
+        desc=progress if isinstance(progress, str) else "insert",
         unit="ptcl",
         disable=not (progress and comm.is_main),
         leave=False,
@@ -279,8 +279,7 @@ def insert_in_context(
         symmetry=context.symmetry,
         max_shell=max_shell,
         comm=context.comm,
-        progress=progress,
-        desc=desc,
+        progress=desc if progress else False,
         particle_weights=context.particle_weights,
     )
 
