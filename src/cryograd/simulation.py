@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -43,6 +44,14 @@ from cryograd.io.mrc import StackWriter, read_map, write_map
 from cryograd.io.registry import read_particles
 from cryograd.io.star import write_star
 from cryograd.particle_set import ParticleSet
+from cryograd.simulation_junk import (
+    BLOB_CONTRAST,
+    JunkPlan,
+    blob_images,
+    check_junk,
+    junk_columns,
+    plan_junk,
+)
 
 __all__ = [
     "SimulationOptions",
@@ -158,6 +167,9 @@ class SimulationOptions:
         Torch device for the projections (default: CPU).
     progress
         Show a progress bar.
+    junk, junk_kind, junk_map
+        Fraction of junk particles in ``[0, 1)``, their kind and the other molecule's map
+        (array or MRC path) for ``other`` (:mod:`cryograd.simulation_junk`).
     """
 
     snr: float = 0.1
@@ -170,6 +182,9 @@ class SimulationOptions:
     images_per_stack: int | None = None
     device: torch.device | str | None = None
     progress: bool = True
+    junk: float = 0.0
+    junk_kind: str = "mixed"
+    junk_map: Any = None
 
 
 def simulate(
@@ -214,6 +229,14 @@ def simulate(
     n = int(n)
     box = vol.shape[0]
     per_stack = _check_options(n, opts, source, box)
+    check_junk(opts.junk, opts.junk_kind, opts.junk_map)
+    junk_vol = None
+    if opts.junk_map is not None and opts.junk > 0:
+        junk_vol = torch.from_numpy(_load_volume(opts.junk_map, pixel_size)[0])
+        if junk_vol.shape != vol.shape:
+            raise CryogradError(
+                f"junk_map: box {junk_vol.shape[0]} differs from the map's box {box}"
+            )
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CryogradError(f"{out}: exists and is not a folder")
@@ -233,6 +256,10 @@ def simulate(
     signal_var = _signal_variance(clean, n, box, opts.batch_size)
     if not signal_var > 0:
         raise CryogradError(f"{source}: the map's projections are constant; nothing to simulate")
+    plan = None
+    if opts.junk > 0:
+        plan = plan_junk(n, opts.junk, opts.junk_kind, rotations, junk_vol is not None, opts.seed)
+        clean = _junk_images(model, (vol_t, junk_vol), plan, (sh_t, ctf_t), signal_var)
     sigma = float(np.sqrt(signal_var / opts.snr)) if np.isfinite(opts.snr) else 0.0
     logger.info("signal variance %.4g, noise sigma %.4g (SNR %.4g)", signal_var, sigma, opts.snr)
 
@@ -252,6 +279,8 @@ def simulate(
         image_names=names,
         datadir=out,
     )
+    if plan is not None:
+        particles = replace(particles, extra_columns=pd.DataFrame(junk_columns(plan)))
     star_path = write_star(out / "particles.star", particles, image_names=names)
     return SimulationResult(
         star_path=star_path,
@@ -323,6 +352,36 @@ def _draw_parameters(
         mean_df + astig / 2, mean_df - astig / 2, angle, 300.0, 2.7, 0.1, 0.0, 0.0, 1.0
     )
     return rotations, shifts, ctf
+
+
+def _junk_images(model, volumes, plan: JunkPlan, geometry, signal_var: float):
+    """``clean(start, stop)`` of a set with junk: images at the true poses, the other
+    molecule's, empty ones and blobs where the plan says (:mod:`cryograd.simulation_junk`)."""
+    vol_t, junk_vol = volumes
+    sh_t, ctf_t = geometry
+    rot_t = torch.from_numpy(plan.true_rotations).to(device=vol_t.device, dtype=torch.float32)
+    amp = BLOB_CONTRAST * float(np.sqrt(signal_var))
+
+    def images(start: int, stop: int) -> torch.Tensor:
+        img = model.project(vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop])
+        kinds = torch.from_numpy(plan.kinds[start:stop]).to(img.device)
+        other = torch.nonzero(kinds == 3).squeeze(1)
+        if len(other) and junk_vol is not None:
+            rows = other + start
+            img[other] = model.project(
+                junk_vol.to(vol_t),
+                rot_t[rows],
+                sh_t[rows],
+                ctf_t[rows.to(ctf_t.defocus_u_angstrom.device)],
+            ).to(img.dtype)
+        img[kinds == 1] = 0.0
+        blob = torch.nonzero(kinds == 2).squeeze(1)
+        if len(blob):
+            params = plan.blobs[start:stop][blob.cpu().numpy()]
+            img[blob] = blob_images(params, img.shape[-1], amp).to(img)
+        return img
+
+    return images
 
 
 def _signal_variance(clean, n: int, box: int, batch_size: int) -> float:

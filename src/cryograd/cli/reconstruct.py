@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from cryograd.distributed import (
@@ -58,6 +61,8 @@ from cryograd.reconstruction.result import (
     checkpoint_name,
     write_json_atomic,
 )
+from cryograd.reconstruction.robust import RobustConfig
+from cryograd.reconstruction.robust_rules import DEFAULT_RULE, ROBUST_RULES
 from cryograd.reconstruction.run import reconstruct
 from cryograd.reconstruction.selection import select_particles
 from cryograd.solvers import LOSSES, PENALTIES, SOLVERS
@@ -256,6 +261,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=3, help="epochs without improvement to stop")
     g.add_argument("--init", choices=INITS, default="direct")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    _add_robust_flags(p)
     g = p.add_argument_group("runs")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--force", action="store_true", help="overwrite a previous run in OUTDIR")
@@ -294,6 +300,32 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
         "the FSC-weighted map",
     )
     p.add_argument("--mask", type=Path, default=None, help="mask for the masked FSC (MRC)")
+
+
+def _add_robust_flags(p: argparse.ArgumentParser) -> None:
+    """The ``--robust`` flags."""
+    g = p.add_argument_group("robust (junk-immune)")
+    g.add_argument(
+        "--robust",
+        action="store_true",
+        help="weigh every particle by how well its half's map explains it (IRLS); writes "
+        "particles_scored.star and robust_weights.png",
+    )
+    g.add_argument("--robust-rule", choices=tuple(ROBUST_RULES), default=DEFAULT_RULE)
+    g.add_argument("--robust-rounds", type=int, default=2, help="IRLS rounds (2)")
+    g.add_argument(
+        "--keep-above",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with --robust, also write particles_kept.star: the particles weighing more than W",
+    )
+    g.add_argument(
+        "--weight-column",
+        default=None,
+        metavar="NAME",
+        help="fixed per-particle weights in [0, 1] from this STAR column (e.g. rlnCryogradWeight)",
+    )
 
 
 def _is_temporary_of(name: str, outputs: tuple[str, ...]) -> bool:
@@ -372,6 +404,38 @@ def _check_options(args: argparse.Namespace) -> None:
     check_positive("tol", args.tol)
     if args.max_iter is not None:
         check_at_least("max_iter", args.max_iter, 1)
+    robust_config_of(args)
+
+
+def robust_config_of(args: argparse.Namespace) -> RobustConfig | None:
+    """The ``--robust`` settings (None without it); refuses ``--keep-above`` outside [0, 1] or
+    without ``--robust``."""
+    keep = args.keep_above
+    if keep is not None and not (math.isfinite(keep) and 0 <= keep <= 1):
+        raise CryogradError(f"--keep-above must be in [0, 1], got {keep}")
+    if keep is not None and not args.robust:
+        raise CryogradError("--keep-above needs --robust")
+    if not args.robust:
+        return None
+    if args.robust_rounds < 1:
+        raise CryogradError(f"--robust-rounds must be at least 1, got {args.robust_rounds}")
+    return RobustConfig(rule=args.robust_rule, rounds=args.robust_rounds, keep_above=keep)
+
+
+def weights_of(args: argparse.Namespace, particles) -> np.ndarray | None:
+    """The ``--weight-column`` values of ``particles`` (checked: numbers in [0, 1]), or None."""
+    name = args.weight_column
+    if name is None:
+        return None
+    extra = particles.extra_columns
+    if extra is None or name not in extra.columns:
+        raise CryogradError(f"--weight-column {name}: no such column in {args.particles}")
+    values = pd.to_numeric(extra[name], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values > 1):
+        raise CryogradError(
+            f"--weight-column {name}: values must be numbers in [0, 1] ({args.particles})"
+        )
+    return values
 
 
 def _check_inputs(args: argparse.Namespace, comm=None):
@@ -382,6 +446,7 @@ def _check_inputs(args: argparse.Namespace, comm=None):
     if args.mask is not None and not args.mask.is_file():
         raise CryogradError(f"{args.mask}: mask file not found")
     particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+    weights_of(args, particles)
     group_order(args.sym)
     select_particles(
         particles, first=args.first, class_number=args.class_number, use_ctf=not args.no_ctf
@@ -555,7 +620,7 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
             use_ctf=not args.no_ctf,
             sym=args.sym,
             comm=comm,
-        )
+        ).with_weights(weights_of(args, particles))
         with checkpointing(out, resume=args.resume, is_main=comm.is_main):
             result = reconstruct(
                 particles,
@@ -569,6 +634,7 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
                 progress=not args.no_progress,
                 skip_bad_particles=args.skip_bad_particles,
                 local_filter=args.local_filter,
+                robust=robust_config_of(args),
             )
         if comm.is_main:
             argv = getattr(args, "argv", None)

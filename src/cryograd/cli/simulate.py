@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from cryograd.io.outdir import (
 )
 from cryograd.projectors.registry import PROJECTORS
 from cryograd.simulation import simulate
+from cryograd.simulation_junk import JUNK_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="images per .mrcs file (default 10000, fewer for large boxes: at most 512 MiB)",
     )
     parser.add_argument("--angpix", type=float, help="pixel size in Å (default: the map's)")
+    parser.add_argument(
+        "--junk",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of junk particles in [0, 1), marked rlnCryogradJunk in the STAR (0)",
+    )
+    parser.add_argument(
+        "--junk-kind",
+        choices=JUNK_KINDS,
+        default="mixed",
+        help="noise, blob (ice/carbon), other (--junk-map), pose (wrong pose) or mixed",
+    )
+    parser.add_argument(
+        "--junk-map", type=Path, default=None, help="the other molecule's map (--junk-kind other)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -84,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.defocus
     if not 0 < lo <= hi < 20:
         raise CryogradError(f"--defocus {lo}:{hi}: give MIN:MAX in µm with 0 < MIN <= MAX < 20")
+    if not (math.isfinite(args.junk) and 0 <= args.junk < 1):
+        raise CryogradError(f"--junk must be a fraction in [0, 1), got {args.junk}")
+    if args.junk_kind == "other" and args.junk_map is None:
+        raise CryogradError("--junk-kind other needs --junk-map MAP (the other molecule)")
+    if args.junk_map is not None and not args.junk_map.is_file():
+        raise CryogradError(f"--junk-map {args.junk_map}: file not found")
     with folder_lock(args.output):
         recover_folder(args.output)
         stage = staging_folder(args.output)
@@ -122,4 +146,7 @@ def _simulate_into(args: argparse.Namespace, folder: Path):
         batch_size=args.batch_size,
         images_per_stack=args.stack_size,
         device=device,
+        junk=args.junk,
+        junk_kind=args.junk_kind,
+        junk_map=args.junk_map,
     )

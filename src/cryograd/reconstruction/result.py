@@ -11,6 +11,7 @@ import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from cryograd import __version__
 from cryograd.io.atomic import atomic_path
 from cryograd.io.mrc import write_map
 from cryograd.plots import plot_fsc_result, plot_loss
+from cryograd.reconstruction.robust_outputs import write_robust_outputs
 from cryograd.validation import FSCResult
 
 __all__ = [
@@ -40,6 +42,9 @@ OUTPUT_FILES: dict[str, str] = {
     "loss_png": "loss.png",
     "run_json": "run.json",
     "log": "reconstruct.log",
+    "scored_star": "particles_scored.star",
+    "kept_star": "particles_kept.star",
+    "robust_png": "robust_weights.png",
 }
 """Key -> file name of every output of a run (the keys of :meth:`Result.save`'s answer, and
 ``log``, written by the command line)."""
@@ -81,6 +86,12 @@ class Result:
         Per-method record (CG iterations, losses per epoch, best epochs, ...).
     timings
         Seconds per stage.
+    parameters
+        The settings recorded in ``run.json``.
+    robust
+        :class:`~cryograd.reconstruction.robust.RobustOutcome` of a ``--robust`` run (its
+        ``particles_scored.star``, ``particles_kept.star`` and ``robust_weights.png`` are written
+        with the other outputs), or None.
     """
 
     map: torch.Tensor
@@ -95,6 +106,7 @@ class Result:
     history: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    robust: Any = None
 
     def save(self, outdir: str | Path, *, extra: dict | None = None) -> dict[str, Path]:
         """Write ``map.mrc``, ``half1.mrc``, ``half2.mrc``, ``fsc.csv``, ``fsc.png``, ``loss.png``
@@ -139,6 +151,9 @@ class Result:
             "timings_s": self.timings,
             "versions": _versions(),
         }
+        if self.robust is not None:
+            paths.update(write_robust_outputs(out, self.robust, names))
+            info["robust"] = self.robust.summary()
         if extra:
             info.update(extra)
         paths["run_json"] = write_json_atomic(out / names["run_json"], info)

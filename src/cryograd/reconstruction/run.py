@@ -34,10 +34,12 @@ from cryograd.reconstruction.memory import check_memory
 from cryograd.reconstruction.options import method_config, run_context, solver_for
 from cryograd.reconstruction.resolution import assess_halves, max_shell_of
 from cryograd.reconstruction.result import Result
+from cryograd.reconstruction.robust import RobustConfig, robust_particle_weights
 from cryograd.reconstruction.screening import screen_particles
 from cryograd.reconstruction.selection import select_particles, split_into_halves
 from cryograd.solvers.config import SolverConfig, check_positive
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.particle_weights import check_particle_weights
 
 __all__ = ["reconstruct"]
 
@@ -96,11 +98,17 @@ def reconstruct(
     skip_bad_particles
         Leave out particles whose image is non-finite, constant or has a corrupt pixel
         (:mod:`cryograd.checks`) instead of refusing the set.
+    options
+        Also ``robust``: a :class:`~cryograd.reconstruction.robust.RobustConfig` weighs every
+        particle by how well its half's map explains it (:mod:`cryograd.reconstruction.robust`;
+        weights and scores in ``result.robust``). Fixed weights go in the context
+        (``RunContext.with_weights``); the robust ones multiply them.
 
     Returns
     -------
     Result
     """
+    robust: RobustConfig | None = options.pop("robust", None)
     solver = solver_for(method)
     config = method_config(method, config, options)
     context = run_context(context, options)
@@ -140,6 +148,9 @@ def reconstruct(
         len(halves[0]),
         len(halves[1]),
     )
+    context, outcome = _weighted_context(
+        particles, halves, context, robust, pad=config.pad, max_shell=max_shell, progress=progress
+    )
     maps = solver.solve_halves(
         particles, halves, config, context, max_shell=max_shell, progress=progress
     )
@@ -156,8 +167,26 @@ def reconstruct(
         max_shell=max_shell,
         local_filter=local_filter,
     )
+    if outcome is not None:
+        result.robust = outcome
+        result.parameters["robust"] = outcome.summary()
+        result.timings["robust"] = outcome.seconds
     result.timings["total"] = time.perf_counter() - t_start
     return result
+
+
+def _weighted_context(particles, halves, context, robust, *, pad, max_shell, progress):
+    """The context with the particles' weights (fixed ones checked, robust ones computed), and
+    the :class:`~cryograd.reconstruction.robust.RobustOutcome` (None without ``robust``)."""
+    if context.particle_weights is not None:
+        w = check_particle_weights(context.particle_weights, len(particles))
+        context = context.with_weights(w)
+    if robust is None:
+        return context, None
+    outcome = robust_particle_weights(
+        particles, halves, context, robust, pad=pad, max_shell=max_shell, progress=progress
+    )
+    return context.with_weights(outcome.weights), outcome
 
 
 def _parameters(method, config, context, maxres, halves, from_file) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from cryograd.distributed import Communicator, resolve_device, single_process
@@ -39,6 +40,10 @@ class RunContext:
         :class:`cryograd.distributed.Communicator` (one process by default).
     sym
         Name of the point group (``"C1"``, ``"D7"``, ...), as recorded in ``run.json``.
+    particle_weights
+        ``(N,)`` weights in ``[0, 1]`` of every particle of the set (indexed like the set), or
+        None: each particle's data term is multiplied by its weight
+        (:mod:`cryograd.solvers.particle_weights`; ``--robust``, ``--weight-column``).
     """
 
     device: torch.device
@@ -47,6 +52,7 @@ class RunContext:
     symmetry: torch.Tensor | None = None
     comm: Communicator = None  # type: ignore[assignment]  # None: filled in __post_init__
     sym: str = "C1"
+    particle_weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in (torch.float32, torch.float64):
@@ -87,3 +93,7 @@ class RunContext:
     def with_comm(self, comm: Communicator) -> RunContext:
         """The same context with another communicator."""
         return replace(self, comm=comm)
+
+    def with_weights(self, weights: np.ndarray | None) -> RunContext:
+        """The same context with per-particle weights (None: every particle weighs 1)."""
+        return replace(self, particle_weights=weights)

@@ -50,6 +50,7 @@ from cryograd.solvers.config import (
 from cryograd.solvers.context import CONTEXT_FIELDS, RunContext
 from cryograd.solvers.losses import DataLoss
 from cryograd.solvers.optimizers import OPTIMIZERS
+from cryograd.solvers.particle_weights import residual_factors
 from cryograd.solvers.penalties import NoPenalty, Penalty
 
 __all__ = [
@@ -119,10 +120,16 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def _batch_loss(model, volume, batch, loss_fn: DataLoss, normalizer: float, symmetry, comm):
+def _batch_loss(
+    model, volume, batch, loss_fn: DataLoss, normalizer: float, symmetry, comm, weights=None
+):
     batch = expand_symmetry(batch, symmetry)
     pred = model.project(volume, batch.rotations, batch.shifts_px, batch.model_filter())
-    return loss_fn(pred - batch.images, normalizer=normalizer, comm=comm)
+    residual = pred - batch.images
+    factors = residual_factors(weights, batch.indices, residual)  # √w: w times the l2 loss
+    if factors is not None:
+        residual = residual * factors
+    return loss_fn(residual, normalizer=normalizer, comm=comm)
 
 
 def evaluate(
@@ -143,7 +150,8 @@ def evaluate(
     """Mean data loss per particle over ``indices`` (summed over processes).
 
     ``loader`` (``local_indices -> ParticleBatch``, e.g. :func:`batch_loader`) defaults to
-    reading from the stacks."""
+    reading from the stacks. The validation loss is unweighted (``--robust`` weights the
+    training loss only)."""
     if loader is None:
 
         def loader(local):
@@ -415,6 +423,7 @@ class _Training:
                     len(global_batch),
                     self.context.symmetry,
                     comm,
+                    self.context.particle_weights,
                 )
             if share is None:  # an empty shard still takes part in the loss's collectives
                 empty = volume.new_zeros((0, d, d)) + 0.0 * volume.sum()

@@ -44,6 +44,7 @@ from cryograd.projectors import fourier_slice as fs
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 from cryograd.solvers.batches import global_batches, load_batch
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.particle_weights import weighted_inputs
 from cryograd.validation import apply_shell_weights, shell_sums
 
 __all__ = [
@@ -161,8 +162,8 @@ def insert_particles(
     symmetry: torch.Tensor | None = None,
     max_shell: int | None = None,
     comm=None,
-    progress: bool = True,
-    desc: str = "insert",
+    progress: bool | str = True,
+    particle_weights: np.ndarray | None = None,
 ) -> FourierInsertion:
     """Insert particles ``indices`` of a set into the padded Fourier grid.
 
@@ -188,7 +189,12 @@ def insert_particles(
     comm
         :class:`cryograd.distributed.Communicator` (default: one process).
     progress
-        Show a tqdm bar over particles (on the main process only).
+        Show a tqdm bar over particles (on the main process only); a string is the bar's
+        description (default ``"insert"``).
+    particle_weights
+        ``(N,)`` weights of every particle of the set (indexed like the set), or None: each
+        particle's numerator and ``c²`` weights are multiplied by its weight
+        (:func:`cryograd.solvers.particle_weights.weighted_inputs`).
 
     Returns
     -------
@@ -216,7 +222,7 @@ def insert_particles(
     indices = np.asarray(indices, dtype=np.int64)
     bar = tqdm(
         total=len(indices),
-        desc=desc,
+        desc=progress if isinstance(progress, str) else "insert",
         unit="ptcl",
         disable=not (progress and comm.is_main),
         leave=False,
@@ -231,8 +237,10 @@ def insert_particles(
                     device=device,
                     dtype=dtype,
                     use_ctf=use_ctf,
-                    ctf_values=False,
+                    ctf_values=particle_weights is not None,
                 )
+                if particle_weights is not None:
+                    batch = weighted_inputs(batch, particle_weights[local])
                 projector.insert(
                     rfft2_centered(batch.images),
                     batch.rotations,
@@ -284,8 +292,8 @@ def insert_in_context(
         symmetry=context.symmetry,
         max_shell=max_shell,
         comm=context.comm,
-        progress=progress,
-        desc=desc,
+        progress=desc if progress else False,
+        particle_weights=context.particle_weights,
     )
 
 
