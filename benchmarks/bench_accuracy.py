@@ -39,6 +39,12 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import torch
+from bench_reconstruct import (
+    _DRGN_MAIN,
+    _peer_map,
+    find_cryodrgn_python,
+    write_cryodrgn_inputs,
+)
 
 from cryograd.data import demo_map_path
 from cryograd.io.mrc import read_map, write_map
@@ -170,9 +176,16 @@ def soft_sphere(box: int, radius: float, edge: float = 4.0) -> torch.Tensor:
     return 0.5 - 0.5 * torch.cos(np.pi * t)
 
 
-def score(path: Path, truth: torch.Tensor, mask: torch.Tensor, px: float) -> dict:
+def score(
+    path: Path, truth: torch.Tensor, mask: torch.Tensor, px: float, *, try_axes: bool = False
+) -> dict:
+    """Mean FSC to the truth (whole box, masked) and the whole-box crossings; with ``try_axes``
+    the best of the map as written, transposed and z-flipped (a peer's axis convention)."""
     with mrcfile.open(path, permissive=True) as m:
-        vol = torch.from_numpy(np.asarray(m.data, dtype=np.float64).copy())
+        data = np.asarray(m.data, dtype=np.float64)
+    candidates = [data, data.transpose(2, 1, 0), data[::-1]] if try_axes else [data]
+    scored = [(float(fsc(torch.from_numpy(c.copy()), truth)[1:].mean()), c) for c in candidates]
+    vol = torch.from_numpy(max(scored, key=lambda t: t[0])[1].copy())
     box = truth.shape[0]
     whole = fsc(vol, truth).numpy()
     masked = fsc(vol, truth, mask=mask).numpy()
@@ -215,6 +228,17 @@ def run_relion(star: Path, work: Path, setting: Setting) -> dict | None:
     return {"map": out, "wall": wall, "reported": None}
 
 
+def run_cryodrgn(star: Path, work: Path, setting: Setting) -> dict | None:
+    """cryoDRGN 4.3.1 ``backproject_voxel`` (no symmetry option: C1 sets only)."""
+    python = find_cryodrgn_python(None)
+    if python is None or setting.sym != "C1":
+        return None
+    stack, poses, ctf = write_cryodrgn_inputs(star, work)
+    cmd = [python, "-c", _DRGN_MAIN, str(stack), "--poses", str(poses), "--ctf", str(ctf)]
+    wall = run_timed([*cmd, "-o", str(work / "drgn")], work)
+    return {"map": _peer_map(work, "drgn"), "wall": wall, "reported": None, "axes": True}
+
+
 def one_setting(setting: Setting, methods: list[str], work: Path) -> list[dict]:
     truth_np, px, name, radius = truth_of(setting)
     truth = torch.from_numpy(truth_np)
@@ -239,6 +263,7 @@ def one_setting(setting: Setting, methods: list[str], work: Path) -> list[dict]:
         runs.append((f"cryograd {method}", run))
     relion = "relion_reconstruct" + (" --ctf" if setting.ctf else "")
     runs.append((relion, run_relion(sim.star_path, work, setting)))
+    runs.append(("cryoDRGN backproject_voxel", run_cryodrgn(sim.star_path, work, setting)))
     for label, run in runs:
         row = {"setting": setting, "truth_name": name, "program": label}
         if run is None:
@@ -288,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if shutil.which("relion_reconstruct") is None:
         print("relion_reconstruct not found: RELION rows skipped (apt-get install relion)")
+    if find_cryodrgn_python(None) is None:
+        print("cryoDRGN not found ($CRYODRGN_PYTHON, $PATH): its rows skipped")
     rows: list[dict] = []
     for setting in settings:
         with tempfile.TemporaryDirectory(dir=args.keep) as tmp:

@@ -223,18 +223,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(default 0: none; they zero whatever lies outside that sphere)",
     )
     _add_map_options(p)
-    p.add_argument("--no-ctf", action="store_true", help="reconstruct without CTF correction")
-    p.add_argument("--datadir", type=Path, default=None, help="folder of the image stacks")
-    p.add_argument(
-        "--angpix", type=float, default=None, help="pixel size in Å (overrides the file)"
-    )
-    p.add_argument("--double", action="store_true", help="compute in float64")
-    p.add_argument(
-        "--skip-bad-particles",
-        action="store_true",
-        help="leave out particles whose image has NaN/inf pixels, is constant or has a corrupt "
-        "pixel (default: refuse the set, naming the first)",
-    )
+    _add_input_options(p)
     g = p.add_argument_group("cg")
     g.add_argument("--tol", type=float, default=1e-5, help="relative residual tolerance")
     g.add_argument("--max-iter", type=int, default=200)
@@ -288,6 +277,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    """The flags of how the particles are read and computed on."""
+    p.add_argument("--no-ctf", action="store_true", help="reconstruct without CTF correction")
+    p.add_argument("--datadir", type=Path, default=None, help="folder of the image stacks")
+    p.add_argument(
+        "--angpix", type=float, default=None, help="pixel size in Å (overrides the file)"
+    )
+    p.add_argument("--double", action="store_true", help="compute in float64")
+    p.add_argument(
+        "--skip-bad-particles",
+        action="store_true",
+        help="leave out particles whose image has NaN/inf pixels, is constant or has a corrupt "
+        "pixel (default: refuse the set, naming the first)",
+    )
 
 
 def _add_map_options(p: argparse.ArgumentParser) -> None:

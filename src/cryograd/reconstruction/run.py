@@ -27,6 +27,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cryograd.checks import check_halves
 from cryograd.particles import read_particles
 from cryograd.reconstruction.masks import load_mask
@@ -116,37 +118,24 @@ def reconstruct(
     if isinstance(particles, str | Path):
         particles = read_particles(particles)
     t_start = time.perf_counter()
-    idx = select_particles(
-        particles, first=first, class_number=class_number, use_ctf=context.use_ctf
-    )
-    idx = screen_particles(
-        particles, idx, use_ctf=context.use_ctf, skip_bad=skip_bad_particles, comm=context.comm
-    )
+    idx = _selected(particles, first, class_number, context, skip_bad_particles)
     d = int(particles.box_size)
     px = float(particles.pixel_size_angstrom)
     max_shell = max_shell_of(maxres, d, px)
     mask_t = load_mask(mask, d)
-    check_memory(
-        d,
-        method,
-        config.pad,
-        config.batch_size or 256,
-        context.device,
-        context.dtype,
-        refine=int(getattr(config, "refine", 0) or 0),
-    )
+    _check_memory(d, method, config, context)
     halves, from_file = split_into_halves(particles, idx, config.seed)
     check_halves(particles, halves)
     params = _parameters(method, config, context, maxres, halves, from_file)
     params["map_filter"] = "local-wiener" if local_filter else "fsc-weight"
+    sizes = (len(halves[0]), len(halves[1]))
     logger.info(
         "%s reconstruction of %d particles (box %d, %.4g Å/px), halves %d + %d",
         method,
         len(idx),
         d,
         px,
-        len(halves[0]),
-        len(halves[1]),
+        *sizes,
     )
     context, outcome = _weighted_context(
         particles, halves, context, robust, pad=config.pad, max_shell=max_shell, progress=progress
@@ -173,6 +162,32 @@ def reconstruct(
         result.timings["robust"] = outcome.seconds
     result.timings["total"] = time.perf_counter() - t_start
     return result
+
+
+def _selected(particles, first, class_number, context, skip_bad: bool) -> np.ndarray:
+    """The particles to use: ``first`` / ``class_number`` selection, then the input screening
+    (:mod:`cryograd.reconstruction.screening`)."""
+    idx = select_particles(
+        particles, first=first, class_number=class_number, use_ctf=context.use_ctf
+    )
+    idx = screen_particles(
+        particles, idx, use_ctf=context.use_ctf, skip_bad=skip_bad, comm=context.comm
+    )
+    return idx
+
+
+def _check_memory(d: int, method: str, config, context) -> None:
+    """Refuse a run that does not fit the device (:func:`check_memory`)."""
+    refine = int(getattr(config, "refine", 0) or 0)
+    check_memory(
+        d,
+        method,
+        config.pad,
+        config.batch_size or 256,
+        context.device,
+        context.dtype,
+        refine=refine,
+    )
 
 
 def _weighted_context(particles, halves, context, robust, *, pad, max_shell, progress):

@@ -237,7 +237,7 @@ def insert_particles(
                     device=device,
                     dtype=dtype,
                     use_ctf=use_ctf,
-                    ctf_values=particle_weights is not None,
+                    ctf_values=False,
                 )
                 if particle_weights is not None:
                     batch = weighted_inputs(batch, particle_weights[local])

@@ -4,17 +4,23 @@ A weight ``w_i ∈ [0, 1]`` multiplies particle ``i``'s whole contribution: for 
 insertion both its numerator ``w c · FFT(b)`` and its ``w c²`` weights (so ``direct`` and ``cg``
 solve the weighted least-squares problem), for the gradient methods its per-particle loss.
 
-The insertion applies it without a per-particle path in the kernels: the batch's CTF values are
-scaled by ``√w`` and its images by ``√w`` (``w`` for CTF-premultiplied images, whose numerator
-carries no CTF factor), which gives ``w c b`` and ``w c²`` on every backend
-(:func:`weighted_inputs`). Weights are indexed like the particle set, ``(N,)``.
+The insertion applies it without a per-particle path in the kernels: the batch's CTF scale
+(``rlnCtfScalefactor``, a factor of the CTF) is multiplied by ``√w`` and its images by ``√w``
+(``w`` for CTF-premultiplied images, whose numerator carries no CTF factor), which gives ``w c b``
+and ``w c²`` on every backend, the fused ones that compute the CTF from its parameters included
+(:func:`weighted_inputs`). Without CTF correction the CTF becomes ``√w`` exactly: parameters with
+no defocus, no Cs and amplitude contrast 1 (``γ = −π/2``). Weights are indexed like the particle
+set, ``(N,)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
+from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
 from cryograd.solvers.batches import ParticleBatch
 
@@ -42,28 +48,38 @@ def weighted_inputs(batch: ParticleBatch, weights: np.ndarray) -> ParticleBatch:
     Parameters
     ----------
     batch
-        Loaded with CTF values (``ctf_values=True``) or without CTF (``ctf`` None).
+        Loaded with CTF values (``ctf_values=True``: ``ctf`` is scaled), with CTF parameters
+        (``ctf_values=False``: their ``scale`` is), or without CTF (both None).
     weights
         ``(b,)`` weights of the batch's particles.
 
     Returns
     -------
     ParticleBatch
-        ``ctf`` becomes ``√w · c`` (``√w`` broadcast over the half grid without CTF), images
-        ``√w · b`` (``w · b`` when premultiplied).
+        CTF ``√w · c`` (``√w`` without CTF), images ``√w · b`` (``w · b`` when premultiplied).
     """
     imgs = batch.images
     w = torch.as_tensor(np.asarray(weights), device=imgs.device, dtype=imgs.dtype).view(-1, 1, 1)
     root = w.sqrt()
-    d = imgs.shape[-1]
-    if batch.ctf is None:
-        ctf = root.expand(len(batch), d, d // 2 + 1).contiguous()
+    ctf, params = batch.ctf, batch.ctf_params
+    if ctf is not None:
+        ctf = ctf * root
     else:
-        ctf = batch.ctf * root
+        root64 = root.reshape(-1).to(torch.float64)
+        if params is None:  # CTF ≡ 1: no defocus, no Cs, amplitude contrast 1
+            zeros = torch.zeros_like(root64)
+            params = CTFParams(
+                zeros, zeros, zeros, zeros + 300.0, zeros, zeros + 1.0, zeros, zeros, root64
+            )
+        else:
+            params = dataclasses.replace(params, scale=params.scale * root64.to(params.scale))
     pm = batch.premultiplied.view(-1, 1, 1).to(imgs.device)
     images = imgs * torch.where(pm, w, root)
-    return ParticleBatch(
-        batch.indices, images, batch.rotations, batch.shifts_px, ctf, batch.premultiplied
+    apix = batch.pixel_sizes_angstrom
+    if apix is None and params is not None:  # any pixel size: the unit CTF has no frequency term
+        apix = torch.ones(len(batch), dtype=torch.float64, device=imgs.device)
+    return dataclasses.replace(
+        batch, images=images, ctf=ctf, ctf_params=params, pixel_sizes_angstrom=apix
     )
 
 
