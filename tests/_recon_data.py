@@ -19,13 +19,8 @@ from cryograd.simulation import random_rotations
 def small_map(box: int = 32) -> tuple[np.ndarray, float]:
     """The built-in 64³ map Fourier-cropped to ``box`` (float64) and its voxel size in Å."""
     m = read_map(demo_map_path())
-    vol = torch.from_numpy(m.data).double()
-    n = vol.shape[0]
-    spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(vol)))
-    c, h = n // 2, box // 2
-    spec = spec[c - h : c - h + box, c - h : c - h + box, c - h : c - h + box]
-    small = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spec))).real * (box / n) ** 3
-    return small.numpy(), m.voxel_size_angstrom * n / box
+    n = m.data.shape[0]
+    return fourier_crop(m.data, box), m.voxel_size_angstrom * n / box
 
 
 def make_particles(

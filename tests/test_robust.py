@@ -13,9 +13,10 @@ import torch
 from cryograd.io.mrc import read_map, write_map
 from cryograd.particles import read_particles
 from cryograd.reconstruction.robust import RobustConfig, robust_particle_weights
-from cryograd.reconstruction.robust_rules import ROBUST_RULES, robust_weights, sorted_l1_prox
+from cryograd.reconstruction.robust_rules import ROBUST_RULES, robust_weights
 from cryograd.reconstruction.run import reconstruct
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.penalties import prox_sorted_l1
 from cryograd.validation import fsc
 from tests._recon_data import pseudo_atom_map, soft_sphere
 
@@ -108,7 +109,8 @@ def test_rules_in_unit_interval_and_monotone():
             assert np.all(np.diff(w) <= 1e-12), rule
     # sorted-l1 prox with equal λ is soft thresholding
     x = np.array([5.0, 0.5, 3.0])
-    np.testing.assert_allclose(sorted_l1_prox(x, np.full(3, 1.0)), [4.0, 0.0, 2.0])
+    prox = prox_sorted_l1(torch.from_numpy(x), torch.full((3,), 1.0)).numpy()
+    np.testing.assert_allclose(prox, [4.0, 0.0, 2.0])
 
 
 def test_cli_outputs(junk_set, tmp_path):

@@ -9,6 +9,8 @@ torch's unshifted layout: full grids ``(N, N)`` as ``torch.fft.fft2`` returns th
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "frequency_grid_2d",
     "frequency_grid_3d",
     "shell_index",
+    "gaussian_blur",
 ]
 
 
@@ -154,3 +157,14 @@ def shell_index(box_size: int, *, ndim: int = 3, rfft: bool = True, device=None)
     else:
         raise ValueError(f"ndim must be 2 or 3, got {ndim}")
     return torch.round(r).long()
+
+
+def gaussian_blur(volume: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``(D, D, D)`` volume convolved (periodically) with a unit-sum Gaussian of ``sigma_px``
+    voxels: its spectrum times ``exp(−2π² σ² |k|²)`` (``k`` in cycles per voxel)."""
+    shape = volume.shape[-3:]
+    freqs = [torch.fft.fftfreq(n, device=volume.device, dtype=volume.dtype) for n in shape[:2]]
+    freqs.append(torch.fft.rfftfreq(shape[2], device=volume.device, dtype=volume.dtype))
+    k2 = freqs[0].view(-1, 1, 1) ** 2 + freqs[1].view(1, -1, 1) ** 2 + freqs[2].view(1, 1, -1) ** 2
+    kernel = torch.exp(-2.0 * math.pi**2 * sigma_px**2 * k2)
+    return torch.fft.irfftn(torch.fft.rfftn(volume) * kernel, s=shape)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cryograd.errors import CryogradError
-from cryograd.fourier import irfftn_centered, rfftn_centered, shell_index
+from cryograd.fourier import gaussian_blur, irfftn_centered, rfftn_centered, shell_index
 from cryograd.io.atomic import atomic_path
 
 __all__ = [
@@ -215,16 +215,6 @@ def resolution_at(fsc_curve, threshold: float, box: int, pixel_size: float) -> f
 # --------------------------------------------------------------------------------------------
 
 
-def _lowpass_gaussian(volume: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    box = volume.shape[0]
-    spec = rfftn_centered(volume)
-    kx = torch.fft.rfftfreq(box, device=volume.device, dtype=volume.dtype)
-    k = torch.fft.fftfreq(box, device=volume.device, dtype=volume.dtype)
-    k2 = k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2
-    filt = torch.exp(-2.0 * math.pi**2 * sigma_px**2 * k2)
-    return irfftn_centered(spec * filt, box)
-
-
 def _distance_to_set(binary: torch.Tensor, max_r: int) -> torch.Tensor:
     """Distance in whole pixels (1 .. max_r, else max_r + 1) of every voxel to a binary set.
 
@@ -279,7 +269,7 @@ def soft_mask_from_map(
     v = _as_volume(volume)
     box = v.shape[0]
     work = v.to(torch.float64)
-    low = _lowpass_gaussian(work, lowpass_sigma_px) if lowpass_sigma_px > 0 else work
+    low = gaussian_blur(work, lowpass_sigma_px) if lowpass_sigma_px > 0 else work
     if threshold is None:
         med = low.median()
         threshold = float(med + 0.2 * (low.max() - med))

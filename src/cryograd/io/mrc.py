@@ -126,8 +126,8 @@ def _open(path: Path, *, mmap: bool, header_only: bool = False):
             mrc = opener(str(path), permissive=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise CryogradError(f"{path}: not a readable MRC file ({strict_msg}; {exc})") from None
-    _check_permissive(path, mrc, caught, strict_msg, header_only)
     _check_header(path, mrc)
+    _check_permissive(path, mrc, caught, strict_msg, header_only)
     return mrc, True
 
 
@@ -159,17 +159,12 @@ def _check_header(path: Path, mrc) -> None:
 
 
 def _check_permissive(path: Path, mrc, caught, strict_msg: str, header_only: bool) -> None:
-    """Reject a permissively opened file whose header or data are unusable."""
+    """Reject a permissively opened file whose data are unusable (its header passed
+    :func:`_check_header`)."""
     problem = None
     h = mrc.header
-    try:
-        nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
-        mode = int(h.mode)
-    except Exception:  # noqa: BLE001
-        nx = ny = nz = mode = -1
-    if min(nx, ny, nz) <= 0 or mode not in (0, 1, 2, 4, 6, 12, 101):
-        problem = f"header has dimensions ({nx}, {ny}, {nz}) and mode {mode}"
-    elif not header_only and mrc.data is None:
+    nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+    if not header_only and mrc.data is None:
         problem = "data are missing or truncated"
     elif not header_only and mrc.data.size != nx * ny * nz:
         problem = f"data size {mrc.data.size} does not match the header ({nx}x{ny}x{nz})"

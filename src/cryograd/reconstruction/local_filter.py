@@ -29,22 +29,15 @@ number depends on σ and ``B`` only).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-__all__ = ["band_partition", "gaussian_window_blur", "local_wiener_filter"]
+from cryograd.fourier import frequency_grid_3d, gaussian_blur
+
+__all__ = ["band_partition", "local_wiener_filter"]
 
 #: Default Gaussian window (voxels) and number of bands of :func:`local_wiener_filter`.
 DEFAULT_SIGMA_PX = 2.0
 DEFAULT_BANDS = 4
-
-
-def _radius_half_grid(box_size: int, *, device, dtype) -> torch.Tensor:
-    """``|k|`` (cycles per box) of every sample of the ``(D, D, D // 2 + 1)`` half grid."""
-    k = torch.fft.fftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
-    kx = torch.fft.rfftfreq(box_size, d=1.0 / box_size, device=device, dtype=dtype)
-    return torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
 
 
 def band_partition(
@@ -62,7 +55,8 @@ def band_partition(
     """
     if n_bands < 1:
         raise ValueError(f"n_bands must be at least 1, got {n_bands}")
-    r = _radius_half_grid(box_size, device=device, dtype=dtype)
+    gx, gy, gz = frequency_grid_3d(box_size, device=device, dtype=dtype)
+    r = torch.sqrt(gx * gx + gy * gy + gz * gz)  # |k|, cycles per box
     if n_bands == 1:
         return [torch.ones_like(r)]
     step = (box_size // 2) / (n_bands - 1)
@@ -77,16 +71,6 @@ def band_partition(
             w = torch.where(t >= b, torch.ones_like(w), w)
         out.append(w)
     return out
-
-
-def gaussian_window_blur(volume: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """``volume`` convolved (periodically) with a unit-sum Gaussian of ``sigma_px`` voxels."""
-    d = volume.shape[-1]
-    k = torch.fft.fftfreq(d, device=volume.device, dtype=volume.dtype)
-    kx = torch.fft.rfftfreq(d, device=volume.device, dtype=volume.dtype)
-    g = [torch.exp(-2.0 * (math.pi * sigma_px * f) ** 2) for f in (k, k, kx)]
-    kernel = g[0].view(-1, 1, 1) * g[1].view(1, -1, 1) * g[2].view(1, 1, -1)
-    return torch.fft.irfftn(torch.fft.rfftn(volume) * kernel, s=volume.shape[-3:])
 
 
 def local_wiener_filter(
@@ -131,8 +115,8 @@ def local_wiener_filter(
     for band in band_partition(shape[-1], n_bands, device=x.device, dtype=dtype):
         a = torch.fft.irfftn(s1 * band, s=shape)
         b = torch.fft.irfftn(s2 * band, s=shape)
-        covariance = gaussian_window_blur(a * b, sigma_px)
-        variance = gaussian_window_blur(0.5 * (a * a + b * b), sigma_px)
+        covariance = gaussian_blur(a * b, sigma_px)
+        variance = gaussian_blur(0.5 * (a * a + b * b), sigma_px)
         del a, b
         rho = (covariance / variance.clamp_min(tiny)).clamp(0.0, 1.0)
         out += (2.0 * rho / (1.0 + rho)) * torch.fft.irfftn(sx * band, s=shape)

@@ -27,10 +27,12 @@ from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
+import torch
 
 from cryograd.errors import CryogradError
+from cryograd.solvers.penalties import prox_sorted_l1
 
-__all__ = ["ROBUST_RULES", "DEFAULT_RULE", "robust_weights", "sorted_l1_prox"]
+__all__ = ["ROBUST_RULES", "DEFAULT_RULE", "robust_weights"]
 
 TRIM_C = 2.5
 HUBER_C = 2.0
@@ -57,30 +59,9 @@ def bh_sequence(n: int, q: float = SLOPE_Q) -> np.ndarray:
     return np.array([inv(1.0 - q * k / (2.0 * n)) for k in j])
 
 
-def sorted_l1_prox(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """The prox of ``Σ_j λ_j |γ|_(j)`` at ``u ≥ 0`` (``λ`` non-increasing): sort ``u``
-    decreasingly, subtract ``λ``, project onto non-increasing sequences (pool adjacent
-    violators), clip at 0, unsort."""
-    order = np.argsort(-u, kind="stable")
-    v = u[order] - lam
-    # pool adjacent violators for a non-increasing fit
-    sums: list[float] = []
-    counts: list[int] = []
-    for x in v:
-        sums.append(float(x))
-        counts.append(1)
-        while len(sums) > 1 and sums[-2] / counts[-2] <= sums[-1] / counts[-1]:
-            s, c = sums.pop(), counts.pop()
-            sums[-1] += s
-            counts[-1] += c
-    fitted = np.repeat([s / c for s, c in zip(sums, counts)], counts)
-    out = np.empty_like(u)
-    out[order] = np.clip(fitted, 0.0, None)
-    return out
-
-
 def _sorted_l1(u: np.ndarray) -> np.ndarray:
-    gamma = sorted_l1_prox(u, bh_sequence(len(u)))
+    lam = torch.from_numpy(bh_sequence(len(u)))
+    gamma = prox_sorted_l1(torch.from_numpy(np.asarray(u, dtype=np.float64)), lam).numpy()
     return np.where(u > 0, (u - gamma) / np.maximum(u, 1e-12), 1.0)
 
 
