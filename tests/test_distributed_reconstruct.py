@@ -147,7 +147,9 @@ def test_killed_rank_stops_the_job_and_resume_finishes_it(star, tmp_path):
     )
     ended = time.time()
     assert done.returncode != 0
-    assert "cryograd: error: rank 1 was killed by SIGKILL" in done.stderr, done.stderr
+    assert _error_lines(done.stderr) == ["cryograd: error: rank 1 was killed by SIGKILL"], (
+        done.stderr
+    )
     died = (cut / "rank1.log").stat().st_mtime  # its last line: "killing itself before ..."
     assert "killing itself" in (cut / "rank1.log").read_text()
     assert ended - died < 60, ended - died
@@ -161,6 +163,45 @@ def test_killed_rank_stops_the_job_and_resume_finishes_it(star, tmp_path):
     assert "half2: resuming after epoch" in (cut / "reconstruct.log").read_text()
     assert json.loads((cut / "run.json").read_text())["world_size"] == 3
     _assert_same_maps(whole, cut)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
+    return [ln for ln in stderr.splitlines() if ln.startswith("cryograd: error:")]
+
+
+def test_killed_rank_zero_is_one_line_and_leaves_no_map(star, tmp_path):
+    """Rank 0 hosts the rendezvous store: its death is one line too, not a C++ stack trace."""
+    adam = ["--method", "adam", "--init", "zero", "--epochs", "3", "--batch-size", "16"]
+    cut = tmp_path / "cut"
+    done = _cryograd(
+        "reconstruct",
+        str(star),
+        *adam,
+        *COMMON,
+        "-o",
+        str(cut),
+        "--nproc",
+        "2",
+        env=_env(CRYOGRAD_TEST_DIE_AT="0:20"),
+    )
+    assert done.returncode != 0
+    assert _error_lines(done.stderr) == ["cryograd: error: rank 0 was killed by SIGKILL"]
+    assert "rank 0 failed: lost the rendezvous store" in (cut / "rank1.log").read_text()
+    left = sorted(p.name for p in cut.iterdir())
+    assert not [n for n in left if n in OUTPUTS or ".tmp" in n], left
+
+
+def test_job_failure_line_names_the_first_cause():
+    line = cd._job_failure_line
+    assert (
+        line(1, -9, 0, {0: "rank 0 stopping: rank 1 failed: x"}) == "rank 1 was killed by SIGKILL"
+    )
+    reports = {0: "rank 0 stopping: rank 1 failed: bad mask", 1: "rank 1 failed: bad mask"}
+    assert line(1, 2, 0, reports) == "rank 1 failed: bad mask"
+    assert line(0, 1, 0, reports) == "rank 1 failed: bad mask"  # the cause, not the echo
+    assert line(0, 1, 0, {0: "rank 0 stopping: rank 1 failed: y"}) == "rank 1 failed: y"
+    assert line(0, 1, 1, {}) == "rank 0 exited with status 1; stopped the other 1 process(es)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,10 +270,9 @@ def test_bad_input_stops_every_rank(star, tmp_path):
         "reconstruct", str(star), "-o", str(out), "--nproc", "2", "--mask", str(missing), *COMMON
     )
     assert done.returncode == 2, done.stderr
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("cryograd: error:")]
-    assert lines, done.stderr
-    for line in lines:  # each rank's line names the failing rank and the cause
-        assert "failed: " in line and f"{missing}: mask file not found" in line, line
+    lines = _error_lines(done.stderr)
+    assert len(lines) == 1, done.stderr  # one line for the job, naming the rank and the cause
+    assert "failed: " in lines[0] and f"{missing}: mask file not found" in lines[0], lines
     assert not [p.name for p in out.iterdir() if p.name in OUTPUTS or ".tmp" in p.name]
     assert "mask file not found" in (out / "reconstruct.log").read_text()  # rank 0's log
 

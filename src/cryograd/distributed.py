@@ -44,10 +44,12 @@ import datetime
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,7 +61,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cryograd.errors import CryogradError
+from cryograd.errors import REPORT_DIR_ENV, CryogradError, print_error, read_reports
 
 logger = logging.getLogger(__name__)
 
@@ -778,8 +780,7 @@ def _exit_now(message: str, exit_code: int, hooks: Sequence[Callable[[], None]] 
         except Exception:  # noqa: BLE001
             pass
     try:
-        sys.stderr.write(f"cryograd: error: {message}\n")
-        sys.stderr.flush()
+        print_error(message)
         sys.stdout.flush()
     except Exception:  # noqa: BLE001
         pass
@@ -1202,6 +1203,8 @@ def spawn(
         base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     cmd = list(command) if command is not None else [sys.executable, "-m", "cryograd"]
     procs: list[subprocess.Popen] = []
+    reports = tempfile.mkdtemp(prefix="cryograd-ranks-")
+    base[REPORT_DIR_ENV] = reports  # the ranks leave their error line here: one line printed
     try:
         for rank in range(nproc):
             child_env = dict(base)
@@ -1230,12 +1233,7 @@ def spawn(
                 rank, code = min(failed, key=lambda rc: (rc[1] >= 0, rc[1] == EXIT_ABORTED, rc[0]))
                 running = [p for p in procs if p.poll() is None]
                 _stop_processes(running, grace_s)
-                tail = f"; stopped the other {len(running)} process(es)" if running else ""
-                line = f"rank {rank} {_describe_status(code)}{tail}"
-                if code < 0 or running:  # nobody has said why yet
-                    print(f"cryograd: error: {line}", file=sys.stderr)
-                else:  # the ranks printed the cause themselves
-                    logger.debug("%s", line)
+                print_error(_job_failure_line(rank, code, len(running), read_reports(reports)))
                 return code if code > 0 else EXIT_ABORTED
             if all(c == 0 for c in codes):
                 return 0
@@ -1243,6 +1241,28 @@ def spawn(
     except BaseException:
         _stop_processes([p for p in procs if p.poll() is None], grace_s)
         raise
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+def _job_failure_line(rank: int, code: int, n_stopped: int, reports: Mapping[int, str]) -> str:
+    """The one line for a failed job: rank ``rank`` ended with ``code``; the ranks' own lines.
+
+    A rank killed by a signal could not say why: the line says how it died. Otherwise the failing
+    rank's own line, else the line of the rank that reported a failure first (a rank stopping for
+    another's failure repeats that one), else the exit status.
+    """
+    tail = f"; stopped the other {n_stopped} process(es)" if n_stopped else ""
+    if code < 0 or not reports:
+        return f"rank {rank} {_describe_status(code)}{tail}"
+    own = reports.get(rank, "")
+    if own and not own.split(":", 1)[0].endswith("stopping"):
+        return own + tail
+    causes = [t for _, t in sorted(reports.items()) if not t.split(":", 1)[0].endswith("stopping")]
+    if causes:
+        return causes[0] + tail
+    first = reports.get(rank) or next(iter(sorted(reports.items())))[1]
+    return first.split(": ", 1)[1] + tail if ": " in first else first + tail
 
 
 def _stop_processes(procs: Sequence[subprocess.Popen], grace_s: float) -> None:

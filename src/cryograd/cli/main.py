@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cryograd.errors import CryogradError
+from cryograd.errors import CryogradError, print_error
 
 # Subcommand name -> module that defines ``add_parser(subparsers)``.
 COMMANDS: dict[str, str] = {
@@ -76,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
     except CryogradError as exc:
-        print(f"cryograd: error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return exc.exit_code
     except OSError as exc:  # disk full, no permission, file too large: one line, the path named
-        print(f"cryograd: error: {os_error_message(exc)}", file=sys.stderr)
+        print_error(os_error_message(exc))
         return CryogradError.exit_code
     except KeyboardInterrupt:
         print("cryograd: interrupted", file=sys.stderr)
