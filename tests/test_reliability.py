@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cryograd.distributed import warn_oversubscription
 from cryograd.io.mrc import read_map
@@ -293,25 +294,51 @@ def test_cg_checkpoints_its_iterate_and_resume_continues_it(
     cg = ["--method", "cg", "--tol", "1e-14", "--max-iter", "30", *FAST]
     whole = tmp_path / "whole"
     assert run_main(["reconstruct", good, "-o", whole, *cg], capsys)[0] == 0
-    real, calls = cgc.conjugate_gradient, []
+    real, saves = cgc._save, []
 
-    def dies(*a, **k):
-        calls.append(1)
-        if len(calls) == 4:  # half1 done (25 + 5 iterations), half2 after 25
+    def dies(path, state):
+        real(path, state)
+        saves.append(1)
+        if len(saves) == 3:  # half1 at 25 and done at 30, half2 at 25
             raise KeyboardInterrupt
-        return real(*a, **k)
 
-    monkeypatch.setattr(cgc, "conjugate_gradient", dies)
+    monkeypatch.setattr(cgc, "_save", dies)
     cut = tmp_path / "cut"
     assert run_main(["reconstruct", good, "-o", cut, *cg], capsys)[0] == 130
     assert (cut / "checkpoint_cg.pt").is_file() and not (cut / "map.mrc").exists()
-    monkeypatch.setattr(cgc, "conjugate_gradient", real)
+    monkeypatch.setattr(cgc, "_save", real)
     assert run_main(["reconstruct", good, "-o", cut, *cg, "--resume"], capsys)[0] == 0
     assert "cg half1: taken from the checkpoint" in caplog.text
     assert "cg half2: resuming after iteration 25" in caplog.text
-    for name in ("half1.mrc", "half2.mrc", "map.mrc"):
-        a, b = read_map(whole / name).data, read_map(cut / name).data
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+    for name in ("half1.mrc", "half2.mrc", "map.mrc"):  # the same iterates: the same maps
+        np.testing.assert_array_equal(read_map(cut / name).data, read_map(whole / name).data)
+
+
+def test_checkpointed_cg_follows_plain_cg(tmp_path):
+    """Checkpointing every 25 iterations does not restart CG: same iterates as without it."""
+    import types
+
+    from cryograd.solvers.cg_checkpoint import checkpointed_cg
+    from cryograd.solvers.checkpointing import checkpointing
+    from cryograd.solvers.krylov import conjugate_gradient
+
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=gen, dtype=torch.float64))
+    h = q @ torch.diag(torch.logspace(0, 3, 60, dtype=torch.float64)) @ q.T  # CG needs > 25 its
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        return h @ v
+
+    op.preconditioner = None  # type: ignore[attr-defined]
+    rhs = torch.randn(60, generator=gen, dtype=torch.float64)
+    config = types.SimpleNamespace(tol=1e-12, max_iter=300)
+    plain = conjugate_gradient(op, rhs, tol=1e-12, max_iter=300)
+    with checkpointing(tmp_path, resume=False):
+        saved = checkpointed_cg(op, rhs, config, "half1")
+    assert 25 < plain.iterations < 300 and plain.converged
+    assert saved.iterations == plain.iterations and saved.residuals == plain.residuals
+    torch.testing.assert_close(saved.x, plain.x, rtol=0, atol=0)
+    assert torch.linalg.vector_norm(h @ saved.x - rhs) <= 1e-10 * torch.linalg.vector_norm(rhs)
 
 
 def _complete_or_no_map(out: Path) -> None:

@@ -1,7 +1,7 @@
 """Where the running reconstruction checkpoints, for solvers whose config has no such field.
 
 ``cryograd reconstruct`` sets it around the run (:func:`checkpointing`); the ``cg`` solver reads
-it (:func:`current`) and saves its iterate every :data:`CG_CHUNK` iterations. Outside the block
+it (:func:`current`) and saves its state every :data:`CG_CHUNK` iterations. Outside the block
 nothing is checkpointed and every solver runs as before.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 __all__ = ["CheckpointSpec", "checkpointing", "current", "CG_CHUNK", "CG_CHECKPOINT"]
 
 CG_CHUNK = 25
-"""CG iterations between two checkpoints (the iteration restarts from the saved iterate there,
-in an uninterrupted run too, so that a resumed run follows the same path)."""
+"""CG iterations between two checkpoints of its whole state (a resumed run follows the same path
+as an uninterrupted one; no restart)."""
 
 CG_CHECKPOINT = "checkpoint_cg.pt"
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cryograd.solvers.insertion import FourierInsertion, shell_regularizer
 from cryograd.solvers.normal import ToeplitzNormalOperator, normal_rhs_from_insertion
 
-__all__ = ["CGResult", "conjugate_gradient", "refine_in_box"]
+__all__ = ["CGResult", "CGState", "conjugate_gradient", "refine_in_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,37 @@ def _norm64(a: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(a.reshape(-1).to(torch.float64)))
 
 
+@dataclass
+class CGState:
+    """Everything preconditioned CG carries from one iteration to the next (to resume it exactly).
+
+    Attributes
+    ----------
+    x, r, p
+        Iterate, residual ``b − H x`` and search direction, in the working dtype.
+    rz
+        ``⟨r, M⁻¹ r⟩`` (float64).
+    iterations
+        Iterations run so far.
+    residuals
+        Relative residuals so far (``residuals[0]`` at the start).
+    """
+
+    x: torch.Tensor
+    r: torch.Tensor
+    p: torch.Tensor
+    rz: float
+    iterations: int
+    residuals: list[float] = field(default_factory=list)
+
+
+def _start(apply_operator, b: torch.Tensor, x0, precond, b_norm: float) -> CGState:
+    x = torch.zeros_like(b) if x0 is None else x0.to(b.dtype).clone()
+    r = b - apply_operator(x) if x0 is not None else b.clone()
+    z = precond(r)
+    return CGState(x, r, z.clone(), _dot64(r, z), 0, [_norm64(r) / b_norm])
+
+
 def conjugate_gradient(
     apply_operator: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
@@ -64,6 +95,8 @@ def conjugate_gradient(
     max_iter: int = 200,
     progress: bool = False,
     preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    resume: CGState | None = None,
+    after_iteration: Callable[[CGState, bool], None] | None = None,
 ) -> CGResult:
     """Solve ``H x = rhs`` for a symmetric positive definite ``H`` given as a function.
 
@@ -74,15 +107,20 @@ def conjugate_gradient(
     rhs
         Right-hand side (any shape).
     x0
-        Starting point (default zeros).
+        Starting point (default zeros; ignored when ``resume`` is given).
     tol
         Stop when ``‖rhs − H x‖ ≤ tol · ‖rhs‖``.
     max_iter
-        Iteration limit.
+        Iteration limit (counting the iterations of ``resume``).
     progress
         Show a tqdm bar over iterations.
     preconditioner
         Optional symmetric positive definite ``r -> M⁻¹ r`` (preconditioned CG).
+    resume
+        A :class:`CGState` from ``after_iteration`` of an earlier call on the same system: the
+        iteration goes on exactly as if it had not stopped.
+    after_iteration
+        ``(state, finished) -> None`` after every iteration (e.g. to checkpoint ``state``).
 
     Returns
     -------
@@ -92,43 +130,38 @@ def conjugate_gradient(
     b = rhs.to(work)
     # the vectors stay in the working dtype; every dot product and norm is summed in float64, so
     # that the scalars (and the iterates) do not depend on the summation order of float32 sums
-    x = torch.zeros_like(b) if x0 is None else x0.to(work).clone()
-    r = b - apply_operator(x) if x0 is not None else b.clone()
     b_norm = _norm64(b)
     if b_norm == 0:
         return CGResult(torch.zeros_like(b), 0, True, [0.0])
     precond = preconditioner or (lambda v: v)
-    z = precond(r)
-    p = z.clone()
-    rz_old = _dot64(r, z)
-    residuals = [_norm64(r) / b_norm]
-    converged = residuals[0] <= tol
-    it = 0
+    st = resume if resume is not None else _start(apply_operator, b, x0, precond, b_norm)
+    converged = st.residuals[-1] <= tol
     bar = tqdm(total=max_iter, desc="cg", unit="it", disable=not progress, leave=False)
     try:
-        while not converged and it < max_iter:
-            hp = apply_operator(p)
-            denom = _dot64(p, hp)
+        while not converged and st.iterations < max_iter:
+            hp = apply_operator(st.p)
+            denom = _dot64(st.p, hp)
             if denom <= 0:
                 logger.warning("CG: operator is not positive definite along a search direction")
                 break
-            alpha = rz_old / denom
-            x = x + alpha * p
-            r = r - alpha * hp
-            it += 1
-            residuals.append(_norm64(r) / b_norm)
+            alpha = st.rz / denom
+            st.x = st.x + alpha * st.p
+            st.r = st.r - alpha * hp
+            st.iterations += 1
+            st.residuals.append(_norm64(st.r) / b_norm)
             bar.update(1)
-            bar.set_postfix(residual=f"{residuals[-1]:.2e}")
-            if residuals[-1] <= tol:
-                converged = True
-                break
-            z = precond(r)
-            rz_new = _dot64(r, z)
-            p = z + (rz_new / rz_old) * p
-            rz_old = rz_new
+            bar.set_postfix(residual=f"{st.residuals[-1]:.2e}")
+            converged = st.residuals[-1] <= tol
+            if not converged:
+                z = precond(st.r)
+                rz_new = _dot64(st.r, z)
+                st.p = z + (rz_new / st.rz) * st.p
+                st.rz = rz_new
+            if after_iteration is not None:
+                after_iteration(st, converged or st.iterations >= max_iter)
     finally:
         bar.close()
-    return CGResult(x.to(rhs.dtype), it, converged, residuals)
+    return CGResult(st.x.to(rhs.dtype), st.iterations, converged, list(st.residuals))
 
 
 def refine_in_box(
