@@ -99,6 +99,19 @@ def test_half1_weights_ignore_half2(junk_set):
     np.testing.assert_array_equal(a.scores[h1], b.scores[h1])
 
 
+def test_auto_rounds_add_a_second_round_only_when_junk_is_found(junk_set):
+    ctx = RunContext.create(device="cpu")
+    runs = {}
+    for name in ("clean", "junk"):
+        ps = read_particles(junk_set / name / "particles.star")
+        halves = (np.arange(0, len(ps), 2), np.arange(1, len(ps), 2))
+        runs[name] = robust_particle_weights(ps, halves, ctx, RobustConfig(), progress=False)
+    assert len(runs["clean"].history) == 1  # nothing to re-score: one round
+    assert max(runs["clean"].history[0].values()) <= 0.1
+    assert len(runs["junk"].history) == 2  # 25 %: re-scored against the re-weighted map
+    assert max(runs["junk"].history[0].values()) > 0.1
+
+
 def test_rules_in_unit_interval_and_monotone():
     u = np.linspace(0, 20, 201)
     for rule in ROBUST_RULES:
@@ -143,6 +156,8 @@ def test_cli_outputs(junk_set, tmp_path):
         ["--robust", "--keep-above", "-0.1"],
         ["--weight-column", "rlnCryogradJunkKind"],
         ["--weight-column", "rlnNoSuchColumn"],
+        ["--robust", "--robust-rounds", "0"],
+        ["--robust", "--robust-rounds", "two"],
     ],
 )
 def test_bad_reconstruct_options(junk_set, tmp_path, extra):
@@ -151,7 +166,7 @@ def test_bad_reconstruct_options(junk_set, tmp_path, extra):
     assert proc.returncode == 2
     lines = [x for x in proc.stderr.splitlines() if x.startswith("cryograd: error:")]
     assert len(lines) == 1
-    assert "--keep-above" in lines[0] or "--weight-column" in lines[0]
+    assert any(opt in lines[0] for opt in ("--keep-above", "--weight-column", "--robust-rounds"))
     assert not out.exists()
 
 

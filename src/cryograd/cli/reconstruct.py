@@ -317,7 +317,12 @@ def _add_robust_flags(p: argparse.ArgumentParser) -> None:
         "particles_scored.star and robust_weights.png",
     )
     g.add_argument("--robust-rule", choices=tuple(ROBUST_RULES), default=DEFAULT_RULE)
-    g.add_argument("--robust-rounds", type=int, default=2, help="IRLS rounds (2)")
+    g.add_argument(
+        "--robust-rounds",
+        default="auto",
+        metavar="N|auto",
+        help="IRLS rounds (auto: 1, or 2 when the first down-weights over 10%% of a half)",
+    )
     g.add_argument(
         "--keep-above",
         type=float,
@@ -422,9 +427,11 @@ def robust_config_of(args: argparse.Namespace) -> RobustConfig | None:
         raise CryogradError("--keep-above needs --robust")
     if not args.robust:
         return None
-    if args.robust_rounds < 1:
-        raise CryogradError(f"--robust-rounds must be at least 1, got {args.robust_rounds}")
-    return RobustConfig(rule=args.robust_rule, rounds=args.robust_rounds, keep_above=keep)
+    text = str(args.robust_rounds).strip()
+    rounds = None if text == "auto" else int(text) if text.isdigit() and int(text) >= 1 else 0
+    if rounds == 0:
+        raise CryogradError(f"--robust-rounds must be 'auto' or an integer ≥ 1, got {text!r}")
+    return RobustConfig(rule=args.robust_rule, rounds=rounds, keep_above=keep)
 
 
 def weights_of(args: argparse.Namespace, particles) -> np.ndarray | None:

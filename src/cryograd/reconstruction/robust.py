@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 DOWN_WEIGHTED = 0.5
 """Weights below this count as down-weighted (``run.json``'s ``fraction_down_weighted``)."""
 
+AUTO_SECOND_ROUND = 0.1
+"""``rounds=None``: a second round when the first down-weights more than this of a half."""
+
 
 @dataclass(frozen=True)
 class RobustConfig:
@@ -50,7 +53,10 @@ class RobustConfig:
     rule
         A name in :data:`~cryograd.reconstruction.robust_rules.ROBUST_RULES`.
     rounds
-        IRLS rounds (scoring passes per half), at least 1.
+        IRLS rounds (scoring passes per half), at least 1; None (``auto``, the default): one
+        round, and a second when the first down-weights more than :data:`AUTO_SECOND_ROUND` of
+        a half (junk is there: re-score against the re-weighted map). A clean set (about 4 % of
+        its particles below weight 0.5 by chance) costs one round.
     band
         The scoring band's top shell as a fraction of Nyquist, in ``(0, 1]``.
     keep_above
@@ -58,7 +64,7 @@ class RobustConfig:
     """
 
     rule: str = DEFAULT_RULE
-    rounds: int = 2
+    rounds: int | None = None
     band: float = 0.75
     keep_above: float | None = None
 
@@ -67,7 +73,8 @@ class RobustConfig:
             raise CryogradError(
                 f"robust_rule must be one of {', '.join(ROBUST_RULES)}, got {self.rule!r}"
             )
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+        r = self.rounds
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
             raise CryogradError(f"robust_rounds must be an integer ≥ 1, got {self.rounds!r}")
         if not 0 < float(self.band) <= 1:
             raise CryogradError(f"robust_band must be in (0, 1], got {self.band}")
@@ -77,7 +84,7 @@ class RobustConfig:
 
     def recorded(self) -> dict:
         """The settings for ``run.json``."""
-        return {"rule": self.rule, "rounds": self.rounds, "band": self.band}
+        return {"rule": self.rule, "rounds": self.rounds or "auto", "band": self.band}
 
 
 @dataclass
@@ -168,7 +175,7 @@ def robust_particle_weights(
         band = max(2, min(band, int(max_shell)))
     history = []
     robust = np.ones(n)
-    for r in range(config.rounds):
+    for r in range(config.rounds or 2):
         ctx = context.with_weights(None if (r == 0 and prior is None) else _combined(prior, robust))
         row = {}
         for k, half in enumerate(halves, start=1):
@@ -203,6 +210,8 @@ def robust_particle_weights(
             row[f"half{k}_down_weighted"] = float(np.mean(robust[half] < DOWN_WEIGHTED))
         history.append(row)
         logger.info("robust round %d (%s): %s", r + 1, config.rule, row)
+        if config.rounds is None and max(row.values()) <= AUTO_SECOND_ROUND:
+            break
     weights = _combined(prior, robust)
     weights[~used] = 0.0
     return RobustOutcome(
