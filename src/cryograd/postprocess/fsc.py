@@ -10,8 +10,8 @@ and ``calculateFSCtrue`` in ``src/postprocessing.cpp``):
   seeded by ``srand(--random_seed)`` (:mod:`cryograd.postprocess.relion_random`); half 1 is drawn
   first, then half 2 from the same stream; the inverse transform keeps the Hermitian part of the
   ``x = 0`` and ``x = N / 2`` planes (what a complex-to-real FFT of such a spectrum gives);
-- the shell ``s`` is the first ``i > 0`` where the unmasked FSC drops below 0.8; the corrected FSC is
-  the masked one below ``s + 2`` and ``(FSC_m - FSC_r) / (1 - FSC_r)`` from there (shell 0 of a
+- the shell ``s`` is the first ``i > 0`` where the unmasked FSC drops below 0.8; the corrected FSC
+  is the masked one below ``s + 2`` and ``(FSC_m - FSC_r) / (1 - FSC_r)`` from there (shell 0 of a
   masked curve that is ``<= 0`` is set to 1 first);
 - when the unmasked FSC stays above 0.143 further out than the corrected one, RELION uses the
   unmasked curve (unless ``--force_mask``).
@@ -22,34 +22,63 @@ Guinier fit and the sharpened map.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from cryograd.fourier import shell_index
 from cryograd.postprocess.relion_random import GlibcRand, relion_uniform_phases
 from cryograd.validation import FSCResult, resolution_at, shell_frequencies_inv_angstrom
 
-__all__ = ["relion_fsc", "randomize_phases_beyond", "relion_fsc_result", "last_shell_above"]
+__all__ = [
+    "relion_shell_index",
+    "relion_fsc",
+    "fsc_of_spectra",
+    "randomize_phases_beyond",
+    "randomize_spectrum_phases",
+    "random_phase_grid",
+    "apply_phases",
+    "relion_fsc_result",
+    "last_shell_above",
+]
 
 
-def _shells(box: int, device) -> torch.Tensor:
+def _squared_radius(box: int, device) -> torch.Tensor:
+    """``|k|²`` (integers) of every half-grid sample: ``(N, N, N // 2 + 1)`` int64."""
+    k = torch.fft.fftfreq(box, d=1.0 / box, device=device).round().long()
+    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=device).round().long()
+    return k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2
+
+
+@functools.lru_cache(maxsize=4)
+def _shell_index_cached(box: int, device: str) -> torch.Tensor:
+    r2 = _squared_radius(box, device)
+    lut = torch.floor(torch.sqrt(torch.arange(int(r2.max()) + 1, device=device) + 0.0) + 0.5)
+    return lut.long().clamp(max=box // 2 + 1)[r2]
+
+
+def relion_shell_index(box: int, device=None) -> torch.Tensor:
+    """RELION's shell ``ROUND(|k|)`` of every half-grid sample, clamped to ``N // 2 + 1`` (beyond
+    Nyquist): ``(N, N, N // 2 + 1)`` int64 (cached; do not modify)."""
+    return _shell_index_cached(int(box), str(torch.device(device or "cpu")))
+
+
+def fsc_of_spectra(f1: torch.Tensor, f2: torch.Tensor, box: int) -> torch.Tensor:
+    """RELION's ``getFSC`` from two ``(N, N, N // 2 + 1)`` half spectra: ``(N // 2 + 1,)``
+    float64 (0 where a shell has no power)."""
     n = box // 2 + 1
-    return shell_index(box, ndim=3, rfft=True, device=device).clamp(max=n).reshape(-1)
+    idx = relion_shell_index(box, f1.device).reshape(-1)
+    a, b = f1.reshape(-1), f2.reshape(-1)
+    terms = ((a * b.conj()).real, a.real**2 + a.imag**2, b.real**2 + b.imag**2)
+    sums = [torch.bincount(idx, weights=t.double(), minlength=n + 1)[:n] for t in terms]
+    den = torch.sqrt(sums[1] * sums[2])
+    return torch.where(den > 0, sums[0] / den.clamp_min(1e-300), torch.zeros_like(den))
 
 
 def relion_fsc(map1: torch.Tensor, map2: torch.Tensor) -> torch.Tensor:
-    """RELION's ``getFSC`` of two ``(N, N, N)`` maps: ``(N // 2 + 1,)`` float64 (0 where a shell
-    has no power)."""
-    box = map1.shape[-1]
-    n = box // 2 + 1
-    f1 = torch.fft.rfftn(map1.to(torch.float64)).reshape(-1)
-    f2 = torch.fft.rfftn(map2.to(torch.float64)).reshape(-1)
-    idx = _shells(box, map1.device)
-    sums = [
-        torch.bincount(idx, weights=t, minlength=n + 1)[:n]
-        for t in ((f1 * f2.conj()).real, f1.abs() ** 2, f2.abs() ** 2)
-    ]
-    den = torch.sqrt(sums[1] * sums[2])
-    return torch.where(den > 0, sums[0] / den.clamp_min(1e-300), torch.zeros_like(den))
+    """RELION's ``getFSC`` of two ``(N, N, N)`` maps: ``(N // 2 + 1,)`` float64."""
+    f1 = torch.fft.rfftn(map1.to(torch.float64))
+    f2 = torch.fft.rfftn(map2.to(torch.float64))
+    return fsc_of_spectra(f1, f2, map1.shape[-1])
 
 
 def _hermitian_planes(spec: torch.Tensor, box: int) -> torch.Tensor:
@@ -63,20 +92,37 @@ def _hermitian_planes(spec: torch.Tensor, box: int) -> torch.Tensor:
     return spec
 
 
+def random_phase_grid(box: int, shell: int, rng: GlibcRand, device=None) -> torch.Tensor:
+    """The phases ``randomizePhasesBeyond`` gives the samples with ``|k|² >= shell²``, in C order
+    from ``rng``: ``(N, N, N // 2 + 1)`` float64 radians, NaN where the phase is kept."""
+    select = _squared_radius(box, device) >= int(shell) ** 2
+    out = torch.full(select.shape, float("nan"), dtype=torch.float64, device=device)
+    out[select] = torch.from_numpy(relion_uniform_phases(rng, int(select.sum()))).to(device)
+    return out
+
+
+def apply_phases(spec: torch.Tensor, phases: torch.Tensor, box: int) -> torch.Tensor:
+    """``spec`` (a half spectrum, or a Fourier crop of one with ``box`` its size) with the phases
+    of :func:`random_phase_grid` (cropped alike), then the Hermitian parts of the ``x = 0`` and
+    ``x = box / 2`` planes: a new complex128 tensor, ready for ``irfftn``."""
+    s = spec.to(torch.complex128)
+    out = torch.where(torch.isnan(phases), s, torch.polar(s.abs(), phases.nan_to_num()))
+    return _hermitian_planes(out, box)
+
+
+def randomize_spectrum_phases(
+    spec: torch.Tensor, box: int, shell: int, rng: GlibcRand
+) -> torch.Tensor:
+    """The half spectrum of :func:`randomize_phases_beyond` from the ``rfftn`` of a map (a new
+    ``(N, N, N // 2 + 1)`` complex128 tensor, ready for ``irfftn``)."""
+    return apply_phases(spec, random_phase_grid(box, shell, rng, spec.device), box)
+
+
 def randomize_phases_beyond(volume: torch.Tensor, shell: int, rng: GlibcRand) -> torch.Tensor:
     """RELION's ``randomizePhasesBeyond``: ``(N, N, N)`` map with the phases of every half-grid
     sample with ``|k|² >= shell²`` drawn from ``rng`` (C order), amplitudes kept; float64."""
     box = volume.shape[-1]
-    spec = torch.fft.rfftn(volume.to(torch.float64))
-    k = torch.fft.fftfreq(box, d=1.0 / box, dtype=torch.float64, device=spec.device)
-    kx = torch.fft.rfftfreq(box, d=1.0 / box, dtype=torch.float64, device=spec.device)
-    k2 = k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2
-    select = (k2 >= float(shell) ** 2).reshape(-1)
-    count = int(select.sum())
-    phase = torch.from_numpy(relion_uniform_phases(rng, count)).to(spec.device)
-    flat = spec.reshape(-1)
-    flat[select] = torch.polar(flat[select].abs(), phase)
-    spec = _hermitian_planes(flat.reshape(spec.shape), box)
+    spec = randomize_spectrum_phases(torch.fft.rfftn(volume.to(torch.float64)), box, shell, rng)
     return torch.fft.irfftn(spec, s=(box,) * 3)
 
 
