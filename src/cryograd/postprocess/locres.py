@@ -270,14 +270,15 @@ class _Windows:
     """``(B, W, W, W)`` windows of zero-padded ``(N, N, N)`` maps starting at voxels ``starts``
     (``(B, 3)``, may lie outside the box by up to ``W // 2 + 1``): gather, add back."""
 
-    def __init__(self, box: int, w: int, device) -> None:
-        self.box, self.w, self.pad = box, w, 0 if w == box else w // 2 + 1
+    def __init__(self, box: int, w: int, device, *, whole: bool = False) -> None:
+        self.box, self.w, self.whole = box, w, whole
+        self.pad = 0 if whole else w // 2 + 1
         self.ar = torch.arange(w, device=device)
 
     def starts(self, positions: torch.Tensor) -> torch.Tensor:
-        """Window starts for spheres at ``(B, 3)`` voxel positions: the whole box when ``W = N``,
-        else the window centred at the nearest voxel."""
-        if self.w == self.box:
+        """Window starts for spheres at ``(B, 3)`` voxel positions: the box itself when ``whole``
+        (``W = N``), else the window centred at the nearest voxel."""
+        if self.whole:
             return torch.zeros_like(positions, dtype=torch.long)
         return torch.round(positions).long() - self.w // 2
 
@@ -326,8 +327,9 @@ class _Grid:
     """The maps on one grid (the full box, or a Fourier crop of it) and its bookkeeping.
 
     ``maps`` are the zero-padded half maps and phase-randomised half maps; ``spec`` the
-    pre-sharpened summed map's ``rfftn``; ``radius`` ``|k|`` of its half grid (the box's integer
-    frequencies); ``last_shell`` the last box shell whose FSC this grid gives exactly.
+    pre-sharpened summed map's full-box ``rfftn`` at this grid's frequencies; ``radius`` ``|k|``
+    of its half grid (the box's integer frequencies); ``last_shell`` the last box shell whose FSC
+    this grid gives exactly.
     """
 
     box: int
@@ -340,7 +342,6 @@ class _Grid:
     maskrad: float
     edge: float
     last_shell: int
-    numerator: torch.Tensor
 
     @property
     def scale(self) -> float:
@@ -361,7 +362,7 @@ def _make_grid(spectra, full_box: int, small: int, sphere_px, windows: bool, pre
     maps = [torch.fft.irfftn(f, s=(small,) * 3).to(torch.float32) for f in (c1, c2, r1, r2)]
     rad_m, edge_m = sphere_px[0] * scale, sphere_px[1] * scale
     w = min(_fast_size(2 * math.ceil(rad_m + edge_m) + 3), small) if windows else small
-    win = _Windows(small, w, dev)
+    win = _Windows(small, w, dev, whole=w == small)
     k = torch.fft.fftfreq(small, d=1.0 / small, device=dev, dtype=torch.float32)
     kx = torch.fft.rfftfreq(small, d=1.0 / small, device=dev, dtype=torch.float32)
     radius = torch.sqrt(k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2)
@@ -370,14 +371,13 @@ def _make_grid(spectra, full_box: int, small: int, sphere_px, windows: bool, pre
         box=small,
         full_box=full_box,
         maps=[win.padded(v) for v in maps],
-        spec=((c1 + c2) * pre(radius)).to(torch.complex64),
+        spec=((c1 + c2) * (pre(radius) / scale**3)).to(torch.complex64),
         radius=radius,
         win=win,
         sums=_ShellSums(w, dev),
         maskrad=rad_m,
         edge=edge_m,
         last_shell=last,
-        numerator=win.padded(torch.zeros((small,) * 3, device=dev)),
     )
 
 
@@ -405,9 +405,9 @@ def _lowpass(radius: torch.Tensor, shell: int, full_box: int, edge_shells: int =
     return torch.where(res > high, torch.zeros_like(w), w)
 
 
-def _filtered_batch(grid: _Grid, fsc_true, res_shells, shell_idx, lowpass: dict):
-    """``(B, n, n, n)`` maps on ``grid``: the average map FSC-weighted by each curve (RELION's cut
-    at the first FSC < 1e-4) and low-passed at each resolution shell."""
+def _filter_spectra(grid: _Grid, fsc_true, res_shells, shell_idx, lowpass: dict):
+    """``(B, n, n, n//2+1)`` complex64: ``grid.spec`` FSC-weighted by each curve (RELION's cut at
+    the first FSC < 1e-4) and low-passed at each resolution shell."""
     n = fsc_true.shape[1]
     ar = torch.arange(n, device=fsc_true.device)
     first = _first_below(fsc_true, 1e-4)
@@ -419,12 +419,86 @@ def _filtered_batch(grid: _Grid, fsc_true, res_shells, shell_idx, lowpass: dict)
         if s not in lowpass:
             lowpass[s] = _lowpass(grid.radius, s, grid.full_box)
         filt[b] *= lowpass[s]
-    return torch.fft.irfftn(grid.spec[None] * filt, s=(grid.box,) * 3, dim=(-3, -2, -1))
+    return grid.spec[None] * filt
 
 
-def _points_on(grid: _Grid, centers: torch.Tensor, shell_idx, randomize_at, minres, apix, lp):
+def _pad_axis(x: torch.Tensor, axis: int, box: int) -> torch.Tensor:
+    """Zeros for the frequencies ``n/2 <= |k| < N/2`` along ``axis`` (``n`` its length, even)."""
+    n = x.shape[axis]
+    if n == box:
+        return x
+    h = n // 2
+    shape = list(x.shape)
+    shape[axis] = box
+    out = x.new_zeros(shape)
+    out.narrow(axis, 0, h).copy_(x.narrow(axis, 0, h))
+    out.narrow(axis, box - h, h).copy_(x.narrow(axis, n - h, h))
+    return out
+
+
+def _window_values(spectra: torch.Tensor, starts: torch.Tensor, w: int, box: int) -> torch.Tensor:
+    """Full-box maps of half spectra given on a crop's frequencies, only in ``W³`` windows: the
+    inverse DFT one axis at a time, keeping the window's ``W`` rows after each (exact, and about
+    ``N / W`` times cheaper than a full-box ``irfftn`` per map).
+
+    Parameters
+    ----------
+    spectra
+        ``(B, n, n, n//2+1)`` complex, frequencies ``-n/2 <= k < n/2`` of the full box.
+    starts
+        ``(B, 3)`` first voxel of each window (taken modulo ``N``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, W, W, W)`` float32.
+    """
+    b = spectra.shape[0]
+    ar = torch.arange(w, device=spectra.device)
+    x = torch.fft.ifft(_pad_axis(spectra, 1, box), dim=1)
+    rows = ((starts[:, 0:1] + ar) % box).view(b, w, 1, 1)
+    x = torch.gather(x, 1, rows.expand(b, w, x.shape[2], x.shape[3]))
+    x = torch.fft.ifft(_pad_axis(x, 2, box), dim=2)
+    cols = ((starts[:, 1:2] + ar) % box).view(b, 1, w, 1)
+    x = torch.gather(x, 2, cols.expand(b, w, w, x.shape[3]))
+    if x.shape[3] < box // 2 + 1:
+        x = torch.cat([x, x.new_zeros(b, w, w, box // 2 + 1 - x.shape[3])], dim=3)
+    x = torch.fft.irfft(x, n=box, dim=3)
+    xs = ((starts[:, 2:3] + ar) % box).view(b, 1, 1, w)
+    return torch.gather(x, 3, xs.expand(b, w, w, w)).to(torch.float32)
+
+
+class _BoxSums:
+    """Full-box sums over the spheres: ``Σ m_p F_p`` (filtered maps), ``Σ m_p``, ``Σ m_p / d_p``,
+    each sphere added in its own ``W = 2 (maskrad + edge) + 1`` window."""
+
+    def __init__(self, box: int, maskrad: int, edge: int, device) -> None:
+        r = maskrad + edge
+        self.box, self.w = box, 2 * r + 1
+        self.win = _Windows(box, self.w, device)
+        centre = torch.full((1, 3), float(r), device=device)
+        self.sphere = _spheres(centre, torch.zeros(1, 3, device=device), self.w, maskrad, edge)
+        self.numerator = self.win.padded(torch.zeros((box,) * 3, device=device))
+
+    def add_filtered(self, centers: torch.Tensor, spectra: torch.Tensor) -> None:
+        starts = centers - self.w // 2
+        vals = _window_values(spectra, starts, self.w, self.box) * self.sphere
+        self.win.add(self.numerator, starts, vals)
+
+    def weights(self, pts: np.ndarray, res: np.ndarray):
+        """``Σ m_p`` and ``Σ m_p / d_p``: ``(N, N, N)`` float32 each."""
+        dev = self.numerator.device
+        acc_w, acc_inv = (self.win.padded(torch.zeros((self.box,) * 3, device=dev)) for _ in "ab")
+        for p, r in zip(pts.tolist(), res.tolist()):
+            sl = self.win._slices([c - self.w // 2 for c in p])
+            acc_w[sl] += self.sphere[0]
+            acc_inv[sl] += self.sphere[0] / float(r)
+        return self.win.crop(acc_w), self.win.crop(acc_inv)
+
+
+def _points_on(grid: _Grid, centers, shell_idx, randomize_at, minres, apix, lp, sums: _BoxSums):
     """Local resolution of the points ``centers`` (``(B, 3)`` full-box voxels) on ``grid``;
-    their filtered maps times their spheres are added to ``grid.numerator``. Returns ``(B,)``
+    their filtered maps times their spheres are added to ``sums``. Returns ``(B,)``
     resolutions (Å) and ``(B,)`` bool: the FSC stayed above 0.143 up to ``grid.last_shell``
     (nothing added for those)."""
     box = grid.full_box
@@ -436,31 +510,17 @@ def _points_on(grid: _Grid, centers: torch.Tensor, shell_idx, randomize_at, minr
     rand = _to_box_shells(_batch_fsc(r1, r2, grid.sums), grid.win.w, grid.scale, box)
     true = _corrected(masked, rand, randomize_at)
     shells = (_first_below(true, 0.143) - 1).clamp_min(0)
-    beyond = shells + 1 > grid.last_shell
+    beyond = (shells + 1 > grid.last_shell) & (grid.box < box)  # the full box has no beyond
     res = torch.where(
         shells > 0, box * apix / shells.clamp_min(1).double(), torch.full_like(true[:, 0], 999.0)
     ).clamp(max=minres)
     keep = ~beyond
     if bool(keep.any()):
         res_shells = [relion_round(box * apix / float(r)) for r in res[keep]]
-        fil = _filtered_batch(grid, true[keep], res_shells, shell_idx, lp)
-        st = starts[keep]
-        grid.win.add(grid.numerator, st, grid.win.gather_wrapped(fil, st) * sphere[keep])
+        sums.add_filtered(
+            centers[keep], _filter_spectra(grid, true[keep], res_shells, shell_idx, lp)
+        )
     return res, beyond
-
-
-def _accumulate_spheres(box: int, pts: np.ndarray, res: np.ndarray, maskrad: int, edge: int, dev):
-    """Full-box ``Σ m_p`` and ``Σ m_p / d_p``: ``(N, N, N)`` float32 each."""
-    w = min(_fast_size(2 * (maskrad + edge) + 3), box)
-    win = _Windows(box, w, dev)
-    centre = torch.full((1, 3), float(w // 2), device=dev)
-    sphere = _spheres(centre, torch.zeros(1, 3, device=dev), w, maskrad, edge)[0]
-    acc_w, acc_inv = (win.padded(torch.zeros((box,) * 3, device=dev)) for _ in range(2))
-    for p, r in zip(pts.tolist(), res.tolist()):
-        sl = win._slices([c - w // 2 for c in p])
-        acc_w[sl] += sphere
-        acc_inv[sl] += sphere / float(r)
-    return win.crop(acc_w), win.crop(acc_inv)
 
 
 def _presharpening(box: int, cfg: LocresConfig, apix: float):
@@ -476,7 +536,7 @@ def _presharpening(box: int, cfg: LocresConfig, apix: float):
     return weights
 
 
-def _run_points(grid, pts, shell_idx, bsz, randomize_at, cfg, apix, bar):
+def _run_points(grid, pts, shell_idx, bsz, randomize_at, cfg, apix, bar, sums):
     """All points through :func:`_points_on` in batches: ``(P,)`` resolutions and ``(P,)`` bool
     (to be redone on the full box)."""
     lowpass: dict[int, torch.Tensor] = {}
@@ -485,7 +545,9 @@ def _run_points(grid, pts, shell_idx, bsz, randomize_at, cfg, apix, bar):
     dev = grid.spec.device
     for b0 in range(0, len(pts), bsz):
         c = torch.as_tensor(pts[b0 : b0 + bsz], device=dev, dtype=torch.long)
-        r, out = _points_on(grid, c, shell_idx, randomize_at, cfg.minres_angstrom, apix, lowpass)
+        r, out = _points_on(
+            grid, c, shell_idx, randomize_at, cfg.minres_angstrom, apix, lowpass, sums
+        )
         res[b0 : b0 + len(c)] = r.cpu().numpy()
         beyond[b0 : b0 + len(c)] = out.cpu().numpy()
         bar.update(int((~out).sum()))
@@ -541,27 +603,21 @@ def local_resolution(
     bar = tqdm(total=len(pts), desc="locres", unit="pt", disable=not progress)
     windows = cfg.windows and not cfg.exact
     grid = _make_grid(spectra, box, small, (maskrad, edge), windows, pre)
-    budget = 2**30 if dev.type == "cuda" else 2**28  # bytes of one batch of filtered maps
-    bsz = cfg.batch_size or max(1, min(64, budget // (8 * small**3)))
-    idx = relion_shell_index(small, dev)
-    res, beyond = _run_points(grid, pts, idx, bsz, randomize_at, cfg, apix, bar)
-    numerator = grid.win.crop(grid.numerator)
-    if small < box:
-        numerator = torch.fft.irfftn(
-            _pad_spectrum(torch.fft.rfftn(numerator.double()), small, box) * (box / small) ** 3,
-            s=(box,) * 3,
-        ).to(torch.float32)
+    budget = 2**30 if dev.type == "cuda" else 2**28  # bytes of one batch of box-size grids
+    bsz = cfg.batch_size or max(1, min(64, budget // (8 * box * small**2)))
+    sums = _BoxSums(box, maskrad, edge, dev)
+    args = (randomize_at, cfg, apix, bar, sums)
+    res, beyond = _run_points(grid, pts, relion_shell_index(small, dev), bsz, *args)
     n_full = int(beyond.sum())
     if n_full:
         full = _make_grid(spectra, box, box, (maskrad, edge), windows, pre)
-        idx = relion_shell_index(box, dev)
         bsz = cfg.batch_size or max(1, min(64, budget // (8 * box**3)))
-        res[beyond], _ = _run_points(full, pts[beyond], idx, bsz, randomize_at, cfg, apix, bar)
-        numerator = numerator + full.win.crop(full.numerator)
+        res[beyond], _ = _run_points(full, pts[beyond], relion_shell_index(box, dev), bsz, *args)
     bar.close()
-    wsum, inv = _accumulate_spheres(box, pts, res, maskrad, edge, dev)
+    wsum, inv = sums.weights(pts, res)
     have = wsum > 0
     locres = torch.where(have, wsum / inv.clamp_min(1e-30), torch.zeros_like(wsum))
+    numerator = sums.win.crop(sums.numerator)
     filtered = torch.where(have, numerator / wsum.clamp_min(1e-30), torch.zeros_like(wsum))
     return LocalResolution(
         locres_angstrom=locres.cpu(),

@@ -4,7 +4,8 @@
 RELION 3.1 seeds with ``srand(--random_seed)`` (default 0) and draws the phases of
 ``randomizePhasesBeyond`` with ``rnd_unif(0, 2π) = float(rand()) / float(RAND_MAX / float(2π))``
 in single precision. glibc's ``rand`` is its ``TYPE_3`` additive generator: ``r[0] = seed``
-(0 becomes 1), ``r[i] = 16807 · r[i-1] mod (2³¹ - 1)`` for ``i < 31``, ``r[i] = r[i-31]`` for
+(0 becomes 1), ``r[i] = 16807 · r[i-1] mod (2³¹ - 1)`` for ``i < 31`` (Schrage's steps on a
+signed 32-bit seed), ``r[i] = r[i-31]`` for
 ``31 <= i < 34``, ``r[i] = r[i-3] + r[i-31] mod 2³²`` beyond, and the ``k``-th output is
 ``r[k + 344] >> 1``.
 
@@ -45,9 +46,15 @@ class GlibcRand:
 
     def __init__(self, seed: int = 0) -> None:
         s = int(seed) & 0xFFFFFFFF
-        r = [s if s != 0 else 1]
-        for i in range(1, _LAG):
-            word = (16807 * r[i - 1]) % 2147483647  # glibc's Schrage step, same value
+        s = s if s != 0 else 1
+        word = s - (1 << 32) if s >= 1 << 31 else s  # glibc keeps the seed in an int32_t
+        r = [s]
+        for _ in range(1, _LAG):  # glibc's Schrage step, C's truncating division
+            hi = abs(word) // 127773 * (1 if word >= 0 else -1)
+            lo = word - hi * 127773
+            word = 16807 * lo - 2836 * hi
+            if word < 0:
+                word += 2147483647
             r.append(word)
         r += r[:3]
         for i in range(34, 344):
