@@ -21,15 +21,21 @@ Speed, with the same definitions:
   the sphere's spectrum, so that masking on the coarse grid leaves the shells up to ``s_lim``
   unchanged. Integer frequencies are the same on both grids: each point's FSC, weights and low-pass
   are RELION's. A point whose corrected FSC is still above 0.143 at ``s_lim`` is computed again on
-  the full box. Each point's filter ends at its low-pass shell, below the crop's Nyquist, so its
-  filtered map is exact on the coarse grid; the sphere-weighted sum is formed there and
-  Fourier-padded back to ``N`` once (a full-box inverse FFT per point was the cost before).
+  the full box.
+- *Filtered map in windows.* Each point's filter ends at its low-pass shell, within the crop, and
+  only the voxels of its sphere's ``2 (maskrad + edge) + 1`` window are needed: the inverse DFT is
+  done one axis at a time, keeping the window's rows after each, which gives RELION's full-box
+  values there exactly at a fraction of a full-box inverse FFT per point (the former cost).
 - *Windows.* The masked maps vanish outside a sphere of radius ``maskrad_px + edge_px``, so each is
   cut out in a window of ``W`` voxels (the smallest FFT-friendly size that holds the sphere) and all
   windows go through one batched ``rfftn``. The window's FSC is the box's FSC sampled on
-  ``W // 2 + 1`` shells; it is linearly interpolated to the box's shells.
+  ``W // 2 + 1`` shells; it is linearly interpolated to the box's shells (an approximation: the
+  crossing can move by a shell). Windows larger than 0.6 times the (cropped) box are not used:
+  the FSCs are then taken on the whole (cropped) box, as RELION does.
 
-``exact=True`` uses the full box for every FFT of every point (RELION's arithmetic, slower).
+``exact=True`` uses the full box for every FFT of every point (RELION's arithmetic, slower). The
+maps match ``relion_postprocess --locres`` (``tests/test_postprocess_relion.py``): exactly with
+``exact=True`` or ``windows=False``, within a shell at some points with windows.
 """
 
 from __future__ import annotations
@@ -87,9 +93,10 @@ class LocresConfig:
     exact
         Full-box FFTs for every point: no windows, no Fourier crop.
     windows
-        Cut each masked map out in a window just larger than its sphere (faster; the FSC is then
-        interpolated from the window's coarser shells). ``False``: the FSCs on the whole (cropped)
-        box, RELION's shells.
+        Cut each masked map out in a window just larger than its sphere, where that window is at
+        most 0.6 times the (cropped) box (faster; the FSC is then interpolated from the window's
+        coarser shells). ``False``, or a larger window: the FSCs on the whole (cropped) box,
+        RELION's shells.
     crop_factor
         The Fourier crop keeps shells up to ``crop_factor`` times the shell where the global
         unmasked FSC falls below 0.143 (points that reach it are redone on the full box); 0: no
@@ -348,6 +355,9 @@ class _Grid:
         return self.box / self.full_box
 
 
+_WINDOW_FRACTION = 0.6  # larger windows save little and cost accuracy: the whole box instead
+
+
 def _make_grid(spectra, full_box: int, small: int, sphere_px, windows: bool, pre):
     """:class:`_Grid` on a box of ``small`` (``N``: the full grid) from the halves' full-box half
     spectra and random phases ``spectra = (f1, f2, phases1, phases2)``, spheres of
@@ -361,7 +371,8 @@ def _make_grid(spectra, full_box: int, small: int, sphere_px, windows: bool, pre
     r2 = apply_phases(c2, _crop_spectrum(ph2, full_box, small) if scale < 1 else ph2, small)
     maps = [torch.fft.irfftn(f, s=(small,) * 3).to(torch.float32) for f in (c1, c2, r1, r2)]
     rad_m, edge_m = sphere_px[0] * scale, sphere_px[1] * scale
-    w = min(_fast_size(2 * math.ceil(rad_m + edge_m) + 3), small) if windows else small
+    w = _fast_size(2 * math.ceil(rad_m + edge_m) + 3)
+    w = w if windows and w <= _WINDOW_FRACTION * small else small
     win = _Windows(small, w, dev, whole=w == small)
     k = torch.fft.fftfreq(small, d=1.0 / small, device=dev, dtype=torch.float32)
     kx = torch.fft.rfftfreq(small, d=1.0 / small, device=dev, dtype=torch.float32)

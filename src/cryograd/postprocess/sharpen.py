@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from cryograd.errors import CryogradError
-from cryograd.fourier import shell_index
 from cryograd.postprocess.filters import frequency_radius
+from cryograd.postprocess.fsc import relion_shell_index
 from cryograd.validation import fsc_weight
 
 __all__ = [
@@ -84,7 +84,7 @@ def guinier_curve(spectrum: torch.Tensor, pixel_size: float) -> GuinierCurve:
     """
     box = spectrum.shape[0]
     n = box // 2 + 1
-    idx = shell_index(box, ndim=3, rfft=True, device=spectrum.device).reshape(-1)
+    idx = relion_shell_index(box, spectrum.device).reshape(-1)
     amp = spectrum.abs().reshape(-1).to(torch.float64)
     keep = idx < n
     sums = torch.bincount(idx[keep], weights=amp[keep], minlength=n)[:n]
@@ -162,7 +162,7 @@ def fsc_weighting_weights(fsc_curve, box: int, *, device=None) -> torch.Tensor:
     w = fsc_weight(f)
     w = torch.where(torch.arange(f.numel(), device=device) <= last, w, torch.zeros_like(w))
     w_ext = torch.cat([w, torch.zeros(1, dtype=w.dtype, device=w.device)])
-    idx = shell_index(box, ndim=3, rfft=True, device=device).clamp(max=f.numel())
+    idx = relion_shell_index(box, device).clamp(max=f.numel())
     return w_ext[idx]
 
 
