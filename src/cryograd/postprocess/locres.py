@@ -41,7 +41,9 @@ maps match ``relion_postprocess --locres`` (``tests/test_postprocess_relion.py``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -318,7 +320,9 @@ class _Windows:
         return padded[p : p + n, p : p + n, p : p + n]
 
 
-def _spheres(positions, starts, w: int, maskrad: float, edge: float) -> torch.Tensor:
+def _spheres(
+    positions: torch.Tensor, starts: torch.Tensor, w: int, maskrad: float, edge: float
+) -> torch.Tensor:
     """``(B, W, W, W)`` float32 raised-cosine spheres centred at ``positions`` (``(B, 3)``
     voxels) on windows starting at ``starts``."""
     idx = torch.arange(w, device=positions.device, dtype=torch.float32)
@@ -358,7 +362,14 @@ class _Grid:
 _WINDOW_FRACTION = 0.6  # larger windows save little and cost accuracy: the whole box instead
 
 
-def _make_grid(spectra, full_box: int, small: int, sphere_px, windows: bool, pre):
+def _make_grid(
+    spectra: tuple[torch.Tensor, ...],
+    full_box: int,
+    small: int,
+    sphere_px: tuple[int, int],
+    windows: bool,
+    pre: Callable[[torch.Tensor], torch.Tensor],
+) -> _Grid:
     """:class:`_Grid` on a box of ``small`` (``N``: the full grid) from the halves' full-box half
     spectra and random phases ``spectra = (f1, f2, phases1, phases2)``, spheres of
     ``sphere_px = (maskrad, edge)`` full-box voxels; ``pre(radius)`` are the weights of the
@@ -404,7 +415,7 @@ def _crop_box(box: int, shell_limit: int, edge_px: int) -> int:
     return small if small <= 0.8 * box else box
 
 
-def _lowpass(radius: torch.Tensor, shell: int, full_box: int, edge_shells: int = 2):
+def _lowpass(radius: torch.Tensor, shell: int, full_box: int, edge_shells: int = 2) -> torch.Tensor:
     """RELION's ``lowPassFilterMap`` at ``shell`` on a grid of ``|k|`` (full-box integer
     frequencies): 1 below ``shell - w/2``, raised cosine to 0 at ``shell + w/2``."""
     half = edge_shells // 2
@@ -416,7 +427,13 @@ def _lowpass(radius: torch.Tensor, shell: int, full_box: int, edge_shells: int =
     return torch.where(res > high, torch.zeros_like(w), w)
 
 
-def _filter_spectra(grid: _Grid, fsc_true, res_shells, shell_idx, lowpass: dict):
+def _filter_spectra(
+    grid: _Grid,
+    fsc_true: torch.Tensor,
+    res_shells: list[int],
+    shell_idx: torch.Tensor,
+    lowpass: dict[int, torch.Tensor],
+) -> torch.Tensor:
     """``(B, n, n, n//2+1)`` complex64: ``grid.spec`` FSC-weighted by each curve (RELION's cut at
     the first FSC < 1e-4) and low-passed at each resolution shell."""
     n = fsc_true.shape[1]
@@ -496,7 +513,7 @@ class _BoxSums:
         vals = _window_values(spectra, starts, self.w, self.box) * self.sphere
         self.win.add(self.numerator, starts, vals)
 
-    def weights(self, pts: np.ndarray, res: np.ndarray):
+    def weights(self, pts: np.ndarray, res: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``Σ m_p`` and ``Σ m_p / d_p``: ``(N, N, N)`` float32 each."""
         dev = self.numerator.device
         acc_w, acc_inv = (self.win.padded(torch.zeros((self.box,) * 3, device=dev)) for _ in "ab")
@@ -507,7 +524,16 @@ class _BoxSums:
         return self.win.crop(acc_w), self.win.crop(acc_inv)
 
 
-def _points_on(grid: _Grid, centers, shell_idx, randomize_at, minres, apix, lp, sums: _BoxSums):
+def _points_on(
+    grid: _Grid,
+    centers: torch.Tensor,
+    shell_idx: torch.Tensor,
+    randomize_at: int,
+    minres: float,
+    apix: float,
+    lp: dict[int, torch.Tensor],
+    sums: _BoxSums,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Local resolution of the points ``centers`` (``(B, 3)`` full-box voxels) on ``grid``;
     their filtered maps times their spheres are added to ``sums``. Returns ``(B,)``
     resolutions (Å) and ``(B,)`` bool: the FSC stayed above 0.143 up to ``grid.last_shell``
@@ -534,7 +560,9 @@ def _points_on(grid: _Grid, centers, shell_idx, randomize_at, minres, apix, lp, 
     return res, beyond
 
 
-def _presharpening(box: int, cfg: LocresConfig, apix: float):
+def _presharpening(
+    box: int, cfg: LocresConfig, apix: float
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``radius -> weights``: RELION's MTF division and B-factor of the summed map (``Isum``) on
     a grid of ``|k|`` (radial: no centring needed)."""
 
@@ -547,7 +575,17 @@ def _presharpening(box: int, cfg: LocresConfig, apix: float):
     return weights
 
 
-def _run_points(grid, pts, shell_idx, bsz, randomize_at, cfg, apix, bar, sums):
+def _run_points(
+    grid: _Grid,
+    pts: np.ndarray,
+    shell_idx: torch.Tensor,
+    bsz: int,
+    randomize_at: int,
+    cfg: LocresConfig,
+    apix: float,
+    bar: Any,
+    sums: _BoxSums,
+) -> tuple[np.ndarray, np.ndarray]:
     """All points through :func:`_points_on` in batches: ``(P,)`` resolutions and ``(P,)`` bool
     (to be redone on the full box)."""
     lowpass: dict[int, torch.Tensor] = {}

@@ -197,7 +197,9 @@ def _lowpass_shell(cfg: PostprocessConfig, box: int, pixel_size: float, shell: i
     return relion_round(box * pixel_size / cfg.low_pass_angstrom)
 
 
-def _sharpen(avg, fsc_final, pixel_size, shell, cfg: PostprocessConfig):
+def _sharpen(
+    avg: torch.Tensor, fsc_final: np.ndarray, pixel_size: float, shell: int, cfg: PostprocessConfig
+) -> tuple[torch.Tensor, float, GuinierFit | None, dict[str, GuinierCurve]]:
     """Steps of ``Postprocessing::sharpenMap``; returns (map, B, fit, Guinier curves)."""
     box = avg.shape[0]
     spec = torch.fft.rfftn(avg)  # radial filters: no centring needed
