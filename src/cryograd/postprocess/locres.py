@@ -554,9 +554,10 @@ def _points_on(
     keep = ~beyond
     if bool(keep.any()):
         res_shells = [relion_round(box * apix / float(r)) for r in res[keep]]
-        sums.add_filtered(
-            centers[keep], _filter_spectra(grid, true[keep], res_shells, shell_idx, lp)
-        )
+        spectra = _filter_spectra(grid, true[keep], res_shells, shell_idx, lp)
+        # the filters end at shell + 1: the smallest even cube that holds that is enough
+        sub = min(grid.box, 2 * (max(res_shells) + 2))
+        sums.add_filtered(centers[keep], _crop_spectrum(spectra, grid.box, sub))
     return res, beyond
 
 

@@ -152,6 +152,7 @@ class PostprocessResult:
             "resolution_shell_angstrom": num(self.resolution_shell_angstrom),
             "bfactor_a2": float(self.bfactor_a2),
             "masked": self.mask is not None,
+            "used_unmasked_fsc": bool(self.fsc.extra.get("used_unmasked", False)),
             "fsc": self.fsc.to_dict(),
             "guinier": {
                 "inv_resolution_squared_a2": [
@@ -176,6 +177,8 @@ class PostprocessResult:
             q = np.percentile(sel.numpy(), [5, 25, 50, 75, 95]) if sel.numel() else [math.nan] * 5
             out["locres"] = {
                 "n_points": int(len(self.locres.points)),
+                "crop_box": int(self.locres.crop_box),
+                "n_points_full_box": int(self.locres.n_full_box),
                 "percentiles_angstrom": dict(
                     zip(["p5", "p25", "p50", "p75", "p95"], [num(float(x)) for x in q])
                 ),
