@@ -96,6 +96,9 @@ def test_postprocess_writes_outputs(halves, tmp_path, capsys):
             "--force",
             "--mask",
             halves["mask"],
+            "--low-pass",
+            "0",
+            "--force-mask",
         ],
         capsys,
     )
@@ -125,6 +128,8 @@ def _bad_inputs(tmp_path, halves):
         ([h1, h2, "--auto-mask", "--threshold", "1e9"], "--threshold"),
         ([h1, h2, "--auto-mask"], "--threshold"),
         ([h1, h2, "--bfactor", "sharp"], "--bfactor"),
+        ([h1, h2, "--low-pass", "nan"], "--low-pass"),
+        ([h1, h2, "--seed", "-1"], "--seed"),
     ]
 
 

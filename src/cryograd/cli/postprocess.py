@@ -58,13 +58,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument(
         "--autob-highres",
         type=float,
-        default=None,
+        default=0.0,
         metavar="A",
-        help="high-resolution end of the fit (default: the resolution; 0: RELION's default)",
+        help="high-resolution end of the fit (0, RELION's default: as far as the FSC weight "
+        "leaves amplitude)",
+    )
+    g.add_argument(
+        "--low-pass",
+        type=float,
+        default=-1.0,
+        metavar="A",
+        help="final low-pass: negative (default): at the resolution; 0: none (RELION 3.1's "
+        "default); else at A",
     )
     g.add_argument("--mtf", type=Path, metavar="FILE", help="MTF STAR file of the detector")
     g.add_argument("--mtf-angpix", type=float, help="detector pixel size of the MTF (Å)")
     g.add_argument("--skip-fsc-weighting", action="store_true")
+    g.add_argument(
+        "--force-mask",
+        action="store_true",
+        help="keep the masked FSC where the unmasked one reaches further (RELION's --force_mask)",
+    )
     g = p.add_argument_group("local resolution")
     g.add_argument("--locres", action="store_true", help="also compute local resolution")
     g.add_argument("--locres-sampling", type=float, default=25.0, metavar="A")
@@ -73,7 +87,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--locres-randomize-at", type=float, default=25.0, metavar="A")
     g.add_argument("--locres-minres", type=float, default=50.0, metavar="A")
     g.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the phase randomisation")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the phase randomisation (RELION's --random_seed; 0 draws RELION's phases)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -110,6 +129,10 @@ def _check_flags(args) -> None:
         raise CryogradError(f"--soft-edge must be >= 0, got {args.soft_edge}")
     if args.mtf_angpix is not None and not args.mtf_angpix > 0:
         raise CryogradError(f"--mtf-angpix must be positive, got {args.mtf_angpix}")
+    if args.seed < 0:
+        raise CryogradError(f"--seed must be >= 0, got {args.seed}")
+    if not math.isfinite(args.low_pass):
+        raise CryogradError(f"--low-pass must be a number of Å, got {args.low_pass}")
     if not args.autob_lowres > 0:
         raise CryogradError(f"--autob-lowres must be positive, got {args.autob_lowres}")
     for flag in ("locres_sampling", "locres_randomize_at", "locres_minres"):
@@ -198,7 +221,9 @@ def run(args) -> int:
         mtf=mtf,
         mtf_pixel_size=args.mtf_angpix,
         fsc_weighting=not args.skip_fsc_weighting,
+        low_pass_angstrom=args.low_pass,
         seed=args.seed,
+        force_mask=args.force_mask,
         locres=locres,
     )
     result = postprocess(v1, v2, apix, mask=mask, config=config, progress=not args.no_progress)

@@ -1,10 +1,11 @@
 """``postprocess``: masked FSC, sharpening and local resolution of two half maps, and the outputs.
 
 The steps follow ``relion_postprocess`` 3.1 (``Postprocessing::run``): unmasked and masked FSC, the
-masked FSC corrected by phase randomisation beyond the shell where the unmasked FSC drops below 0.8
-(:func:`cryograd.validation.masked_fsc_corrected`), the resolution at 0.143; then the average of the
-unmasked halves is divided by the MTF, FSC-weighted, sharpened by a B-factor (fitted on its Guinier
-plot, or given) and low-passed at the resolution shell. See :mod:`cryograd.postprocess.sharpen`.
+masked FSC corrected by phase randomisation beyond the shell where the unmasked FSC drops below 0.8,
+with RELION's own random numbers (:mod:`cryograd.postprocess.fsc`), the resolution at 0.143; then
+the average of the unmasked halves is divided by the MTF, FSC-weighted, sharpened by a B-factor
+(fitted on its Guinier plot, or given) and, unless ``low_pass_angstrom = 0``, low-passed (at the
+resolution shell by default). See :mod:`cryograd.postprocess.sharpen`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from cryograd.errors import CryogradError
-from cryograd.postprocess.filters import lowpass_weights_at_shell
+from cryograd.postprocess.filters import lowpass_weights_at_shell, relion_round
+from cryograd.postprocess.fsc import last_shell_above, relion_fsc_result
 from cryograd.postprocess.locres import LocalResolution, LocresConfig, local_resolution
 from cryograd.postprocess.sharpen import (
     MTF,
@@ -28,7 +30,7 @@ from cryograd.postprocess.sharpen import (
     guinier_curve,
     mtf_weights,
 )
-from cryograd.validation import FSCResult, compute_fsc_result, resolution_at
+from cryograd.validation import FSCResult, resolution_at
 
 __all__ = ["PostprocessConfig", "PostprocessResult", "postprocess", "relion_resolution_shell"]
 
@@ -43,31 +45,41 @@ class PostprocessConfig:
         ``"auto"`` (Guinier fit, RELION's ``--auto_bfac``) or a B-factor in Å² (RELION's sign:
         negative sharpens, as ``--adhoc_bfac``).
     fit_low_res_angstrom, fit_high_res_angstrom
-        Range of the Guinier fit (``--autob_lowres`` 10 Å, ``--autob_highres``). ``None`` (the
-        default): up to the resolution shell. 0: every shell with FSC-weighted amplitude, which is
-        what RELION 3.1.3 does with its default ``--autob_highres 0`` (up to the last shell before
-        the corrected FSC first drops below 1e-4, usually one or two shells past 0.143).
+        Range of the Guinier fit (``--autob_lowres`` 10 Å, ``--autob_highres`` 0). 0 (RELION's
+        default): every shell up to Nyquist with an FSC-weighted amplitude, i.e. up to the last
+        shell before the corrected FSC first drops below 1e-4 (usually a few shells past 0.143).
+        ``None``: up to the resolution shell.
     mtf, mtf_pixel_size
         Detector MTF (:func:`cryograd.postprocess.sharpen.read_mtf`) and its pixel size in Å
         (default: the maps').
     fsc_weighting
         Weight by ``sqrt(2 FSC / (1 + FSC))`` (RELION's default).
+    low_pass_angstrom
+        Final low-pass (RELION's ``--low_pass``): negative (the default, -1): at the resolution
+        shell; 0: none (RELION 3.1's default; the FSC weighting alone ends the spectrum); positive:
+        at that resolution in Å.
     lowpass_edge_shells
         Width of the final low-pass's raised-cosine edge (``--filter_edge_width``, 2).
     seed
-        Seed of the phase randomisation.
+        ``srand`` seed of the phase randomisation (RELION's ``--random_seed``; 0, RELION's
+        default, draws RELION's phases).
+    force_mask
+        Keep the corrected masked FSC even where the unmasked one reaches further (RELION's
+        ``--force_mask``; otherwise the unmasked curve is used then, as RELION does).
     locres
         :class:`LocresConfig` to also compute local resolution, else ``None``.
     """
 
     bfactor: float | str = "auto"
     fit_low_res_angstrom: float = 10.0
-    fit_high_res_angstrom: float | None = None
+    fit_high_res_angstrom: float | None = 0.0
     mtf: MTF | None = None
     mtf_pixel_size: float | None = None
     fsc_weighting: bool = True
+    low_pass_angstrom: float = -1.0
     lowpass_edge_shells: int = 2
     seed: int = 0
+    force_mask: bool = False
     locres: LocresConfig | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +92,8 @@ class PostprocessConfig:
             raise CryogradError(
                 f"fit_low_res_angstrom must be positive, got {self.fit_low_res_angstrom}"
             )
+        if not math.isfinite(float(self.low_pass_angstrom)):
+            raise CryogradError(f"low_pass_angstrom must be finite, got {self.low_pass_angstrom}")
         if self.mtf_pixel_size is not None and not self.mtf_pixel_size > 0:
             raise CryogradError(f"mtf_pixel_size must be positive, got {self.mtf_pixel_size}")
 
@@ -138,6 +152,7 @@ class PostprocessResult:
             "resolution_shell_angstrom": num(self.resolution_shell_angstrom),
             "bfactor_a2": float(self.bfactor_a2),
             "masked": self.mask is not None,
+            "used_unmasked_fsc": bool(self.fsc.extra.get("used_unmasked", False)),
             "fsc": self.fsc.to_dict(),
             "guinier": {
                 "inv_resolution_squared_a2": [
@@ -162,6 +177,8 @@ class PostprocessResult:
             q = np.percentile(sel.numpy(), [5, 25, 50, 75, 95]) if sel.numel() else [math.nan] * 5
             out["locres"] = {
                 "n_points": int(len(self.locres.points)),
+                "crop_box": int(self.locres.crop_box),
+                "n_points_full_box": int(self.locres.n_full_box),
                 "percentiles_angstrom": dict(
                     zip(["p5", "p25", "p50", "p75", "p95"], [num(float(x)) for x in q])
                 ),
@@ -171,12 +188,21 @@ class PostprocessResult:
 
 def relion_resolution_shell(fsc_curve) -> int:
     """Last shell ``i`` before the curve first drops below 0.143 (0 when shell 0 does)."""
-    f = np.asarray(fsc_curve, dtype=np.float64)
-    below = np.nonzero(f < 0.143)[0]
-    return int(below[0]) - 1 if below.size else len(f) - 1
+    return last_shell_above(torch.as_tensor(np.asarray(fsc_curve, dtype=np.float64)), 0.143)
 
 
-def _sharpen(avg, fsc_final, pixel_size, shell, cfg: PostprocessConfig):
+def _lowpass_shell(cfg: PostprocessConfig, box: int, pixel_size: float, shell: int) -> int | None:
+    """Shell of the final low-pass (``None``: none), as RELION's ``lowPassFilterMap`` rounds it."""
+    if cfg.low_pass_angstrom == 0:
+        return None
+    if cfg.low_pass_angstrom < 0:
+        return max(shell, 1)
+    return relion_round(box * pixel_size / cfg.low_pass_angstrom)
+
+
+def _sharpen(
+    avg: torch.Tensor, fsc_final: np.ndarray, pixel_size: float, shell: int, cfg: PostprocessConfig
+) -> tuple[torch.Tensor, float, GuinierFit | None, dict[str, GuinierCurve]]:
     """Steps of ``Postprocessing::sharpenMap``; returns (map, B, fit, Guinier curves)."""
     box = avg.shape[0]
     spec = torch.fft.rfftn(avg)  # radial filters: no centring needed
@@ -201,9 +227,9 @@ def _sharpen(avg, fsc_final, pixel_size, shell, cfg: PostprocessConfig):
     if bfac != 0.0:
         spec = spec * bfactor_weights(box, bfac, pixel_size)
     curves["sharpened"] = guinier_curve(spec, pixel_size)
-    spec = spec * lowpass_weights_at_shell(
-        box, max(shell, 1), edge_width_shells=cfg.lowpass_edge_shells
-    )
+    lp = _lowpass_shell(cfg, box, pixel_size, shell)
+    if lp is not None:
+        spec = spec * lowpass_weights_at_shell(box, lp, edge_width_shells=cfg.lowpass_edge_shells)
     return torch.fft.irfftn(spec, s=(box,) * 3), bfac, fit, curves
 
 
@@ -247,7 +273,7 @@ def postprocess(
     if m is not None and m.shape != v1.shape:
         raise CryogradError(f"mask has shape {tuple(m.shape)}, the half maps {tuple(v1.shape)}")
     box = v1.shape[0]
-    fsc = compute_fsc_result(v1, v2, pixel_size, mask=m, seed=cfg.seed)
+    fsc = relion_fsc_result(v1, v2, pixel_size, m, seed=cfg.seed, force_mask=cfg.force_mask)
     shell = relion_resolution_shell(fsc.fsc_final)
     res_shell = box * pixel_size / shell if shell > 0 else math.inf
     avg = 0.5 * (v1 + v2)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from cryograd.errors import CryogradError
-from cryograd.fourier import shell_index
 from cryograd.postprocess.filters import frequency_radius
+from cryograd.postprocess.fsc import relion_shell_index
 from cryograd.validation import fsc_weight
 
 __all__ = [
@@ -84,7 +84,7 @@ def guinier_curve(spectrum: torch.Tensor, pixel_size: float) -> GuinierCurve:
     """
     box = spectrum.shape[0]
     n = box // 2 + 1
-    idx = shell_index(box, ndim=3, rfft=True, device=spectrum.device).reshape(-1)
+    idx = relion_shell_index(box, spectrum.device).reshape(-1)
     amp = spectrum.abs().reshape(-1).to(torch.float64)
     keep = idx < n
     sums = torch.bincount(idx[keep], weights=amp[keep], minlength=n)[:n]
@@ -138,12 +138,16 @@ def fit_guinier(
     )
 
 
-def bfactor_weights(box: int, bfactor_a2: float, pixel_size: float, *, device=None) -> torch.Tensor:
+def bfactor_weights(
+    box: int, bfactor_a2: float, pixel_size: float, *, device=None, radius=None
+) -> torch.Tensor:
     """``exp(-(B / 4) s²)`` with ``s = |k| / (N · pixel_size)`` up to Nyquist, 0 beyond.
 
-    Returns ``(N, N, N // 2 + 1)`` float64; a negative ``bfactor_a2`` (Å²) sharpens.
+    Returns ``(N, N, N // 2 + 1)`` float64; a negative ``bfactor_a2`` (Å²) sharpens. ``radius``:
+    ``|k|`` (the box's integer frequencies) of another grid to evaluate on, e.g. a Fourier crop.
     """
-    s = frequency_radius(box, device=device) / (box * float(pixel_size))
+    rad = frequency_radius(box, device=device) if radius is None else radius.double()
+    s = rad / (box * float(pixel_size))
     w = torch.exp(-(float(bfactor_a2) / 4.0) * s * s)
     return torch.where(s <= 1.0 / (2.0 * pixel_size) + 1e-12, w, torch.zeros_like(w))
 
@@ -158,7 +162,7 @@ def fsc_weighting_weights(fsc_curve, box: int, *, device=None) -> torch.Tensor:
     w = fsc_weight(f)
     w = torch.where(torch.arange(f.numel(), device=device) <= last, w, torch.zeros_like(w))
     w_ext = torch.cat([w, torch.zeros(1, dtype=w.dtype, device=w.device)])
-    idx = shell_index(box, ndim=3, rfft=True, device=device).clamp(max=f.numel())
+    idx = relion_shell_index(box, device).clamp(max=f.numel())
     return w_ext[idx]
 
 
@@ -215,18 +219,26 @@ def read_mtf(path) -> MTF:
 
 
 def mtf_weights(
-    mtf: MTF, box: int, pixel_size: float, mtf_pixel_size: float | None = None, *, device=None
+    mtf: MTF,
+    box: int,
+    pixel_size: float,
+    mtf_pixel_size: float | None = None,
+    *,
+    device=None,
+    radius=None,
 ) -> torch.Tensor:
     """``1 / MTF`` at every half-grid sample below Nyquist (1 elsewhere), as RELION's
     ``divideByMtf``: frequencies ``rlnResolutionInversePixel / mtf_pixel_size`` in 1/Å, linear
     interpolation from the entry ``floor(s / step)`` with ``step = (last - first) / n_rows``,
-    clamped to the first and last values. Returns ``(N, N, N // 2 + 1)`` float64."""
+    clamped to the first and last values. Returns ``(N, N, N // 2 + 1)`` float64 (``radius``: as
+    :func:`bfactor_weights`)."""
     apix_mtf = float(pixel_size if mtf_pixel_size is None else mtf_pixel_size)
     x = torch.as_tensor(mtf.resolution_inv_pixel / apix_mtf, device=device)
     y = torch.as_tensor(mtf.value, device=device)
     n = x.numel()
     step = float(x[-1] - x[0]) / n
-    s = frequency_radius(box, device=device) / (box * float(pixel_size))
+    rad = frequency_radius(box, device=device) if radius is None else radius.double()
+    s = rad / (box * float(pixel_size))
     i0 = torch.floor(s / step).long()
     inner = i0.clamp(0, n - 2)
     x0, x1, y0, y1 = x[inner], x[inner + 1], y[inner], y[inner + 1]
