@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from cryograd.validation import shell_sums
-
 __all__ = ["shell_index_slab", "weight_shell_sums", "default_regularizer", "divide_and_invert"]
 
 #: Samples of the padded grid per slab (a few tens of MB of temporaries per slab).
@@ -32,33 +30,54 @@ def _slab_rows(padded: int, half: int, rows: int) -> int:
     return max(1, min(rows, SLAB_SAMPLES // max(1, padded * half)))
 
 
+def _squared_radius_slab(padded: int, y0: int, y1: int, device) -> torch.Tensor:
+    """int64 ``|q|²`` (an integer: ``q`` is integer) of the padded half grid's rows ``y0:y1``."""
+    k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64).long()
+    kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64).long()
+    r2_yx = k[y0:y1].view(-1, 1) ** 2 + kx.view(1, -1) ** 2
+    return r2_yx.unsqueeze(0) + (k**2).view(-1, 1, 1)
+
+
+def _shell_of_squared_radius(box_size: int, padded: int, device) -> torch.Tensor:
+    """int64 table: shell ``round(sqrt(r²) · D / P)`` of every ``r²`` the padded grid holds (the
+    float64 arithmetic of :func:`~cryograd.solvers.insertion.padded_shell_index`, done once per
+    value instead of once per sample)."""
+    top = 3 * (padded // 2) ** 2 + 1
+    r2 = torch.arange(top, device=device, dtype=torch.float64)
+    return torch.round(torch.sqrt(r2) * (box_size / padded)).long()
+
+
 def shell_index_slab(box_size: int, padded: int, y0: int, y1: int, *, device=None) -> torch.Tensor:
     """int32 shells ``round(|q| · D / P)`` of the padded half grid's rows ``y0:y1`` (all ``z``, all
     ``x``): ``(P, y1 - y0, P // 2 + 1)``, the values of
     :func:`~cryograd.solvers.insertion.padded_shell_index` there (same float64 arithmetic)."""
-    k = torch.fft.fftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
-    kx = torch.fft.rfftfreq(padded, d=1.0 / padded, device=device, dtype=torch.float64)
-    r2_yx = k[y0:y1].view(-1, 1) ** 2 + kx.view(1, -1) ** 2
-    r2 = r2_yx.unsqueeze(0) + (k**2).view(-1, 1, 1)
-    return torch.round(torch.sqrt(r2) * (box_size / padded)).to(torch.int32)
+    table = _shell_of_squared_radius(box_size, padded, device).to(torch.int32)
+    return table[_squared_radius_slab(padded, y0, y1, device)]
 
 
 def weight_shell_sums(insertion) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and count of the ``Σ c²`` weights per shell ``0 .. D // 2`` (for RELION's ``τ²``), as
-    :func:`cryograd.solvers.insertion.weight_shell_sums`, slab by slab."""
+    :func:`cryograd.solvers.insertion.weight_shell_sums`, slab by slab: the weights are summed
+    per value of ``|q|²`` (an integer), and those sums per shell."""
     d, p = insertion.box_size, insertion.padded
     w = insertion.weights
     n_shells = d // 2 + 1
-    sums = torch.zeros(n_shells, dtype=torch.float64, device=w.device)
-    counts = torch.zeros(n_shells, dtype=torch.float64, device=w.device)
+    table = _shell_of_squared_radius(d, p, w.device)
+    sums = torch.zeros(table.numel(), dtype=torch.float64, device=w.device)
+    counts = torch.zeros(table.numel(), dtype=torch.float64, device=w.device)
     step = _slab_rows(p, w.shape[-1], p)
     for y0 in range(0, p, step):
         y1 = min(p, y0 + step)
-        shells = shell_index_slab(d, p, y0, y1, device=w.device)
-        s, c = shell_sums(w[:, y0:y1], shells, n_shells)
-        sums += s
-        counts += c
-    return sums, counts
+        r2 = _squared_radius_slab(p, y0, y1, w.device).reshape(-1)
+        values = w[:, y0:y1].reshape(-1).to(torch.float64)
+        sums += torch.bincount(r2, weights=values, minlength=table.numel())
+        counts += torch.bincount(r2, minlength=table.numel()).to(torch.float64)
+    inside = table < n_shells
+    shell_sums = torch.zeros(n_shells, dtype=torch.float64, device=w.device)
+    shell_counts = torch.zeros(n_shells, dtype=torch.float64, device=w.device)
+    shell_sums.index_add_(0, table[inside], sums[inside])
+    shell_counts.index_add_(0, table[inside], counts[inside])
+    return shell_sums, shell_counts
 
 
 def default_regularizer(insertion) -> float:
@@ -106,35 +125,37 @@ def divide_and_invert(
     num, w = insertion.numerator, insertion.weights
     half = w.shape[-1]
     device = w.device
-    reg_shell = None
+    table = _shell_of_squared_radius(d, p, device)
+    reg_r2 = zero_r2 = None  # per value of |q|²: the Wiener term, and "beyond max_shell"
     if isinstance(regularizer, torch.Tensor) and regularizer.numel() > 1:
         reg_shell = regularizer.to(device=device, dtype=w.dtype).reshape(-1)
+        reg_r2 = reg_shell[table.clamp(max=reg_shell.numel() - 1)]
         reg: float | torch.Tensor = 0.0
     else:
         reg = float(regularizer)
+    if max_shell is not None:
+        zero_r2 = table > max_shell
     keep = _crop_index(d, p, device)
     tiny = torch.finfo(w.dtype).tiny
     stage = torch.empty((d, p, half), dtype=num.dtype, device=device)  # z transformed, cropped
     step = _slab_rows(p, half, p)
     for y0 in range(0, p, step):
         y1 = min(p, y0 + step)
-        shells = None
-        if reg_shell is not None or max_shell is not None:
-            shells = shell_index_slab(d, p, y0, y1, device=device)
-        if reg_shell is not None:
-            assert shells is not None
-            reg = reg_shell[shells.clamp(max=reg_shell.numel() - 1).long()]
+        r2 = None
+        if reg_r2 is not None or zero_r2 is not None:
+            r2 = _squared_radius_slab(p, y0, y1, device)
+        if reg_r2 is not None:
+            reg = reg_r2[r2]
         denom = w[:, y0:y1] + reg
         empty = denom.abs() <= tiny
         denom.masked_fill_(empty, 1.0)
         spectrum = num[:, y0:y1] / denom
         del denom
         spectrum.masked_fill_(empty, 0.0)
-        if max_shell is not None:
-            assert shells is not None
-            spectrum.masked_fill_(shells > max_shell, 0.0)
+        if zero_r2 is not None:
+            spectrum.masked_fill_(zero_r2[r2], 0.0)
         stage[:, y0:y1] = torch.fft.ifft(spectrum, dim=0).index_select(0, keep)
-        del spectrum, empty, shells
+        del spectrum, empty, r2
     volume = torch.empty((d, d, d), dtype=w.dtype, device=device)
     step = _slab_rows(p, half, d)
     for z0 in range(0, d, step):
