@@ -286,7 +286,7 @@ class DirectSolver:
         out.history["wiener"] = {"kind": "constant", "value": reg}
         maps = [wiener_reconstruct(i, reg, max_shell=max_shell) for i in ins]
         if config.refine > 0:  # the halves' own grids are needed again
-            grids = (ins[0], ins[1], ins[0] + ins[1])
+            grids: tuple = (ins[0], ins[1], ins[0] + ins[1])
         else:  # the full set's grids in place of half 1's, half 2's released
             grids = (ins[0].accumulate_(ins[1]),)
             del ins[:]
