@@ -26,8 +26,9 @@ REFINE_GRID_UNITS = 30.0
 #: phase-randomised maps, FSCs, the local filter's bands one at a time) in float64 ``D³`` volumes:
 #: measured 9.2 at box 256 (the phase randomisation's float64 spectra).
 ASSESS_VOLUMES = 10
-#: Bytes per image sample of a batch (images, spectra, CTF parameters, accumulator traffic).
-BATCH_BYTES_PER_SAMPLE = 32
+#: Bytes per image sample of a batch (images, their spectra, CTF parameters; 16 matches the
+#: measured peak at box 128 × 5,000, pad 2, where the batch is a quarter of the grid phase).
+BATCH_BYTES_PER_SAMPLE = 16
 
 
 def estimate_memory_bytes(
