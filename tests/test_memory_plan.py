@@ -26,7 +26,13 @@ def test_refusal_names_need_free_memory_and_smaller_plans(monkeypatch) -> None:
 
 def test_plans_that_fit_in_24_gib() -> None:
     """The plans the issue asks for on a 24 GiB machine (CPU, float32)."""
-    for box, pad, refine in [(256, 2.0, 0), (256, 2.0, 3), (448, 1.0, 0), (512, 1.0, 0)]:
+    for box, pad, refine in [
+        (256, 2.0, 0),
+        (256, 2.0, 3),
+        (448, 1.0, 0),
+        (448, 2.0, 0),
+        (512, 1.0, 0),
+    ]:
         need = mem.estimate_memory_bytes(box, "direct", pad, refine=refine)
         assert need < 24 * GIB, (box, pad, refine, need / GIB)
 

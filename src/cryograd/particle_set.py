@@ -642,6 +642,38 @@ class _FolderListing:
         return name in self._files[folder]
 
 
+def _split_fixed_width(arr, at: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """:func:`_split_names_arrow` for names of one length (RELION's usual ``%06d@path``).
+
+    The names are then a ``(n, length)`` byte matrix: the numbers are its digit columns, and
+    each run of rows naming one file (consecutive in sorted files) is found by comparing a row
+    with the one before. None when the names differ in length, the digits are not all digits,
+    or there are many short runs (unsorted names: the caller's dictionary encoding is then
+    as fast).
+    """
+    n = len(arr)
+    offsets_buf, data_buf = arr.buffers()[1:3]
+    offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type)[arr.offset : arr.offset + n + 1]
+    width = int(offsets[1] - offsets[0])
+    if width <= at + 1 or np.any(np.diff(offsets) != width):
+        return None
+    names = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(n, width)
+    digits = names[:, :at].astype(np.int64) - ord("0")
+    if np.any((digits < 0) | (digits > 9)) or np.any(names[:, at + 1 :] >= 128):
+        return None  # signs, spaces or non-ASCII: the general path
+    numbers = digits @ (10 ** np.arange(at - 1, -1, -1, dtype=np.int64))
+    files = names[:, at + 1 :]
+    starts = np.flatnonzero(np.any(files[1:] != files[:-1], axis=1)) + 1
+    if len(starts) > n // 4:
+        return None
+    starts = np.concatenate(([0], starts))
+    index: dict[bytes, int] = {}
+    run_file = np.array([index.setdefault(files[k].tobytes(), len(index)) for k in starts])
+    file_index = np.repeat(run_file, np.diff(np.append(starts, n)))
+    return numbers, file_index, [f.decode("ascii") for f in index]
+
+
 def _split_names_arrow(names: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     """(1-based numbers, file index, unique files) of ``NNNNNN@path`` names, by pyarrow.
 
@@ -658,6 +690,9 @@ def _split_names_arrow(names: pd.Series) -> tuple[np.ndarray, np.ndarray, list[s
     at = pc.min_max(pc.find_substring(arr, "@")).as_py()
     if at["min"] != at["max"] or at["min"] <= 0:
         return None
+    fixed = _split_fixed_width(arr, at["min"])
+    if fixed is not None:
+        return fixed
     try:
         numbers = pc.cast(pc.utf8_slice_codeunits(arr, 0, at["min"]), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

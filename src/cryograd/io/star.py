@@ -24,10 +24,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cryograd.errors import CryogradError
-from cryograd.geometry import euler_to_matrix
 from cryograd.io.mrc import read_map_header
 from cryograd.io.star_columns import DEFAULT_AMPLITUDE_CONTRAST, INTERPRETED_COLUMNS
 from cryograd.io.star_optics import (
@@ -44,7 +42,7 @@ __all__ = ["read_star", "write_star", "read_star_blocks"]
 
 logger = logging.getLogger(__name__)
 
-_ROTATION_CHUNK = 1 << 16
+_ROTATION_CHUNK = 1 << 14
 
 
 def read_star(
@@ -147,20 +145,33 @@ def _box_from_first_stack(stack_files: list[Path]) -> int | None:
 
 
 def _rotations(table: StarTable, notes: list[str]) -> np.ndarray | None:
-    """``(n, 3, 3)`` RELION ``A`` from ``rlnAngleRot/Tilt/Psi`` (ZYZ, degrees), or None."""
-    if table.has("rlnAngleRot") and table.has("rlnAngleTilt"):
-        angles = np.zeros((3, len(table)))  # (rot, tilt, psi) in degrees
-        angles[0], angles[1] = table.col("rlnAngleRot"), table.col("rlnAngleTilt")
+    """``(n, 3, 3)`` RELION ``A`` from ``rlnAngleRot/Tilt/Psi`` (ZYZ, degrees), or None.
+
+    The formulas of :func:`cryograd.geometry.euler_to_matrix`, in NumPy, a chunk of particles
+    at a time (few temporaries, each in cache).
+    """
+    if not (table.has("rlnAngleRot") and table.has("rlnAngleTilt")):
         if table.has("rlnAnglePsi"):
-            angles[2] = table.col("rlnAnglePsi")
-        out = np.empty((len(table), 3, 3))
-        for lo in range(0, len(table), _ROTATION_CHUNK):  # chunks: few temporaries at a time
-            part = torch.from_numpy(angles[:, lo : lo + _ROTATION_CHUNK])
-            out[lo : lo + _ROTATION_CHUNK] = euler_to_matrix(part[0], part[1], part[2]).numpy()
-        return out
-    if table.has("rlnAnglePsi"):
-        notes.append("only rlnAnglePsi present (2D alignment): no 3D poses")
-    return None
+            notes.append("only rlnAnglePsi present (2D alignment): no 3D poses")
+        return None
+    rot, tilt = table.col("rlnAngleRot"), table.col("rlnAngleTilt")
+    psi = table.col("rlnAnglePsi") if table.has("rlnAnglePsi") else np.zeros(len(table))
+    out = np.empty((len(table), 3, 3))
+    for lo in range(0, len(table), _ROTATION_CHUNK):
+        part = slice(lo, lo + _ROTATION_CHUNK)
+        a, b, g = np.deg2rad(rot[part]), np.deg2rad(tilt[part]), np.deg2rad(psi[part])
+        ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
+        cgcb, sgcb, m = cg * cb, sg * cb, out[part]
+        m[:, 0, 0] = cgcb * ca - sg * sa
+        m[:, 0, 1] = cgcb * sa + sg * ca
+        m[:, 0, 2] = -cg * sb
+        m[:, 1, 0] = -(sgcb * ca) - cg * sa
+        m[:, 1, 1] = -(sgcb * sa) + cg * ca
+        m[:, 1, 2] = sg * sb
+        m[:, 2, 0] = sb * ca
+        m[:, 2, 1] = sb * sa
+        m[:, 2, 2] = cb
+    return out
 
 
 def _origins_px(table: StarTable, particle_pixel: np.ndarray) -> np.ndarray | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import shlex
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,13 +67,6 @@ class _FileBytes:
         with open(self.path, "rb") as fh:
             fh.seek(start)
             return fh.read(stop - start)
-
-    def count_lines(self, start: int, end: int) -> int:
-        """Number of lines in ``[start, end)`` (an upper bound on its rows)."""
-        count = 1
-        for pos in range(start, end, self._BLOCK):
-            count += self[pos : min(end, pos + self._BLOCK)].count(b"\n")
-        return count
 
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
         end = self.size if end is None else min(end, self.size)
@@ -192,29 +186,29 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
         seen.add(name)
     while not cur.at_end and cur.peek() == "":
         cur.advance()
-    start = cur.pos
-    end = _next_data_line(cur.buf, start)
-    cur.pos = end
-    if start >= end:
+    frame, cur.pos = _read_rows(cur.buf, cur.pos)
+    if frame is None:
         frame = pd.DataFrame(np.zeros(shape=(0, len(columns))))
-        frame.columns = columns
-        return frame
-    frame = _numeric_columns(_read_rows(cur.buf, start, end))
+    else:
+        frame = _numeric_columns(frame)
     frame.columns = columns
     return frame
 
 
-def _next_data_line(buf: _FileBytes, start: int) -> int:
-    """Offset of the first line at or after ``start`` that starts ``data_`` (after blanks)."""
-    pos = start
-    while (pos := buf.find(b"data_", pos)) >= 0:
+def _data_line_in(piece: bytes) -> int:
+    """Offset of the first line of ``piece`` that starts ``data_`` (after blanks), else -1.
+
+    ``piece`` starts at a line start.
+    """
+    pos = 0
+    while (pos := piece.find(b"data_", pos)) >= 0:
         line_start = pos
-        while line_start > start and buf[line_start - 1 : line_start] in _BLANKS:
+        while line_start > 0 and piece[line_start - 1 : line_start] in _BLANKS:
             line_start -= 1
-        if line_start == start or buf[line_start - 1 : line_start] == b"\n":
+        if line_start == 0 or piece[line_start - 1 : line_start] == b"\n":
             return line_start
         pos += 5
-    return len(buf)
+    return -1
 
 
 _PANDAS_OPTIONS = dict(
@@ -232,54 +226,80 @@ _PIECE_BYTES = 4 << 20
 _MAX_THREADS = 2
 
 
-def _read_rows(buf: _FileBytes, start: int, end: int) -> pd.DataFrame:
-    """``pandas.read_csv`` of the bytes ``[start, end)`` with starfile's options.
+class _Pieces:
+    """The loop rows from ``start`` in pieces of about ``_PIECE_BYTES`` cut at line ends.
 
-    Large loops are read in pieces split at line ends, on up to two threads, and joined (the
+    Iterating yields the pieces (``bytes``); the rows end at the first line that starts
+    ``data_`` (or at the end of the file), whose offset is ``end`` once the last piece is out.
+    The file is read once, front to back.
+    """
+
+    def __init__(self, buf: _FileBytes, start: int) -> None:
+        self.buf, self.end = buf, start
+
+    def __iter__(self):
+        buf, pos = self.buf, self.end
+        while pos < len(buf):
+            piece = buf[pos : pos + _PIECE_BYTES]
+            while pos + len(piece) < len(buf) and not piece.endswith(b"\n"):
+                more = buf[pos + len(piece) : pos + len(piece) + (1 << 16)]
+                cut = more.find(b"\n")
+                piece += more if cut < 0 else more[: cut + 1]
+            stop = _data_line_in(piece)
+            if stop >= 0:
+                self.end = pos + stop
+                yield piece[:stop]
+                return
+            pos = self.end = pos + len(piece)
+            yield piece
+
+
+def _read_rows(buf: _FileBytes, start: int) -> tuple[pd.DataFrame | None, int]:
+    """``pandas.read_csv`` of the rows from ``start`` with starfile's options, and their end.
+
+    The rows are read in pieces split at line ends, on up to two threads, and joined (the
     pieces' columns are joined as pandas joins its own internal chunks: int with float gives
     float). Every piece after the first is read with the first piece's column count, so short
-    and long rows behave as in one read.
+    and long rows behave as in one read. The frame is None when there are no rows at all.
     """
-    bounds = [start]
-    while end - bounds[-1] > _PIECE_BYTES:
-        cut = buf.find(b"\n", bounds[-1] + _PIECE_BYTES, end)
-        if cut < 0:
-            break
-        bounds.append(cut + 1)
-    bounds.append(end)
-    if len(bounds) == 2:
-        frame = _read_piece(buf, start, end, None)
-        if frame is None:
-            raise pd.errors.EmptyDataError("No columns to parse from file")
-        return frame
-    first = _read_piece(buf, bounds[0], bounds[1], None)
+    pieces = _Pieces(buf, start)
+    stream = iter(pieces)
+    data = next((p for p in stream if p.strip()), b"")  # the first piece that is not blank
+    if not data:
+        return None, pieces.end
+    first = _read_piece(data, None)
     n_fields = None if first is None else first.shape[1]
     workers = min(
         _MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     )
-    rows = _RowJoiner(buf.count_lines(start, end))
+    first_rows = 0 if first is None else len(first)
+    rows = _RowJoiner(max(1, first_rows) * (len(buf) - start) // len(data))
     rows.add(first)
-    del first
+    del first, data
+    pending: deque = deque()
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for frame in pool.map(
-            lambda k: _read_piece(buf, bounds[k], bounds[k + 1], n_fields),
-            range(1, len(bounds) - 1),
-        ):
-            rows.add(frame)
-            del frame
-    return rows.frame()
+        for piece in stream:
+            pending.append(pool.submit(_read_piece, piece, n_fields))
+            del piece
+            while len(pending) > 2 * workers:
+                rows.add(pending.popleft().result())
+        while pending:
+            rows.add(pending.popleft().result())
+    return rows.frame(), pieces.end
 
 
 class _RowJoiner:
     """The pieces' rows joined as ``pd.concat(pieces, ignore_index=True)`` joins them.
 
-    A column with one NumPy dtype in every piece is copied into an array allocated once for
-    ``max_rows`` rows (each piece is then freed), so the rows never sit in memory twice; a
-    column whose dtype changes between pieces, or holds strings, is joined by ``pd.concat``.
+    A column with one NumPy dtype in every piece is copied into an array allocated for about
+    ``expected_rows`` rows (an overestimate costs no memory: pages never written are never
+    mapped; grown when short), and each piece is then freed, so the rows never sit
+    in memory twice; a column whose dtype changes between pieces, or holds strings, is joined
+    by ``pd.concat``.
     """
 
-    def __init__(self, max_rows: int) -> None:
-        self.max_rows = max_rows
+    def __init__(self, expected_rows: int) -> None:
+        self.capacity = int(expected_rows * 1.05) + 1024
         self.rows = 0
         self.columns: list[np.ndarray | list[pd.Series]] | None = None
 
@@ -289,9 +309,11 @@ class _RowJoiner:
         m = len(frame)
         if self.columns is None:
             self.columns = [
-                np.empty(self.max_rows, dtype=c.dtype) if isinstance(c.dtype, np.dtype) else []
+                np.empty(self.capacity, dtype=c.dtype) if isinstance(c.dtype, np.dtype) else []
                 for _, c in frame.items()
             ]
+        if self.rows + m > self.capacity:
+            self._grow(self.rows + m)
         for k, (_, column) in enumerate(frame.items()):
             slot = self.columns[k]
             if isinstance(slot, np.ndarray) and column.dtype == slot.dtype:
@@ -303,19 +325,28 @@ class _RowJoiner:
             slot.append(column.copy() if isinstance(column.dtype, np.dtype) else column)
         self.rows += m
 
+    def _grow(self, need: int) -> None:
+        self.capacity = max(need, int(self.capacity * 1.5))
+        assert self.columns is not None
+        for k, slot in enumerate(self.columns):
+            if isinstance(slot, np.ndarray):
+                grown = np.empty(self.capacity, dtype=slot.dtype)
+                grown[: self.rows] = slot[: self.rows]
+                self.columns[k] = grown
+
     def frame(self) -> pd.DataFrame:
         if self.columns is None:
             raise pd.errors.EmptyDataError("No columns to parse from file")
         joined = {
+            # spare capacity past ``rows`` was never written, so it holds no memory
             k: c[: self.rows] if isinstance(c, np.ndarray) else pd.concat(c, ignore_index=True)
             for k, c in enumerate(self.columns)
         }
         return pd.DataFrame(joined, copy=False)  # one block per column: no consolidating copy
 
 
-def _read_piece(buf, start: int, end: int, n_fields: int | None) -> pd.DataFrame | None:
+def _read_piece(data: bytes, n_fields: int | None) -> pd.DataFrame | None:
     """One piece of rows (None when it holds none: only comments or blank lines)."""
-    data = buf[start:end]
     if b"'" in data:
         # starfile reads single quotes as double quotes (the only quote read_csv knows)
         data = data.replace(b"'", b'"')

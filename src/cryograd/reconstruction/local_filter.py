@@ -73,6 +73,25 @@ def band_partition(
     return out
 
 
+def _bands(box_size: int, n_bands: int, *, device, dtype):
+    """The weights of :func:`band_partition`, one band at a time (one half grid of ``|k|`` and
+    one band in memory instead of every band)."""
+    if n_bands == 1:
+        yield torch.ones((box_size, box_size, box_size // 2 + 1), device=device, dtype=dtype)
+        return
+    gx, gy, gz = frequency_grid_3d(box_size, device=device, dtype=dtype)
+    t = torch.sqrt(gx * gx + gy * gy + gz * gz)
+    del gx, gy, gz
+    t /= (box_size // 2) / (n_bands - 1)  # r / step
+    for b in range(n_bands):
+        w = (1.0 - (t - b).abs()).clamp_min(0.0)
+        if b == 0:
+            w = torch.where(t <= 0, torch.ones_like(w), w)
+        if b == n_bands - 1:
+            w = torch.where(t >= b, torch.ones_like(w), w)
+        yield w
+
+
 def local_wiener_filter(
     half1: torch.Tensor,
     half2: torch.Tensor,
@@ -110,15 +129,26 @@ def local_wiener_filter(
     dtype = torch.float64 if full.dtype == torch.float64 else torch.float32
     h1, h2, x = (v.to(dtype) for v in (half1, half2, full))
     s1, s2, sx = (torch.fft.rfftn(v) for v in (h1, h2, x))
-    out = torch.zeros_like(x)
+    mean = x.mean()
+    del h1, h2, x
+    out = torch.zeros(shape, dtype=dtype, device=full.device)
     tiny = torch.finfo(dtype).tiny
-    for band in band_partition(shape[-1], n_bands, device=x.device, dtype=dtype):
+    for band in _bands(shape[-1], n_bands, device=full.device, dtype=dtype):
         a = torch.fft.irfftn(s1 * band, s=shape)
         b = torch.fft.irfftn(s2 * band, s=shape)
         covariance = gaussian_blur(a * b, sigma_px)
-        variance = gaussian_blur(0.5 * (a * a + b * b), sigma_px)
-        del a, b
-        rho = (covariance / variance.clamp_min(tiny)).clamp(0.0, 1.0)
-        out += (2.0 * rho / (1.0 + rho)) * torch.fft.irfftn(sx * band, s=shape)
-    out += x.mean() - out.mean()
+        a.square_()  # the variance's terms in place: at box 448 a map is 360 MB
+        b.square_()
+        a += b
+        del b
+        a *= 0.5
+        variance = gaussian_blur(a, sigma_px)
+        del a
+        rho = covariance.div_(variance.clamp_min_(tiny)).clamp_(0.0, 1.0)
+        del variance
+        weight = rho.mul(2.0).div_(rho.add_(1.0))  # 2ρ / (1 + ρ)
+        del rho, covariance
+        out.addcmul_(weight, torch.fft.irfftn(sx * band, s=shape))
+        del weight, band
+    out += mean - out.mean()
     return out.to(full.dtype)

@@ -13,19 +13,22 @@ __all__ = ["estimate_memory_bytes", "check_memory"]
 
 #: Resident memory of the interpreter with torch, numpy, pandas and cryograd imported (bytes).
 BASE_BYTES = 400 * 2**20
-#: Peak of the direct method's grid phase in units of one real ``P²(P // 2 + 1)`` grid: the
-#: numerator (2) and weights (1) of both halves, the full set's summed in place into half 1's
-#: (half 2's released), the padded shell index (int32, 1), the division's in-place temporaries
-#: and ``irfftn`` (about 4); measured with ``/usr/bin/time -v`` at box 192 and 256, pad 2
-#: (12.7 units both).
-DIRECT_GRID_UNITS = 13.0
+#: Peak of the direct method's grid phase in units of one real ``P²(P // 2 + 1)`` grid: the end of
+#: half 2's insertion, which holds half 1's numerator (2) and weights (1), half 2's packed
+#: accumulator (3) and the two grids it is folded into (3). The division runs slab by slab
+#: (:mod:`cryograd.solvers.division`, one ``(D, P, P // 2 + 1)`` intermediate) and the full set's
+#: sums go into half 1's grids, so neither phase holds more. Measured with a sampler of the
+#: resident memory at box 256 and 448, pad 2 (9.0 units both).
+DIRECT_GRID_UNITS = 9.0
 #: The same with ``refine > 0`` (the Toeplitz normal operator of the refinement steps).
 REFINE_GRID_UNITS = 30.0
-#: Peak of the resolution assessment (half maps, full map, mask, phase-randomised maps, FSCs):
-#: float64 ``D³`` volumes.
-ASSESS_VOLUMES = 18
-#: Bytes per image sample of a batch (images, spectra, CTF parameters, accumulator traffic).
-BATCH_BYTES_PER_SAMPLE = 32
+#: Peak of the resolution assessment (half maps and full map in the run's precision, mask,
+#: phase-randomised maps, FSCs, the local filter's bands one at a time) in float64 ``D³`` volumes:
+#: measured 9.2 at box 256 (the phase randomisation's float64 spectra).
+ASSESS_VOLUMES = 10
+#: Bytes per image sample of a batch (images, their spectra, CTF parameters; 16 matches the
+#: measured peak at box 128 × 5,000, pad 2, where the batch is a quarter of the grid phase).
+BATCH_BYTES_PER_SAMPLE = 16
 
 
 def estimate_memory_bytes(
@@ -39,10 +42,10 @@ def estimate_memory_bytes(
 ) -> int:
     """Peak resident memory of a reconstruction in bytes (what ``/usr/bin/time -v`` reports).
 
-    ``direct`` holds what RELION holds (the numerator and weights of both halves, their sum, a
-    batch) plus the division's temporaries, on the padded half grid of ``P²(P // 2 + 1)``
-    samples; the resolution assessment afterwards holds ``D³`` float64 volumes; the peak is the
-    larger of the two phases plus the interpreter.
+    ``direct`` holds what RELION holds (the numerator and weights of both halves, a batch) plus
+    the second half's insertion accumulator while it is folded, on the padded half grid of
+    ``P²(P // 2 + 1)`` samples; the resolution assessment afterwards holds a few ``D³`` volumes;
+    the peak is the larger of the two phases plus the interpreter.
 
     Parameters
     ----------

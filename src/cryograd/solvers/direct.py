@@ -42,19 +42,15 @@ import time
 import numpy as np
 import torch
 
-from cryograd.fourier import irfftn_centered
 from cryograd.projectors import fourier_slice as fs
 from cryograd.solvers.config import DirectConfig, check_non_negative, check_positive, wiener_rho
 from cryograd.solvers.context import CONTEXT_FIELDS, RunContext
+from cryograd.solvers.division import default_regularizer, divide_and_invert, weight_shell_sums
 from cryograd.solvers.insertion import (
     FourierInsertion,
     band_limit,
-    default_regularizer,
     insert_in_context,
     lam_to_wiener,
-    padded_shell_index,
-    shell_regularizer,
-    weight_shell_sums,
     with_data_mean,
 )
 from cryograd.solvers.krylov import refine_in_box
@@ -102,26 +98,15 @@ def wiener_reconstruct(
     torch.Tensor
         ``(D, D, D)`` real, the real dtype of the insertion.
     """
-    d, p = insertion.box_size, insertion.padded
-    w = insertion.weights
-    reg, shells = shell_regularizer(insertion, regularizer)
-    rho0 = float(reg.reshape(-1)[0]) if isinstance(reg, torch.Tensor) else float(reg)
-    # in place where possible: at box 448 the grids are GBs each
-    denom = w + reg
-    del reg
-    empty = denom.abs() <= torch.finfo(w.dtype).tiny
-    denom.masked_fill_(empty, 1.0)
-    spectrum = insertion.numerator / denom
-    del denom
-    spectrum.masked_fill_(empty, 0.0)
-    del empty
-    if max_shell is not None:
-        if shells is None:
-            shells = padded_shell_index(d, p, device=w.device)
-        spectrum.masked_fill_(shells > max_shell, 0.0)
-    volume = fs.crop_volume(irfftn_centered(spectrum, p), d).contiguous()
+    p = insertion.padded
+    # slab by slab (:mod:`cryograd.solvers.division`): at box 448 a padded grid is 1.4 GB
+    volume = divide_and_invert(insertion, regularizer, max_shell=max_shell)
+    if isinstance(regularizer, torch.Tensor) and regularizer.numel() > 1:
+        rho0 = float(regularizer.reshape(-1)[0])
+    else:
+        rho0 = float(regularizer)
     if gridding:
-        volume = fs.gridding_correction(volume, p)
+        volume *= fs.gridding_weights(volume.shape[-1], p, device=volume.device, dtype=volume.dtype)
     if not data_mean:
         return volume
     return with_data_mean(volume, insertion, rho0)
@@ -293,16 +278,22 @@ class DirectSolver:
     def _constant(ins, config: DirectConfig, max_shell, out: HalfMaps) -> list:
         """Every map with the same constant Wiener term, then the same refinement."""
         t0 = time.perf_counter()
-        full_ins = ins[0] + ins[1]
-        d, p = full_ins.box_size, full_ins.padded
+        d, p = ins[0].box_size, ins[0].padded
         if config.snr is not None:
             reg = wiener_rho(config.snr, d, p)
         else:
             reg = lam_to_wiener(config.lam or 0.0, d, p)
         out.history["wiener"] = {"kind": "constant", "value": reg}
-        grids = (ins[0], ins[1], full_ins)
-        maps = [wiener_reconstruct(i, reg, max_shell=max_shell) for i in grids]
+        maps = [wiener_reconstruct(i, reg, max_shell=max_shell) for i in ins]
+        if config.refine > 0:  # the halves' own grids are needed again
+            grids: tuple = (ins[0], ins[1], ins[0] + ins[1])
+        else:  # the full set's grids in place of half 1's, half 2's released
+            grids = (ins[0].accumulate_(ins[1]),)
+            del ins[:]
+        maps.append(wiener_reconstruct(grids[-1], reg, max_shell=max_shell))
         out.timings["divide"] = time.perf_counter() - t0
+        if config.refine <= 0:
+            return maps
         t0 = time.perf_counter()
         # every map, half maps included, gets the same refinement (the plain division's are low)
         maps = [refine_map(i, reg, m, config.refine, max_shell) for i, m in zip(grids, maps)]
