@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cryograd.errors import REPORT_DIR_ENV, CryogradError, print_error, read_reports
+from cryograd.errors import REPORT_DIR_VARIABLE, CryogradError, print_error, read_reports
 
 logger = logging.getLogger(__name__)
 
@@ -1204,7 +1204,7 @@ def spawn(
     cmd = list(command) if command is not None else [sys.executable, "-m", "cryograd"]
     procs: list[subprocess.Popen] = []
     reports = tempfile.mkdtemp(prefix="cryograd-ranks-")
-    base[REPORT_DIR_ENV] = reports  # the ranks leave their error line here: one line printed
+    base[REPORT_DIR_VARIABLE] = reports  # the ranks leave their error line here: one line printed
     try:
         for rank in range(nproc):
             child_env = dict(base)

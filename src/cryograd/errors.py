@@ -25,7 +25,7 @@ class CryogradError(Exception):
 
 #: Environment variable naming the folder where a rank started by ``cryograd --nproc`` leaves its
 #: error line for the launcher, which prints one line for the whole job.
-REPORT_DIR_ENV = "CRYOGRAD_REPORT_DIR"
+REPORT_DIR_VARIABLE = "CRYOGRAD_REPORT_DIR"
 
 
 def print_error(message: str) -> None:
@@ -38,7 +38,7 @@ def print_error(message: str) -> None:
     import os
     import sys
 
-    folder = os.environ.get(REPORT_DIR_ENV)
+    folder = os.environ.get(REPORT_DIR_VARIABLE)
     if folder:
         try:
             path = os.path.join(folder, f"rank{int(os.environ.get('RANK', '0'))}.txt")
