@@ -252,6 +252,7 @@ def insert_particles(
                     premultiplied=batch.premultiplied,
                     sample_weights=col,
                     symmetry=sym,
+                    optics=batch.optics,
                 )
             bar.update(len(global_batch))
     finally:
