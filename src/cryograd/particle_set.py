@@ -302,7 +302,9 @@ class ParticleSet:
         group's pixel size, no CTF switches): the forward model and the insertion then run
         their plain paths."""
         ab = self.group_aberrations()
-        pixel = torch.tensor([g.pixel_size_angstrom for g in self.optics_groups], dtype=torch.float64)
+        pixel = torch.tensor(
+            [g.pixel_size_angstrom for g in self.optics_groups], dtype=torch.float64
+        )
         box = int(self.box_size or 0)
         scale = reference_grid_scale(box, pixel, box, float(self.pixel_size_angstrom))
         numbers = np.array([g.number for g in self.optics_groups])

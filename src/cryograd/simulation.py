@@ -179,8 +179,8 @@ class SimulationOptions:
     mag_matrix
         ``(M00, M01, M10, M11)`` ``rlnMagMat``, or None.
     group_pixel_sizes
-        Pixel sizes in Å of several optics groups (the first must be the map's, within 0.1 %; particles are
-        dealt to the groups in turn), or None for one group. Every group gets the aberrations
+        Pixel sizes in Å of several optics groups (the first must be the map's, within 0.1 %;
+        particles are dealt to the groups in turn), or None for one group. Every group gets the aberrations
         above. The images are made with RELION's observation model of these optics
         (:class:`cryograd.optics.particles.ParticleOptics`) and the optics table records them.
     """
@@ -210,7 +210,10 @@ def _optics_extra(opts: SimulationOptions) -> dict:
     extra: dict = {}
     if opts.beam_tilt_mrad is not None:
         extra["rlnBeamTiltX"], extra["rlnBeamTiltY"] = (float(v) for v in opts.beam_tilt_mrad)
-    for name, values in (("rlnOddZernike", opts.odd_zernike), ("rlnEvenZernike", opts.even_zernike)):
+    for name, values in (
+        ("rlnOddZernike", opts.odd_zernike),
+        ("rlnEvenZernike", opts.even_zernike),
+    ):
         if values is not None:
             extra[name] = "[" + ",".join(repr(float(v)) for v in values) + "]"
     if opts.mag_matrix is not None:

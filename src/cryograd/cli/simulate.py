@@ -40,7 +40,9 @@ def _numbers(count: int | None):
         try:
             values = tuple(float(v) for v in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, got {text!r}"
+            ) from None
         if (count is not None and len(values) != count) or not all(map(math.isfinite, values)):
             want = f"{count} " if count is not None else ""
             raise argparse.ArgumentTypeError(f"expected {want}finite numbers, got {text!r}")

@@ -187,9 +187,7 @@ def load_batch(
     )
     if not use_ctf:
         premultiplied = torch.zeros_like(premultiplied)
-    return ParticleBatch(
-        indices, images, rotations, shifts, ctf, premultiplied, params, px, optics
-    )
+    return ParticleBatch(indices, images, rotations, shifts, ctf, premultiplied, params, px, optics)
 
 
 def global_batches(indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
