@@ -180,8 +180,8 @@ class SimulationOptions:
         ``(M00, M01, M10, M11)`` ``rlnMagMat``, or None.
     group_pixel_sizes
         Pixel sizes in Å of several optics groups (the first must be the map's, within 0.1 %;
-        particles are dealt to the groups in turn), or None for one group. Every group gets the aberrations
-        above. The images are made with RELION's observation model of these optics
+        particles are dealt to the groups in turn), or None for one group. Every group gets
+        the aberrations above. The images are made with RELION's observation model of these optics
         (:class:`cryograd.optics.particles.ParticleOptics`) and the optics table records them.
     """
 
