@@ -449,3 +449,81 @@ def test_odd_aberrations_applied_to_the_images_leave_the_map_unchanged(with_mag)
 
 def _extra_mag(mag):
     return dict(zip(("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11"), mag))
+
+
+# --- plumbing: simulate writes what it applied, the batches carry the optics ------------------
+
+
+def test_simulate_records_its_optics_and_reads_them_back(tmp_path):
+    from cryograd.io.registry import read_particles
+    from cryograd.simulation import simulate
+
+    box = 24
+    z, y, x = np.mgrid[:box, :box, :box] - box // 2
+    vol = np.exp(-((x - 2) ** 2 + y**2 + (z + 1) ** 2) / 8.0).astype(np.float32)
+    odd = (0.0, 0.0, 30.0, 0.0, 0.0, 0.0)
+    even = (0.0,) * 8 + (500.0,)
+    res = simulate(
+        vol,
+        6,
+        2.0,
+        out_dir=tmp_path / "sim",
+        snr=float("inf"),
+        progress=False,
+        beam_tilt_mrad=TILT,
+        odd_zernike=odd,
+        even_zernike=even,
+        mag_matrix=MAG,
+        group_pixel_sizes=(2.0, 2.3),
+    )
+    ps = read_particles(res.star_path)
+    assert [g.pixel_size_angstrom for g in ps.optics_groups] == [2.0, 2.3]
+    ab = ps.group_aberrations()
+    lam = _wavelength()
+    z3x, z3y = (-math.pi * 20000 * CS * lam * lam * t / 3 for t in TILT)  # insertTilt
+    want = torch.tensor(odd, dtype=torch.float64)
+    want[1] += 2 * z3x
+    want[0] += 2 * z3y
+    want[4] += z3x
+    want[3] += z3y
+    assert torch.allclose(ab.odd[1], want, rtol=1e-6)
+    assert torch.allclose(ab.even[0], torch.tensor(even, dtype=torch.float64))
+    assert torch.allclose(ab.mag[1].reshape(-1), torch.tensor(MAG, dtype=torch.float64))
+    images = torch.from_numpy(ps.images(np.arange(6))).double()
+    model = ForwardModel(box, 2.0)
+    rot = torch.as_tensor(ps.rotations)
+    pred = model.project(
+        torch.from_numpy(vol).double(),
+        rot,
+        torch.as_tensor(ps.shifts_px),
+        ps.ctf_params(dtype=torch.float64),
+        optics=ps.particle_optics(),
+    )
+    assert float((pred - images).abs().max()) <= 1e-3 * float(images.abs().max())
+    plain = model.project(
+        torch.from_numpy(vol).double(), rot, torch.as_tensor(ps.shifts_px), ps.ctf_params()
+    )
+    assert float((plain - images).abs().max()) > 0.05 * float(images.abs().max())
+
+
+def test_batches_carry_the_ctf_switches():
+    from cryograd.solvers.batches import expand_symmetry, load_batch
+    from cryograd.symmetry import symmetry_matrices
+
+    n, box = 4, 16
+    ps = _optics_set(
+        n,
+        box,
+        (1.5,),
+        {},
+        rotations=_rotations(n),
+        ctf=_ctf(n),
+        images=np.zeros((n, box, box), np.float32),
+    )
+    assert load_batch(ps, np.arange(n)).optics is None  # nothing to apply: the plain path
+    plain = load_batch(ps, np.arange(n), dtype=torch.float64).ctf
+    ps.ctf_switches = CtfSwitches(phase_flipped=True)
+    batch = load_batch(ps, np.arange(n), dtype=torch.float64)
+    assert batch.optics is not None and torch.allclose(batch.ctf, plain.abs(), atol=1e-12)
+    sym = expand_symmetry(batch, symmetry_matrices("C3").double())
+    assert len(sym.optics) == 3 * n

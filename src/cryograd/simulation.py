@@ -253,8 +253,21 @@ def with_optics(particles: ParticleSet, opts: SimulationOptions) -> ParticleSet:
         optics_groups=groups,
         optics_group=(np.arange(len(particles)) % len(groups)) + 1,
     )
-    out.group_aberrations()  # refuse bad lists / a singular matrix before anything is written
+    try:  # refuse bad lists / a singular matrix before anything is written
+        out.group_aberrations()
+    except CryogradError as exc:
+        message = str(exc).replace("particle set: ", "", 1)
+        for column, flag in _OPTICS_FLAGS.items():
+            message = message.replace(column, f"{flag} ({column})")
+        raise CryogradError(f"simulate optics: {message}") from None
     return out
+
+
+_OPTICS_FLAGS = {
+    "rlnOddZernike": "--odd-zernike",
+    "rlnEvenZernike": "--even-zernike",
+    "rlnMagMat00..11": "--mag-matrix",
+}
 
 
 def simulate(

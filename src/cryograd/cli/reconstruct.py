@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryograd.ctf import CtfSwitches
 from cryograd.distributed import (
     init_communicator,
     run_distributed,
@@ -288,6 +289,22 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--double", action="store_true", help="compute in float64")
     p.add_argument(
+        "--ctf-intact-first-peak",
+        action="store_true",
+        help="CTF 1 up to its first peak (relion_reconstruct --ctf_intact_first_peak)",
+    )
+    p.add_argument(
+        "--ctf-phase-flipped",
+        action="store_true",
+        help="the images are phase-flipped: correct with |CTF| (relion_reconstruct "
+        "--ctf_phase_flipped)",
+    )
+    p.add_argument(
+        "--only-flip-phases",
+        action="store_true",
+        help="correct with sign(CTF) only (relion_reconstruct --only_flip_phases)",
+    )
+    p.add_argument(
         "--skip-bad-particles",
         action="store_true",
         help="leave out particles whose image has NaN/inf pixels, is constant or has a corrupt "
@@ -443,6 +460,22 @@ def weights_of(args: argparse.Namespace, particles) -> np.ndarray | None:
     return values
 
 
+def ctf_switches_of(args: argparse.Namespace) -> CtfSwitches:
+    """``relion_reconstruct``'s CTF switches from the flags."""
+    return CtfSwitches(
+        intact_first_peak=bool(getattr(args, "ctf_intact_first_peak", False)),
+        phase_flipped=bool(getattr(args, "ctf_phase_flipped", False)),
+        only_flip_phases=bool(getattr(args, "only_flip_phases", False)),
+    )
+
+
+def read_input(args: argparse.Namespace):
+    """The particle set of ``args.particles``, with the CTF switches of the flags."""
+    particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+    particles.ctf_switches = ctf_switches_of(args)
+    return particles
+
+
 def _check_inputs(args: argparse.Namespace, comm=None):
     """Read the particles and check the mask (box, values) before the output folder is touched.
 
@@ -450,7 +483,7 @@ def _check_inputs(args: argparse.Namespace, comm=None):
     """
     if args.mask is not None and not args.mask.is_file():
         raise CryogradError(f"{args.mask}: mask file not found")
-    particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+    particles = read_input(args)
     weights_of(args, particles)
     group_order(args.sym)
     select_particles(
@@ -554,6 +587,7 @@ def _fingerprint_options(args: argparse.Namespace) -> dict:
         "angpix": args.angpix,
         "mask": None if args.mask is None else str(Path(args.mask).resolve()),
         "skip_bad_particles": args.skip_bad_particles,
+        "ctf_switches": ctf_switches_of(args).flags(),
     }
 
 
@@ -613,7 +647,7 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
     try:
         t0 = time.perf_counter()
         if particles is None:
-            particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+            particles = read_input(args)
             if args.mask is not None and not args.mask.exists():
                 raise CryogradError(f"{args.mask}: mask file not found")
         config = method_config_of(args)

@@ -33,47 +33,38 @@ def _range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _numbers(count: int | None):
-    """An argparse type: comma-separated numbers (exactly ``count`` of them when given)."""
-
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated numbers, got {text!r}"
-            ) from None
-        if (count is not None and len(values) != count) or not all(map(math.isfinite, values)):
-            want = f"{count} " if count is not None else ""
-            raise argparse.ArgumentTypeError(f"expected {want}finite numbers, got {text!r}")
-        return values
-
-    return parse
+def _numbers(text: str | None, count: int | None, flag: str) -> tuple[float, ...] | None:
+    """Comma-separated finite numbers of ``flag`` (exactly ``count`` when given), or None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CryogradError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if (count is not None and len(values) != count) or not all(map(math.isfinite, values)):
+        want = f"{count} " if count is not None else ""
+        raise CryogradError(f"{flag}: expected {want}finite numbers, got {text!r}")
+    return values
 
 
 def _add_optics_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "optics (applied as RELION's observation model and written to data_optics)"
     )
-    group.add_argument("--beam-tilt", type=_numbers(2), metavar="X,Y", help="beam tilt in mrad")
+    group.add_argument("--beam-tilt", metavar="X,Y", help="beam tilt in mrad")
     group.add_argument(
         "--odd-zernike",
-        type=_numbers(None),
         metavar="C0,C1,...",
         help="rlnOddZernike coefficients (RELION's order and units; 2, 6, 12, ... values)",
     )
     group.add_argument(
         "--even-zernike",
-        type=_numbers(None),
         metavar="C0,C1,...",
         help="rlnEvenZernike coefficients (RELION's order and units; 1, 4, 9, ... values)",
     )
-    group.add_argument(
-        "--mag-matrix", type=_numbers(4), metavar="M00,M01,M10,M11", help="rlnMagMat00..11"
-    )
+    group.add_argument("--mag-matrix", metavar="M00,M01,M10,M11", help="rlnMagMat00..11")
     group.add_argument(
         "--group-angpix",
-        type=_numbers(None),
         metavar="P1,P2,...",
         help="one optics group per pixel size in Å, particles dealt in turn (P1 = the map's)",
     )
@@ -196,9 +187,9 @@ def _simulate_into(args: argparse.Namespace, folder: Path):
         junk=args.junk,
         junk_kind=args.junk_kind,
         junk_map=args.junk_map,
-        beam_tilt_mrad=args.beam_tilt,
-        odd_zernike=args.odd_zernike,
-        even_zernike=args.even_zernike,
-        mag_matrix=args.mag_matrix,
-        group_pixel_sizes=args.group_angpix,
+        beam_tilt_mrad=_numbers(args.beam_tilt, 2, "--beam-tilt"),
+        odd_zernike=_numbers(args.odd_zernike, None, "--odd-zernike"),
+        even_zernike=_numbers(args.even_zernike, None, "--even-zernike"),
+        mag_matrix=_numbers(args.mag_matrix, 4, "--mag-matrix"),
+        group_pixel_sizes=_numbers(args.group_angpix, None, "--group-angpix"),
     )
