@@ -19,6 +19,11 @@ Parts (``--part``, default all that the machine can run):
     other tool's map. Targets: FSC(cryograd, RELION) ≥ 0.95 to the data's resolution; cryograd's
     mean FSC to the truth within 0.005 of its value on the clean set.
 
+``ewald``
+    ``relion_reconstruct --ewald`` beside ``cryograd reconstruct --ewald`` (same ``--mask-diameter``,
+    ``--sectors``) on one ``relion_project`` set: FSC between the two Ewald maps to the data's
+    resolution, beside the same between the two tools' plain maps, and how far each tool's Ewald
+    map moved from its plain one.
 ``accuracy``
     Sets made by ``cryograd simulate`` with its optics flags (``relion_project`` applies a mag
     matrix to its CTF but not to its projection geometry, and no beam tilt): a beam tilt, a 4-fold
@@ -198,8 +203,11 @@ def _fsc(a: Path, b: Path) -> list[float]:
     return [float(v) for v in fsc(va, vb)]
 
 
-def _reconstruct_both(work: Path, star: Path, tag: str) -> dict[str, Path]:
-    _run(["relion_reconstruct", "--i", star.name, "--o", f"relion_{tag}.mrc", "--ctf"], work)
+def _reconstruct_both(
+    work: Path, star: Path, tag: str, relion_extra=(), cryograd_extra=()
+) -> dict[str, Path]:
+    cmd = ["relion_reconstruct", "--i", star.name, "--o", f"relion_{tag}.mrc", "--ctf"]
+    _run([*cmd, *relion_extra], work)
     out = work / f"cg_{tag}"
     _run(
         [
@@ -216,6 +224,7 @@ def _reconstruct_both(work: Path, star: Path, tag: str) -> dict[str, Path]:
             "--no-progress",
             "--device",
             "cpu",
+            *cryograd_extra,
         ],
         work,
     )
@@ -335,10 +344,51 @@ def bench_accuracy(args) -> dict:
     return {"part": "accuracy", "n": args.n, "snr": args.snr, "rows": rows}
 
 
+def bench_ewald(args) -> dict:
+    """``relion_reconstruct --ewald`` beside ``cryograd reconstruct --ewald`` on one
+    ``relion_project`` set (and both tools' maps without ``--ewald``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        stack, rows, box, pixel = _simulate(work, args.n, args.noise, {})
+        _write_star(work / "set.star", stack, rows, box, pixel, {})
+        d = str(args.mask_diameter)
+        ewald = _reconstruct_both(
+            work,
+            work / "set.star",
+            "ewald",
+            ["--ewald", "--mask_diameter", d, "--sectors", str(args.sectors)],
+            ["--ewald", "--mask-diameter", d, "--sectors", str(args.sectors)],
+        )
+        plain = _reconstruct_both(work, work / "set.star", "plain")
+        between = _fsc(ewald["halves"], ewald["relion"])
+        truth = work / "truth.mrc"
+        to_truth = _fsc(ewald["halves"], truth)
+        shells = [i for i in range(1, len(between)) if to_truth[i] >= 0.5]
+        out = {
+            "part": "ewald",
+            "n": args.n,
+            "mask_diameter": args.mask_diameter,
+            "fsc_cryograd_relion_ewald_min": min(between[i] for i in shells),
+            "shells_to_resolution": len(shells),
+            "fsc_cryograd_relion_ewald": between,
+            "fsc_cryograd_relion_plain_min": min(
+                _fsc(plain["halves"], plain["relion"])[i] for i in shells
+            ),
+            "fsc_relion_ewald_vs_plain_min": min(_fsc(ewald["relion"], plain["relion"])[1:]),
+            "fsc_cryograd_ewald_vs_plain_min": min(_fsc(ewald["halves"], plain["halves"])[1:]),
+        }
+        for tool in ("relion", "halves"):
+            out[f"{tool}_ewald_mean_fsc_truth"] = float(np.mean(_fsc(ewald[tool], truth)[1:]))
+            out[f"{tool}_plain_mean_fsc_truth"] = float(np.mean(_fsc(plain[tool], truth)[1:]))
+        return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--part", choices=["phases", "invariance", "even", "accuracy", "all"], default="all"
+        "--part",
+        choices=["phases", "invariance", "even", "accuracy", "ewald", "all"],
+        default="all",
     )
     p.add_argument("--box", type=int, default=128)
     p.add_argument("--batch", type=int, default=256)
@@ -349,8 +399,11 @@ def main() -> None:
     p.add_argument("--odd", type=float, nargs="*", default=[], help="rlnOddZernike values")
     p.add_argument("--even", type=float, nargs="*", default=[0, 0, 0, 0, 0, 0, 0, 0, 500.0])
     p.add_argument("--snr", type=float, default=0.1, help="SNR of cryograd simulate (accuracy)")
+    p.add_argument("--mask-diameter", type=float, default=150.0, help="--ewald's diameter, Å")
+    p.add_argument("--sectors", type=int, default=2, help="--ewald's sectors")
     args = p.parse_args()
-    parts = ["phases", "invariance", "even", "accuracy"] if args.part == "all" else [args.part]
+    every = ["phases", "invariance", "even", "accuracy", "ewald"]
+    parts = every if args.part == "all" else [args.part]
     have_relion = shutil.which("relion_project") and shutil.which("relion_reconstruct")
     for part in parts:
         if part != "phases" and not have_relion:
@@ -363,6 +416,7 @@ def main() -> None:
                     "invariance": bench_invariance,
                     "even": bench_even,
                     "accuracy": bench_accuracy,
+                    "ewald": bench_ewald,
                 }[part](args)
             )
         )

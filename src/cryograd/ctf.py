@@ -23,6 +23,7 @@ from cryograd.fourier import frequency_grid_2d
 __all__ = [
     "CTFParams",
     "CtfSwitches",
+    "ctf_phase",
     "electron_wavelength_angstrom",
     "ctf_2d",
     "ctf_from_frequencies",
@@ -154,6 +155,45 @@ class CTFParams:
         return torch.stack([getattr(self, f.name) for f in fields(self)], dim=-1)
 
 
+def _per_particle_column(sx: torch.Tensor, per_particle: bool):
+    extra = sx.dim() - 1 if per_particle else sx.dim()
+
+    def col(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, *([1] * extra))
+
+    return col
+
+
+def ctf_phase(
+    params: CTFParams,
+    sx: torch.Tensor,
+    sy: torch.Tensor,
+    *,
+    per_particle: bool = False,
+    gamma_offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RELION's CTF phase ``γ`` (radians) and astigmatic defocus ``Δf`` (Å) at ``(sx, sy)`` 1/Å.
+
+    Shapes and arguments as :func:`ctf_from_frequencies`; both results are ``(b, ...)``.
+    """
+    p = params.to(device=sx.device, dtype=sx.dtype)
+    col = _per_particle_column(sx, per_particle)
+    lam = col(electron_wavelength_angstrom(p.voltage_kv))
+    cs = col(p.spherical_aberration_mm) * 1e7
+    q0 = col(p.amplitude_contrast)
+    phase = torch.deg2rad(col(p.phase_shift_degrees))
+    dfu, dfv = col(p.defocus_u_angstrom), col(p.defocus_v_angstrom)
+    ang = torch.deg2rad(col(p.defocus_angle_degrees))
+    s2 = sx**2 + sy**2
+    theta = torch.atan2(sy, sx)
+    defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * torch.cos(2 * (theta - ang))
+    amp_phase = torch.atan(q0 / torch.sqrt(1 - q0**2))
+    gamma = -math.pi * lam * defocus * s2 + 0.5 * math.pi * cs * lam**3 * s2**2 - phase - amp_phase
+    if gamma_offset is not None:
+        gamma = gamma + gamma_offset.to(device=gamma.device, dtype=gamma.dtype)
+    return gamma, defocus
+
+
 def ctf_from_frequencies(
     params: CTFParams,
     sx: torch.Tensor,
@@ -178,25 +218,10 @@ def ctf_from_frequencies(
     torch.Tensor
         ``(b, ...)`` real CTF values.
     """
+    gamma, _ = ctf_phase(params, sx, sy, per_particle=per_particle, gamma_offset=gamma_offset)
     p = params.to(device=sx.device, dtype=sx.dtype)
-    extra = sx.dim() - 1 if per_particle else sx.dim()
-
-    def col(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(-1, *([1] * extra))
-
-    lam = col(electron_wavelength_angstrom(p.voltage_kv))
-    cs = col(p.spherical_aberration_mm) * 1e7
-    q0 = col(p.amplitude_contrast)
-    phase = torch.deg2rad(col(p.phase_shift_degrees))
-    dfu, dfv = col(p.defocus_u_angstrom), col(p.defocus_v_angstrom)
-    ang = torch.deg2rad(col(p.defocus_angle_degrees))
     s2 = sx**2 + sy**2
-    theta = torch.atan2(sy, sx)
-    defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * torch.cos(2 * (theta - ang))
-    amp_phase = torch.atan(q0 / torch.sqrt(1 - q0**2))
-    gamma = -math.pi * lam * defocus * s2 + 0.5 * math.pi * cs * lam**3 * s2**2 - phase - amp_phase
-    if gamma_offset is not None:
-        gamma = gamma + gamma_offset.to(device=gamma.device, dtype=gamma.dtype)
+    col = _per_particle_column(sx, per_particle)
     value = -torch.sin(gamma)
     if switches is not None and switches.intact_first_peak:
         value = torch.where(gamma.abs() < math.pi / 2, torch.ones_like(value), value)

@@ -29,6 +29,7 @@ import torch
 from cryograd.ctf import CTFParams, CtfSwitches, electron_wavelength_angstrom
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import open_stack, read_map_header
+from cryograd.optics.ewald import EwaldSettings
 from cryograd.optics.groups import GroupAberrations
 from cryograd.optics.magnification import reference_grid_scale
 from cryograd.optics.particles import ParticleOptics
@@ -171,6 +172,10 @@ class ParticleSet:
     ctf_switches
         ``relion_reconstruct``'s CTF switches applied to every CTF of the set (``reconstruct
         --ctf-intact-first-peak`` etc.; none by default).
+    ewald
+        None, or :class:`~cryograd.optics.ewald.EwaldSettings`: the Fourier insertion then
+        corrects for the Ewald sphere's curvature (``reconstruct --ewald``,
+        :mod:`cryograd.solvers.ewald`).
     """
 
     path: Path | None
@@ -193,6 +198,7 @@ class ParticleSet:
     source_format: str = "memory"
     extra_columns: pd.DataFrame | None = None
     ctf_switches: CtfSwitches = field(default_factory=CtfSwitches)
+    ewald: EwaldSettings | None = None
 
     def __post_init__(self) -> None:
         n = len(self.optics_group)

@@ -46,6 +46,7 @@ from cryograd.io.outdir import (
     recover_folder,
     staging_folder,
 )
+from cryograd.optics.ewald import EwaldSettings
 from cryograd.particles import read_particles
 from cryograd.projectors.registry import PROJECTORS
 from cryograd.reconstruction.fingerprint import (
@@ -76,6 +77,7 @@ from cryograd.solvers.config import (
     check_positive,
 )
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.ewald import PREMULTIPLIED_MESSAGE as EWALD_PREMULTIPLIED
 from cryograd.solvers.losses import LAMBDA_KINDS
 from cryograd.symmetry import group_order
 
@@ -304,12 +306,57 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="correct with sign(CTF) only (relion_reconstruct --only_flip_phases)",
     )
+    _add_ewald_options(p)
     p.add_argument(
         "--skip-bad-particles",
         action="store_true",
         help="leave out particles whose image has NaN/inf pixels, is constant or has a corrupt "
         "pixel (default: refuse the set, naming the first)",
     )
+
+
+def _add_ewald_options(p: argparse.ArgumentParser) -> None:
+    """``relion_reconstruct --ewald`` and its options (direct method only)."""
+    p.add_argument(
+        "--ewald",
+        action="store_true",
+        help="correct for the Ewald sphere's curvature (relion_reconstruct --ewald; direct only)",
+    )
+    p.add_argument(
+        "--mask-diameter",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="particle diameter for --ewald (relion_reconstruct --mask_diameter)",
+    )
+    p.add_argument(
+        "--sectors", type=int, default=2, help="angular sectors of --ewald's P/Q split (2)"
+    )
+    p.add_argument(
+        "--reverse-curvature",
+        action="store_true",
+        help="swap the curvature of --ewald's P and Q images (relion_reconstruct "
+        "--reverse_curvature)",
+    )
+
+
+def ewald_settings_of(args: argparse.Namespace) -> EwaldSettings | None:
+    """The ``--ewald`` settings, checked (None without ``--ewald``)."""
+    if not getattr(args, "ewald", False):
+        for flag, value in (("--mask-diameter", args.mask_diameter),):
+            if value is not None:
+                raise CryogradError(f"{flag} needs --ewald")
+        return None
+    if args.method != "direct":
+        raise CryogradError(f"--ewald needs --method direct (got --method {args.method})")
+    if args.no_ctf:
+        raise CryogradError("--ewald needs CTF correction: drop --no-ctf")
+    diameter = args.mask_diameter
+    if diameter is None or not (math.isfinite(diameter) and diameter > 0):
+        raise CryogradError("--ewald needs --mask-diameter Å (the particle's diameter, > 0)")
+    if args.sectors < 2:
+        raise CryogradError(f"--sectors must be at least 2, got {args.sectors}")
+    return EwaldSettings(diameter, int(args.sectors), bool(args.reverse_curvature))
 
 
 def _add_map_options(p: argparse.ArgumentParser) -> None:
@@ -427,6 +474,7 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.max_iter is not None:
         check_at_least("max_iter", args.max_iter, 1)
     robust_config_of(args)
+    ewald_settings_of(args)
 
 
 def robust_config_of(args: argparse.Namespace) -> RobustConfig | None:
@@ -473,6 +521,9 @@ def read_input(args: argparse.Namespace):
     """The particle set of ``args.particles``, with the CTF switches of the flags."""
     particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
     particles.ctf_switches = ctf_switches_of(args)
+    particles.ewald = ewald_settings_of(args)
+    if particles.ewald is not None and bool(np.any(particles.ctf_premultiplied)):
+        raise CryogradError(f"{args.particles}: {EWALD_PREMULTIPLIED} (--ewald)")
     return particles
 
 
@@ -588,6 +639,9 @@ def _fingerprint_options(args: argparse.Namespace) -> dict:
         "mask": None if args.mask is None else str(Path(args.mask).resolve()),
         "skip_bad_particles": args.skip_bad_particles,
         "ctf_switches": ctf_switches_of(args).flags(),
+        "ewald": None
+        if not args.ewald
+        else [args.mask_diameter, args.sectors, args.reverse_curvature],
     }
 
 

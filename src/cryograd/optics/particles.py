@@ -145,14 +145,23 @@ class ParticleOptics:
         table = self._tables(box_size)[name]
         return table[self.group.to(table.device)].to(device=device, dtype=dtype)
 
+    def specimen_frequencies(
+        self, box_size: int, *, device=None, dtype=torch.float64
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(sx, sy, offset)`` of the batch, each ``(b, D, D // 2 + 1)``: the magnified specimen
+        frequencies (1/Å) the CTF is taken at and the even-Zernike offset of ``γ`` (None when
+        there is none)."""
+        sx = self._rows("sx", box_size, device, dtype)
+        sy = self._rows("sy", box_size, device, dtype)
+        offset = self._rows("even", box_size, device, dtype) if self.has_even else None
+        return sx, sy, offset
+
     def ctf_values(
         self, params: CTFParams, box_size: int, *, device=None, dtype=torch.float32
     ) -> torch.Tensor:
         """RELION's CTF of the batch on the half grid, at the magnified frequencies, with the
         even-Zernike offset and the CTF switches: ``(b, D, D // 2 + 1)``."""
-        sx = self._rows("sx", box_size, device, torch.float64)
-        sy = self._rows("sy", box_size, device, torch.float64)
-        offset = self._rows("even", box_size, device, torch.float64) if self.has_even else None
+        sx, sy, offset = self.specimen_frequencies(box_size, device=device)
         p = params.to(device=device, dtype=torch.float64)
         ctf = ctf_from_frequencies(
             p, sx, sy, per_particle=True, gamma_offset=offset, switches=self.switches

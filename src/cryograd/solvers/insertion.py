@@ -44,6 +44,7 @@ from cryograd.projectors import fourier_slice as fs
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 from cryograd.solvers.batches import global_batches, load_batch
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.ewald import insert_ewald
 from cryograd.solvers.particle_weights import weighted_inputs
 from cryograd.validation import apply_shell_weights, shell_sums
 
@@ -211,7 +212,8 @@ def insert_particles(
         if backend != "triton":  # symmetry copies are inserted together off the Triton path
             batch_size = max(1, batch_size // n_sym)
     sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
-    num_acc, w_acc = projector.new_accumulators(device, dtype, packed=True)
+    ewald = getattr(particles, "ewald", None)
+    num_acc, w_acc = projector.new_accumulators(device, dtype, packed=ewald is None)
     col = _half_column_factor(d, device, dtype)
     keep = None
     if max_shell is not None:
@@ -241,19 +243,23 @@ def insert_particles(
                 )
                 if particle_weights is not None:
                     batch = weighted_inputs(batch, particle_weights[local])
-                projector.insert(
-                    rfft2_centered(batch.images),
-                    batch.rotations,
-                    num_acc,
-                    w_acc,
-                    ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
-                    shifts_px=batch.shifts_px,
-                    pixel_size_angstrom=batch.pixel_sizes_angstrom,
-                    premultiplied=batch.premultiplied,
-                    sample_weights=col,
-                    symmetry=sym,
-                    optics=batch.optics,
-                )
+                if ewald is not None:  # curved P/Q insertion (torch reference path)
+                    ref = float(particles.pixel_size_angstrom)
+                    insert_ewald(batch, ewald, ref, (num_acc, w_acc), p, sym)
+                else:
+                    projector.insert(
+                        rfft2_centered(batch.images),
+                        batch.rotations,
+                        num_acc,
+                        w_acc,
+                        ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
+                        shifts_px=batch.shifts_px,
+                        pixel_size_angstrom=batch.pixel_sizes_angstrom,
+                        premultiplied=batch.premultiplied,
+                        sample_weights=col,
+                        symmetry=sym,
+                        optics=batch.optics,
+                    )
             bar.update(len(global_batch))
     finally:
         bar.close()
