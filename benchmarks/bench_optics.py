@@ -20,8 +20,8 @@ Parts (``--part``, default all that the machine can run):
     mean FSC to the truth within 0.005 of its value on the clean set.
 
 ``ewald``
-    ``relion_reconstruct --ewald`` beside ``cryograd reconstruct --ewald`` (same ``--mask-diameter``,
-    ``--sectors``) on one ``relion_project`` set: FSC between the two Ewald maps to the data's
+    ``relion_reconstruct --ewald`` beside ``cryograd reconstruct --ewald`` (same
+    ``--mask-diameter``, ``--sectors``) on one ``relion_project`` set: FSC between the two Ewald maps to the data's
     resolution, beside the same between the two tools' plain maps, and how far each tool's Ewald
     map moved from its plain one.
 ``accuracy``
