@@ -21,8 +21,8 @@ Parts (``--part``, default all that the machine can run):
 
 ``ewald``
     ``relion_reconstruct --ewald`` beside ``cryograd reconstruct --ewald`` (same
-    ``--mask-diameter``, ``--sectors``) on one ``relion_project`` set: FSC between the two Ewald maps to the data's
-    resolution, beside the same between the two tools' plain maps, and how far each tool's Ewald
+    ``--mask-diameter``, ``--sectors``) on one ``relion_project`` set: FSC between the two
+    Ewald maps to the data's resolution, beside the same between the two tools' plain maps, and how far each tool's Ewald
     map moved from its plain one.
 ``accuracy``
     Sets made by ``cryograd simulate`` with its optics flags (``relion_project`` applies a mag
