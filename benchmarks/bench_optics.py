@@ -22,8 +22,8 @@ Parts (``--part``, default all that the machine can run):
 ``ewald``
     ``relion_reconstruct --ewald`` beside ``cryograd reconstruct --ewald`` (same
     ``--mask-diameter``, ``--sectors``) on one ``relion_project`` set: FSC between the two
-    Ewald maps to the data's resolution, beside the same between the two tools' plain maps, and how far each tool's Ewald
-    map moved from its plain one.
+    Ewald maps to the data's resolution, beside the same between the two tools' plain maps,
+    and how far each tool's Ewald map moved from its plain one.
 ``accuracy``
     Sets made by ``cryograd simulate`` with its optics flags (``relion_project`` applies a mag
     matrix to its CTF but not to its projection geometry, and no beam tilt): a beam tilt, a 4-fold
