@@ -136,6 +136,43 @@ def test_bad_aberration_columns(tmp_path, capsys, columns, name):
     assert name in line
 
 
+def test_ewald_refuses_premultiplied_particles(tmp_path, capsys):
+    from tests._tiny_set import HEADER, star_text
+
+    header = HEADER.replace(
+        "_rlnImageSize #7\n1 opticsGroup1 {amp} {cs} {kv} {px} {box}",
+        "_rlnImageSize #7\n_rlnCtfDataAreCtfPremultiplied #8\n"
+        "1 opticsGroup1 {amp} {cs} {kv} {px} {box} 1",
+    )
+    folder = tmp_path / "data"
+    star = write_set(folder)
+    star.write_text(star_text(rows(), header=header))
+    out = tmp_path / "run"
+    argv = ["reconstruct", star, "-o", out, "--ewald", "--mask-diameter", "40", *FAST]
+    line = _refused(argv, capsys, out, ("particles.star",))
+    assert "premultiplied" in line
+    # without --ewald the same set is accepted (premultiplied data are fine otherwise)
+    code, _, err = run_main(["reconstruct", star, "-o", tmp_path / "ok", *FAST], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "option, name",
+    [
+        (["--ewald"], "--mask-diameter"),
+        (["--ewald", "--mask-diameter", "-5"], "--mask-diameter"),
+        (["--ewald", "--mask-diameter", "40", "--method", "cg"], "--ewald"),
+        (["--ewald", "--mask-diameter", "40", "--no-ctf"], "--ewald"),
+        (["--ewald", "--mask-diameter", "40", "--sectors", "1"], "--sectors"),
+        (["--mask-diameter", "40"], "--ewald"),
+    ],
+)
+def test_bad_ewald_options(tmp_path, capsys, option, name):
+    star = write_set(tmp_path / "data")
+    out = tmp_path / "run"
+    _refused(["reconstruct", star, "-o", out, *option, *FAST], capsys, out, (name,))
+
+
 @pytest.mark.parametrize(
     "option, name",
     [

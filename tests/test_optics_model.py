@@ -527,3 +527,92 @@ def test_batches_carry_the_ctf_switches():
     assert batch.optics is not None and torch.allclose(batch.ctf, plain.abs(), atol=1e-12)
     sym = expand_symmetry(batch, symmetry_matrices("C3").double())
     assert len(sym.optics) == 3 * n
+
+
+# --- Ewald sphere -----------------------------------------------------------------------------
+
+
+def _relion_soft_mask(img: np.ndarray, radius: float, width: float) -> np.ndarray:
+    """``softMaskOutsideMap`` (mask.cpp) written out on one image, centre ``N // 2``."""
+    n = img.shape[0]
+    out = img.copy()
+    outer = radius + width
+    s = sb = 0.0
+    for i in range(n):
+        for j in range(n):
+            r = math.hypot(i - n // 2, j - n // 2)
+            if r < radius:
+                continue
+            w = 1.0 if r > outer else 0.5 + 0.5 * math.cos(math.pi * (outer - r) / width)
+            s += w
+            sb += w * img[i, j]
+    bg = sb / s
+    for i in range(n):
+        for j in range(n):
+            r = math.hypot(i - n // 2, j - n // 2)
+            if r >= radius:
+                w = 1.0 if r > outer else 0.5 + 0.5 * math.cos(math.pi * (outer - r) / width)
+                out[i, j] = (1 - w) * img[i, j] + w * bg
+    return out
+
+
+def test_soft_mask_matches_relion():
+    from cryograd.solvers.ewald import soft_mask_outside
+
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((2, 14, 14))
+    got = soft_mask_outside(torch.from_numpy(img), 4.0, 3.0).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(got[i], _relion_soft_mask(img[i], 4.0, 3.0), atol=1e-12)
+
+
+@pytest.mark.parametrize("sectors", [2, 4, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ctfp_split_adds_up_to_twice_the_ctf(sectors, reverse):
+    """Without a mask, every pixel gets ``X · CTFP`` in one image and ``X · CTFQ`` in the other,
+    whatever the sectors: ``P + Q = −2 sin γ · X`` and ``|P| = |Q| = |X|``."""
+    from cryograd.optics import EwaldSettings
+    from cryograd.solvers.ewald import ctfp_split
+
+    n = 16
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(2, n, n, generator=g, dtype=torch.float64)
+    x = rfft2_centered(img)
+    gamma = torch.randn(2, n, n // 2 + 1, generator=g, dtype=torch.float64) * 3
+    settings = EwaldSettings(100.0, sectors, reverse)
+    p, q = ctfp_split(x, gamma, settings, radius_px=1000.0)
+    # the kx = 0 and Nyquist columns go through the inverse FFT's Hermitian projection (FFTW's
+    # c2r does the same in RELION), which mixes CTFP at ±ky there
+    inside = torch.ones(n, n // 2 + 1, dtype=torch.bool)
+    inside[:, 0] = False
+    inside[:, -1] = False
+    assert torch.allclose((p + q)[:, inside], (-2 * torch.sin(gamma) * x)[:, inside], atol=1e-10)
+    assert torch.allclose(p.abs()[:, inside], x.abs()[:, inside], atol=1e-10)
+    assert torch.allclose(q.abs()[:, inside], x.abs()[:, inside], atol=1e-10)
+
+
+def test_ewald_offsets_bend_the_slice_onto_the_sphere():
+    """A sample ``k`` with offset ``z`` lands at ``(P/D) Aᵀ (kx, ky, z)``: on the sphere of
+    radius ``r`` through the origin, ``|q − r e_z'|² = r²`` to first order."""
+    from cryograd.projectors.fourier_slice.geometry import SliceGeometry, slice_sample_positions
+
+    box, padded = 16, 32
+    rot = _rotations(2, seed=8)
+    kx, ky, flat = slice_sample_positions(box, dtype=torch.float64)
+    r = 500.0
+    z = (kx**2 + ky**2) / (2 * r)
+    geom = SliceGeometry(rot, box, padded, z.expand(2, -1))
+    base = SliceGeometry(rot, box, padded)
+    # the offset moves each sample along the beam axis A[2] by (P/D) z
+    q_off = torch.stack([geom.fx, geom.fy, geom.fz], -1)
+    q_base = torch.stack([base.fx, base.fy, base.fz], -1)
+    assert not torch.allclose(q_off, q_base)
+    for i in range(2):
+        q = (padded / box) * (
+            kx[:, None] * rot[i, 0] + ky[:, None] * rot[i, 1] + z[:, None] * rot[i, 2]
+        )
+        mirror = q[:, 0] < 0
+        q = torch.where(mirror[:, None], -q, q)
+        frac = q - torch.floor(q)
+        got = q_off.reshape(2, -1, 3)[i]
+        assert torch.allclose(got, frac, atol=1e-9)

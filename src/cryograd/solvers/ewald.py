@@ -66,7 +66,10 @@ def soft_mask_outside(images: torch.Tensor, radius: float, width: float) -> torc
             r < radius, torch.zeros_like(r), 0.5 + 0.5 * torch.cos(math.pi * (outer - r) / width)
         ),
     )  # (N, N) weight of the background
-    bg = (images * raised).sum((-2, -1), keepdim=True) / raised.sum()
+    total = float(raised.sum())
+    if total <= 0:  # nothing outside the mask
+        return images
+    bg = (images * raised).sum((-2, -1), keepdim=True) / total
     return images * (1.0 - raised) + bg * raised
 
 
@@ -161,7 +164,7 @@ def insert_ewald(
     gamma, defocus = ctf_phase(
         params.to(device=device), sx, sy, per_particle=True, gamma_offset=offset
     )
-    radius = round(settings.mask_diameter_angstrom / (2.0 * reference_pixel))
+    radius = math.floor(settings.mask_diameter_angstrom / (2.0 * reference_pixel) + 0.5)  # ROUND
     out_p, out_q = ctfp_split(spectra, gamma, settings, radius)
     lam = electron_wavelength_angstrom(params.voltage_kv.to(device=device, dtype=torch.float64))
     weight = (
