@@ -313,6 +313,7 @@ class ParticleSet:
         )
         box = int(self.box_size or 0)
         scale = reference_grid_scale(box, pixel, box, float(self.pixel_size_angstrom))
+        scale = torch.where((scale - 1.0).abs() < 1e-6, torch.ones_like(scale), scale)
         numbers = np.array([g.number for g in self.optics_groups])
         idx = np.arange(len(self)) if indices is None else _as_index(indices, len(self))
         order = np.argsort(numbers)

@@ -243,23 +243,8 @@ def insert_particles(
                 )
                 if particle_weights is not None:
                     batch = weighted_inputs(batch, particle_weights[local])
-                if ewald is not None:  # curved P/Q insertion (torch reference path)
-                    ref = float(particles.pixel_size_angstrom)
-                    insert_ewald(batch, ewald, ref, (num_acc, w_acc), p, sym)
-                else:
-                    projector.insert(
-                        rfft2_centered(batch.images),
-                        batch.rotations,
-                        num_acc,
-                        w_acc,
-                        ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
-                        shifts_px=batch.shifts_px,
-                        pixel_size_angstrom=batch.pixel_sizes_angstrom,
-                        premultiplied=batch.premultiplied,
-                        sample_weights=col,
-                        symmetry=sym,
-                        optics=batch.optics,
-                    )
+                ref = float(particles.pixel_size_angstrom)
+                _insert_batch(projector, batch, ewald, ref, (num_acc, w_acc), col, sym)
             bar.update(len(global_batch))
     finally:
         bar.close()
@@ -272,6 +257,28 @@ def insert_particles(
     weights = _symmetrize_planes(weights, p)
     return FourierInsertion(
         numerator, weights, d, p, int(len(indices)), None if max_shell is None else int(max_shell)
+    )
+
+
+def _insert_batch(projector, batch, ewald, reference_pixel, grids, col, sym) -> None:
+    """One batch into the accumulators: the projector's insertion, or the Ewald-sphere one
+    (curved P/Q insertion on the torch reference path)."""
+    num_acc, w_acc = grids
+    if ewald is not None:
+        insert_ewald(batch, ewald, reference_pixel, grids, projector.padded_size, sym)
+        return
+    projector.insert(
+        rfft2_centered(batch.images),
+        batch.rotations,
+        num_acc,
+        w_acc,
+        ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
+        shifts_px=batch.shifts_px,
+        pixel_size_angstrom=batch.pixel_sizes_angstrom,
+        premultiplied=batch.premultiplied,
+        sample_weights=col,
+        symmetry=sym,
+        optics=batch.optics,
     )
 
 
