@@ -20,7 +20,45 @@ import torch
 
 from cryograd.fourier import frequency_grid_2d
 
-__all__ = ["CTFParams", "electron_wavelength_angstrom", "ctf_2d", "ctf_from_frequencies"]
+__all__ = [
+    "CTFParams",
+    "CtfSwitches",
+    "ctf_phase",
+    "electron_wavelength_angstrom",
+    "ctf_2d",
+    "ctf_from_frequencies",
+]
+
+
+@dataclass(frozen=True)
+class CtfSwitches:
+    """``relion_reconstruct``'s CTF switches (``CTF::getCTF``'s ``do_abs``, ``do_only_flip_phases``,
+    ``do_intact_until_first_peak``).
+
+    Attributes
+    ----------
+    intact_first_peak
+        ``--ctf_intact_first_peak``: the CTF is 1 where ``|γ| < π/2`` (before the envelope).
+    phase_flipped
+        ``--ctf_phase_flipped``: the data were phase-flipped; the CTF is ``|CTF|`` (after the
+        envelope, before the scale).
+    only_flip_phases
+        ``--only_flip_phases``: the CTF is ``sign(CTF)`` (±1, ``+1`` at 0; after the envelope,
+        before the scale); ignored with ``phase_flipped``, as in RELION.
+    """
+
+    intact_first_peak: bool = False
+    phase_flipped: bool = False
+    only_flip_phases: bool = False
+
+    @property
+    def any(self) -> bool:
+        """Whether any switch is on."""
+        return self.intact_first_peak or self.phase_flipped or self.only_flip_phases
+
+    def flags(self) -> int:
+        """Bits 4, 8, 16 of the compiled insertion's flags (``_cpu_slices.c``)."""
+        return 4 * self.intact_first_peak + 8 * self.phase_flipped + 16 * self.only_flip_phases
 
 
 def electron_wavelength_angstrom(voltage_kv: torch.Tensor | float) -> torch.Tensor:
@@ -117,10 +155,55 @@ class CTFParams:
         return torch.stack([getattr(self, f.name) for f in fields(self)], dim=-1)
 
 
+def _per_particle_column(sx: torch.Tensor, per_particle: bool):
+    extra = sx.dim() - 1 if per_particle else sx.dim()
+
+    def col(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, *([1] * extra))
+
+    return col
+
+
+def ctf_phase(
+    params: CTFParams,
+    sx: torch.Tensor,
+    sy: torch.Tensor,
+    *,
+    per_particle: bool = False,
+    gamma_offset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RELION's CTF phase ``γ`` (radians) and astigmatic defocus ``Δf`` (Å) at ``(sx, sy)`` 1/Å.
+
+    Shapes and arguments as :func:`ctf_from_frequencies`; both results are ``(b, ...)``.
+    """
+    p = params.to(device=sx.device, dtype=sx.dtype)
+    col = _per_particle_column(sx, per_particle)
+    lam = col(electron_wavelength_angstrom(p.voltage_kv))
+    cs = col(p.spherical_aberration_mm) * 1e7
+    q0 = col(p.amplitude_contrast)
+    phase = torch.deg2rad(col(p.phase_shift_degrees))
+    dfu, dfv = col(p.defocus_u_angstrom), col(p.defocus_v_angstrom)
+    ang = torch.deg2rad(col(p.defocus_angle_degrees))
+    s2 = sx**2 + sy**2
+    theta = torch.atan2(sy, sx)
+    defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * torch.cos(2 * (theta - ang))
+    amp_phase = torch.atan(q0 / torch.sqrt(1 - q0**2))
+    gamma = -math.pi * lam * defocus * s2 + 0.5 * math.pi * cs * lam**3 * s2**2 - phase - amp_phase
+    if gamma_offset is not None:
+        gamma = gamma + gamma_offset.to(device=gamma.device, dtype=gamma.dtype)
+    return gamma, defocus
+
+
 def ctf_from_frequencies(
-    params: CTFParams, sx: torch.Tensor, sy: torch.Tensor, *, per_particle: bool = False
+    params: CTFParams,
+    sx: torch.Tensor,
+    sy: torch.Tensor,
+    *,
+    per_particle: bool = False,
+    gamma_offset: torch.Tensor | None = None,
+    switches: CtfSwitches | None = None,
 ) -> torch.Tensor:
-    """RELION's CTF at arbitrary spatial frequencies.
+    """RELION's CTF at arbitrary spatial frequencies (``CTF::getCTF``).
 
     Parameters
     ----------
@@ -135,25 +218,19 @@ def ctf_from_frequencies(
     torch.Tensor
         ``(b, ...)`` real CTF values.
     """
+    gamma, _ = ctf_phase(params, sx, sy, per_particle=per_particle, gamma_offset=gamma_offset)
     p = params.to(device=sx.device, dtype=sx.dtype)
-    extra = sx.dim() - 1 if per_particle else sx.dim()
-
-    def col(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(-1, *([1] * extra))
-
-    lam = col(electron_wavelength_angstrom(p.voltage_kv))
-    cs = col(p.spherical_aberration_mm) * 1e7
-    q0 = col(p.amplitude_contrast)
-    phase = torch.deg2rad(col(p.phase_shift_degrees))
-    dfu, dfv = col(p.defocus_u_angstrom), col(p.defocus_v_angstrom)
-    ang = torch.deg2rad(col(p.defocus_angle_degrees))
     s2 = sx**2 + sy**2
-    theta = torch.atan2(sy, sx)
-    defocus = 0.5 * (dfu + dfv) + 0.5 * (dfu - dfv) * torch.cos(2 * (theta - ang))
-    amp_phase = torch.atan(q0 / torch.sqrt(1 - q0**2))
-    gamma = -math.pi * lam * defocus * s2 + 0.5 * math.pi * cs * lam**3 * s2**2 - phase - amp_phase
-    envelope = torch.exp(-col(p.b_factor) * s2 / 4.0)
-    return -torch.sin(gamma) * envelope * col(p.scale)
+    col = _per_particle_column(sx, per_particle)
+    value = -torch.sin(gamma)
+    if switches is not None and switches.intact_first_peak:
+        value = torch.where(gamma.abs() < math.pi / 2, torch.ones_like(value), value)
+    value = value * torch.exp(-col(p.b_factor) * s2 / 4.0)
+    if switches is not None and switches.phase_flipped:
+        value = value.abs()
+    elif switches is not None and switches.only_flip_phases:
+        value = torch.where(value < 0, -torch.ones_like(value), torch.ones_like(value))
+    return value * col(p.scale)
 
 
 def ctf_2d(

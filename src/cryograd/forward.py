@@ -33,6 +33,7 @@ import torch
 from cryograd.arrays import array_kind, from_tensor, to_tensor
 from cryograd.ctf import CTFParams, ctf_2d
 from cryograd.errors import CryogradError
+from cryograd.optics.particles import ParticleOptics
 from cryograd.projectors import ImageFilters, make_projector
 from cryograd.projectors.backend import kernel_batch_size
 from cryograd.projectors.real_space._torch import fourier_filter
@@ -85,16 +86,16 @@ class _ProjectFunction(torch.autograd.Function):
     """``project`` with ``backproject`` as its backward."""
 
     @staticmethod
-    def forward(ctx, volume, model, rotations, shifts_px, ctf):  # noqa: D401
+    def forward(ctx, volume, model, rotations, shifts_px, ctf, optics):  # noqa: D401
         ctx.model = model
-        ctx.args = (rotations, shifts_px, ctf)
-        return model._project(volume, rotations, shifts_px, ctf)
+        ctx.args = (rotations, shifts_px, ctf, optics)
+        return model._project(volume, rotations, shifts_px, ctf, optics)
 
     @staticmethod
     def backward(ctx, grad_images):
-        rotations, shifts_px, ctf = ctx.args
-        grad = ctx.model._backproject(grad_images.contiguous(), rotations, shifts_px, ctf)
-        return grad, None, None, None, None
+        rotations, shifts_px, ctf, optics = ctx.args
+        grad = ctx.model._backproject(grad_images.contiguous(), rotations, shifts_px, ctf, optics)
+        return grad, None, None, None, None, None
 
 
 class ForwardModel:
@@ -169,19 +170,26 @@ class ForwardModel:
         rotations: Any,
         shifts_px: Any = None,
         ctf: CTFParams | Any = None,
+        *,
+        optics: ParticleOptics | None = None,
     ) -> Any:
         """Images ``(B, D, D)`` of ``volume`` ``(D, D, D)``: ``T C P x``.
 
         Differentiable with respect to a tensor ``volume`` (backward = :meth:`backproject`).
-        Returns the array kind of ``volume``.
+        Returns the array kind of ``volume``. ``optics`` (RELION's observation model of the
+        ``B`` particles, :meth:`cryograd.particle_set.ParticleSet.particle_optics`) adds beam
+        tilt and odd Zernike (``exp(+iφ)`` on the prediction), even Zernike and magnification
+        in the CTF, and takes the slices at the magnified, rescaled positions; CTF *values*
+        given with it must already include it (:func:`cryograd.solvers.batches.load_batch`).
         """
         kind = array_kind(volume)
         vol = self._as_volume(volume)
         rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, vol)
+        _check_optics(optics, rot.shape[0])
         if vol.requires_grad and torch.is_grad_enabled():
-            out = _ProjectFunction.apply(vol, self, rot, shifts, ctf)
+            out = _ProjectFunction.apply(vol, self, rot, shifts, ctf, optics)
         else:
-            out = self._project(vol, rot, shifts, ctf)
+            out = self._project(vol, rot, shifts, ctf, optics)
         return from_tensor(out, kind)
 
     def backproject(
@@ -190,13 +198,17 @@ class ForwardModel:
         rotations: Any,
         shifts_px: Any = None,
         ctf: CTFParams | Any = None,
+        *,
+        optics: ParticleOptics | None = None,
     ) -> Any:
-        """Exact adjoint ``Pᵀ Cᵀ Tᵀ`` of :meth:`project`: ``(B, D, D)`` images -> ``(D, D, D)``."""
+        """Exact adjoint ``Pᵀ Cᵀ Tᵀ`` of :meth:`project`: ``(B, D, D)`` images -> ``(D, D, D)``
+        (with ``optics``, the adjoint of :meth:`project` with the same optics)."""
         kind = array_kind(images)
         img = self._as_images(images)
         rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, img)
+        _check_optics(optics, rot.shape[0])
         with torch.no_grad():
-            out = self._backproject(img, rot, shifts, ctf)
+            out = self._backproject(img, rot, shifts, ctf, optics)
         return from_tensor(out, kind)
 
     def data_gradient(
@@ -208,6 +220,7 @@ class ForwardModel:
         ctf: CTFParams | Any = None,
         *,
         return_loss: bool = False,
+        optics: ParticleOptics | None = None,
     ) -> Any:
         """``Aᵀ (A x − b)``, the gradient of ``½ ||A x − b||²``, chunk by chunk.
 
@@ -222,8 +235,11 @@ class ForwardModel:
         rot, shifts, ctf = self._as_params(rotations, shifts_px, ctf, vol)
         if img.shape[0] != rot.shape[0]:
             raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
+        _check_optics(optics, rot.shape[0])
         with torch.no_grad():
-            grad, loss = self.operator.data_gradient(vol, img, rot, self._filters(shifts, ctf))
+            grad, loss = self.operator.data_gradient(
+                vol, img, rot, self._filters(shifts, ctf, optics)
+            )
         grad = from_tensor(grad, kind)
         return (grad, loss) if return_loss else grad
 
@@ -273,15 +289,20 @@ class ForwardModel:
                     raise CryogradError(f"CTF array has shape {tuple(ctf.shape)}, expected {shape}")
         return rot, shifts, ctf
 
-    def _filters(self, shifts, ctf) -> ImageFilters:
-        return ImageFilters(ctf, shifts, self.pixel_size_angstrom)
+    def _filters(self, shifts, ctf, optics=None) -> ImageFilters:
+        return ImageFilters(ctf, shifts, self.pixel_size_angstrom, optics)
 
-    def _project(self, vol, rot, shifts, ctf) -> torch.Tensor:
+    def _project(self, vol, rot, shifts, ctf, optics=None) -> torch.Tensor:
         with torch.no_grad():
-            return self.operator.project(vol, rot, self._filters(shifts, ctf))
+            return self.operator.project(vol, rot, self._filters(shifts, ctf, optics))
 
-    def _backproject(self, img, rot, shifts, ctf) -> torch.Tensor:
+    def _backproject(self, img, rot, shifts, ctf, optics=None) -> torch.Tensor:
         if img.shape[0] != rot.shape[0]:
             raise CryogradError(f"{img.shape[0]} images but {rot.shape[0]} rotations")
         with torch.no_grad():
-            return self.operator.backproject(img, rot, self._filters(shifts, ctf))
+            return self.operator.backproject(img, rot, self._filters(shifts, ctf, optics))
+
+
+def _check_optics(optics: ParticleOptics | None, n: int) -> None:
+    if optics is not None and len(optics) != n:
+        raise CryogradError(f"optics of {len(optics)} particles but {n} rotations")

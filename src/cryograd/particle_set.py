@@ -26,9 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryograd.ctf import CTFParams
+from cryograd.ctf import CTFParams, CtfSwitches, electron_wavelength_angstrom
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import open_stack, read_map_header
+from cryograd.optics.ewald import EwaldSettings
+from cryograd.optics.groups import GroupAberrations
+from cryograd.optics.magnification import reference_grid_scale
+from cryograd.optics.particles import ParticleOptics
 
 try:  # optional: splits a million image names in C++ (pandas' Arrow strings)
     import pyarrow as pa
@@ -77,7 +81,9 @@ class OpticsGroup:
     box_size
         ``rlnImageSize`` in pixels (None when unknown).
     extra
-        Other optics fields kept as read (beam tilt, aberration arrays, ...), for information.
+        Other optics fields kept as read (``rlnBeamTiltX/Y`` in mrad, ``rlnOddZernike`` and
+        ``rlnEvenZernike`` as ``[c0,c1,...]`` strings, ``rlnMagMat00..11``, voltage, Cs, ...):
+        :meth:`ParticleSet.group_aberrations` reads the aberrations from here.
     """
 
     number: int
@@ -163,6 +169,13 @@ class ParticleSet:
         Per-particle STAR columns cryograd does not interpret (``rlnMicrographName``,
         ``rlnCoordinateX/Y``, ``rlnGroupName``, ...), ``n`` rows in particle order, kept so that
         ``write_star`` passes them on; or None. Not sent to worker processes (pickling).
+    ctf_switches
+        ``relion_reconstruct``'s CTF switches applied to every CTF of the set (``reconstruct
+        --ctf-intact-first-peak`` etc.; none by default).
+    ewald
+        None, or :class:`~cryograd.optics.ewald.EwaldSettings`: the Fourier insertion then
+        corrects for the Ewald sphere's curvature (``reconstruct --ewald``,
+        :mod:`cryograd.solvers.ewald`).
     """
 
     path: Path | None
@@ -184,6 +197,8 @@ class ParticleSet:
     notes: list[str] = field(default_factory=list)
     source_format: str = "memory"
     extra_columns: pd.DataFrame | None = None
+    ctf_switches: CtfSwitches = field(default_factory=CtfSwitches)
+    ewald: EwaldSettings | None = None
 
     def __post_init__(self) -> None:
         n = len(self.optics_group)
@@ -253,6 +268,65 @@ class ParticleSet:
         table = self.ctf if indices is None else self.ctf[_as_index(indices, len(self))]
         tensor = torch.as_tensor(np.ascontiguousarray(table), dtype=dtype, device=device)
         return CTFParams(*[tensor[:, i].contiguous() for i in range(len(CTF_COLUMNS))])
+
+    # ------------------------------------------------------------------ optics
+    def group_aberrations(self) -> GroupAberrations:
+        """Beam tilt, Zernike terms and magnification of :attr:`optics_groups` (in list order),
+        from their ``extra`` fields (RELION's ``ObservationModel``).
+
+        Raises
+        ------
+        CryogradError
+            A malformed or incomplete aberration list, or a singular magnification matrix.
+        """
+        cached = self.__dict__.get("_aberrations")
+        if cached is not None:
+            return cached
+        table: dict[str, list] = {}
+        columns = {k for g in self.optics_groups for k in g.extra}
+        defaults = {"rlnOddZernike": "[0,0]", "rlnEvenZernike": "[0]", "rlnMagMat00": 1.0}
+        defaults.update({"rlnMagMat11": 1.0, "rlnMagMat01": 0.0, "rlnMagMat10": 0.0})
+        defaults.update({"rlnBeamTiltX": 0.0, "rlnBeamTiltY": 0.0})
+        for name in sorted(columns & set(defaults)):
+            table[name] = [g.extra.get(name, defaults[name]) for g in self.optics_groups]
+        voltages, cs = [], []
+        for g in self.optics_groups:
+            members = np.nonzero(self.optics_group == g.number)[0]
+            row = self.ctf[members[0]] if self.ctf is not None and len(members) else None
+            voltages.append(_group_value(g, "rlnVoltage", row, 3, 300.0))
+            cs.append(_group_value(g, "rlnSphericalAberration", row, 4, 2.7))
+        table["rlnSphericalAberration"] = cs
+        wavelengths = electron_wavelength_angstrom(torch.tensor(voltages, dtype=torch.float64))
+        source = str(self.path) if self.path is not None else "particle set"
+        out = GroupAberrations.from_table(table, wavelengths.tolist(), source)
+        self.__dict__["_aberrations"] = out
+        return out
+
+    def particle_optics(self, indices=None, *, device=None) -> ParticleOptics | None:
+        """RELION's observation model of particles ``indices`` (all when None), or None when it
+        changes nothing (no aberrations, identity magnification, every group on the first
+        group's pixel size, no CTF switches): the forward model and the insertion then run
+        their plain paths."""
+        ab = self.group_aberrations()
+        pixel = torch.tensor(
+            [g.pixel_size_angstrom for g in self.optics_groups], dtype=torch.float64
+        )
+        box = int(self.box_size or 0)
+        scale = reference_grid_scale(box, pixel, box, float(self.pixel_size_angstrom))
+        scale = torch.where((scale - 1.0).abs() < 1e-6, torch.ones_like(scale), scale)
+        numbers = np.array([g.number for g in self.optics_groups])
+        idx = np.arange(len(self)) if indices is None else _as_index(indices, len(self))
+        order = np.argsort(numbers)
+        rows = order[np.searchsorted(numbers[order], self.optics_group[idx])]
+        optics = ParticleOptics(
+            group=torch.as_tensor(rows, dtype=torch.int64, device=device),
+            aberrations=ab,
+            pixel_size_angstrom=pixel,
+            grid_scale=scale,
+            switches=self.ctf_switches,
+        )
+        trivial = not (optics.has_odd or optics.has_even or optics.changes_geometry)
+        return None if trivial and not self.ctf_switches.any else optics
 
     # ------------------------------------------------------------------ images
     def image_name(self, index: int) -> str | None:
@@ -578,6 +652,14 @@ class ParticleSet:
 
 
 # ---------------------------------------------------------------------- helpers
+def _group_value(group: OpticsGroup, name: str, ctf_row, column: int, default: float) -> float:
+    """An optics field of a group: from ``extra``, else its first particle's CTF row."""
+    value = pd.to_numeric(pd.Series([group.extra.get(name)]), errors="coerce")[0]
+    if np.isfinite(value):
+        return float(value)
+    return float(ctf_row[column]) if ctf_row is not None else default
+
+
 def _to_numpy(a) -> np.ndarray | None:
     if a is None:
         return None

@@ -43,7 +43,7 @@ from cryograd.forward import ForwardModel
 from cryograd.io.mrc import StackWriter, read_map, write_map
 from cryograd.io.registry import read_particles
 from cryograd.io.star import write_star
-from cryograd.particle_set import ParticleSet
+from cryograd.particle_set import OpticsGroup, ParticleSet
 from cryograd.simulation_junk import (
     BLOB_CONTRAST,
     JunkPlan,
@@ -57,6 +57,7 @@ __all__ = [
     "SimulationOptions",
     "SimulationResult",
     "simulate",
+    "with_optics",
     "project_particles",
     "random_rotations",
     "validate_volume",
@@ -170,6 +171,18 @@ class SimulationOptions:
     junk, junk_kind, junk_map
         Fraction of junk particles in ``[0, 1)``, their kind and the other molecule's map
         (array or MRC path) for ``other`` (:mod:`cryograd.simulation_junk`).
+    beam_tilt_mrad
+        ``(tx, ty)`` ``rlnBeamTiltX/Y`` in mrad, or None.
+    odd_zernike, even_zernike
+        ``rlnOddZernike`` / ``rlnEvenZernike`` coefficients (RELION's indexing and units,
+        radians · Å^n), or None.
+    mag_matrix
+        ``(M00, M01, M10, M11)`` ``rlnMagMat``, or None.
+    group_pixel_sizes
+        Pixel sizes in Å of several optics groups (the first must be the map's, within 0.1 %;
+        particles are dealt to the groups in turn), or None for one group. Every group gets
+        the aberrations above. The images are made with RELION's observation model of these optics
+        (:class:`cryograd.optics.particles.ParticleOptics`) and the optics table records them.
     """
 
     snr: float = 0.1
@@ -185,6 +198,76 @@ class SimulationOptions:
     junk: float = 0.0
     junk_kind: str = "mixed"
     junk_map: Any = None
+    beam_tilt_mrad: tuple[float, float] | None = None
+    odd_zernike: tuple[float, ...] | None = None
+    even_zernike: tuple[float, ...] | None = None
+    mag_matrix: tuple[float, float, float, float] | None = None
+    group_pixel_sizes: tuple[float, ...] | None = None
+
+
+def _optics_extra(opts: SimulationOptions) -> dict:
+    """The ``OpticsGroup.extra`` fields (STAR optics columns) of the aberrations asked for."""
+    extra: dict = {}
+    if opts.beam_tilt_mrad is not None:
+        extra["rlnBeamTiltX"], extra["rlnBeamTiltY"] = (float(v) for v in opts.beam_tilt_mrad)
+    for name, values in (
+        ("rlnOddZernike", opts.odd_zernike),
+        ("rlnEvenZernike", opts.even_zernike),
+    ):
+        if values is not None:
+            extra[name] = "[" + ",".join(repr(float(v)) for v in values) + "]"
+    if opts.mag_matrix is not None:
+        names = ("rlnMagMat00", "rlnMagMat01", "rlnMagMat10", "rlnMagMat11")
+        extra.update({k: float(v) for k, v in zip(names, opts.mag_matrix)})
+    return extra
+
+
+def with_optics(particles: ParticleSet, opts: SimulationOptions) -> ParticleSet:
+    """``particles`` with the optics groups and aberrations of ``opts`` (checked).
+
+    Raises
+    ------
+    CryogradError
+        A first group pixel size other than the set's, a non-positive pixel size, an incomplete
+        Zernike list or a singular magnification matrix.
+    """
+    extra = _optics_extra(opts)
+    pixels = [particles.pixel_size_angstrom]
+    if opts.group_pixel_sizes is not None:
+        pixels = [float(v) for v in opts.group_pixel_sizes]
+        ref = particles.pixel_size_angstrom
+        if not pixels or abs(pixels[0] - ref) > 1e-3 * ref:
+            raise CryogradError(
+                f"optics group pixel sizes: the first ({pixels[0] if pixels else None}) must be "
+                f"the map's pixel size {ref:.6g} Å (the reference grid)"
+            )
+        pixels[0] = ref
+        if not all(np.isfinite(v) and v > 0 for v in pixels):
+            raise CryogradError(f"optics group pixel sizes must be positive, got {pixels}")
+    groups = [
+        OpticsGroup(i + 1, f"opticsGroup{i + 1}", p, particles.box_size, dict(extra))
+        for i, p in enumerate(pixels)
+    ]
+    out = replace(
+        particles,
+        optics_groups=groups,
+        optics_group=(np.arange(len(particles)) % len(groups)) + 1,
+    )
+    try:  # refuse bad lists / a singular matrix before anything is written
+        out.group_aberrations()
+    except CryogradError as exc:
+        message = str(exc).replace("particle set: ", "", 1)
+        for column, flag in _OPTICS_FLAGS.items():
+            message = message.replace(column, f"{flag} ({column})")
+        raise CryogradError(f"simulate optics: {message}") from None
+    return out
+
+
+_OPTICS_FLAGS = {
+    "rlnOddZernike": "--odd-zernike",
+    "rlnEvenZernike": "--even-zernike",
+    "rlnMagMat00..11": "--mag-matrix",
+}
 
 
 def simulate(
@@ -243,6 +326,9 @@ def simulate(
 
     rng = np.random.default_rng(opts.seed)
     rotations, shifts, ctf = _draw_parameters(n, opts, rng)
+    optics_set = with_optics(
+        ParticleSet.from_arrays(ctf=ctf, pixel_size_angstrom=pixel_size, box_size=box), opts
+    )
     device = torch.device(opts.device) if opts.device is not None else torch.device("cpu")
     model = ForwardModel(box, pixel_size, opts.projector, opts.pad)
     vol_t = torch.from_numpy(vol).to(device)
@@ -250,8 +336,14 @@ def simulate(
     sh_t = torch.from_numpy(shifts).to(device=device, dtype=torch.float32)
     ctf_t = ctf.to(device=device, dtype=torch.float32)
 
+    def optics(rows):
+        return optics_set.particle_optics(rows, device=device)
+
     def clean(start: int, stop: int) -> torch.Tensor:
-        return model.project(vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop])
+        rows = np.arange(start, stop)
+        return model.project(
+            vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop], optics=optics(rows)
+        )
 
     signal_var = _signal_variance(clean, n, box, opts.batch_size)
     if not signal_var > 0:
@@ -259,7 +351,7 @@ def simulate(
     plan = None
     if opts.junk > 0:
         plan = plan_junk(n, opts.junk, opts.junk_kind, rotations, junk_vol is not None, opts.seed)
-        clean = _junk_images(model, (vol_t, junk_vol), plan, (sh_t, ctf_t), signal_var)
+        clean = _junk_images(model, (vol_t, junk_vol), plan, (sh_t, ctf_t, optics), signal_var)
     sigma = float(np.sqrt(signal_var / opts.snr)) if np.isfinite(opts.snr) else 0.0
     logger.info("signal variance %.4g, noise sigma %.4g (SNR %.4g)", signal_var, sigma, opts.snr)
 
@@ -278,6 +370,11 @@ def simulate(
         half_set=(np.arange(n) % 2) + 1,
         image_names=names,
         datadir=out,
+    )
+    particles = replace(
+        particles,
+        optics_groups=optics_set.optics_groups,
+        optics_group=optics_set.optics_group,
     )
     if plan is not None:
         particles = replace(particles, extra_columns=pd.DataFrame(junk_columns(plan)))
@@ -358,12 +455,18 @@ def _junk_images(model, volumes, plan: JunkPlan, geometry, signal_var: float):
     """``clean(start, stop)`` of a set with junk: images at the true poses, the other
     molecule's, empty ones and blobs where the plan says (:mod:`cryograd.simulation_junk`)."""
     vol_t, junk_vol = volumes
-    sh_t, ctf_t = geometry
+    sh_t, ctf_t, optics = geometry
     rot_t = torch.from_numpy(plan.true_rotations).to(device=vol_t.device, dtype=torch.float32)
     amp = BLOB_CONTRAST * float(np.sqrt(signal_var))
 
     def images(start: int, stop: int) -> torch.Tensor:
-        img = model.project(vol_t, rot_t[start:stop], sh_t[start:stop], ctf_t[start:stop])
+        img = model.project(
+            vol_t,
+            rot_t[start:stop],
+            sh_t[start:stop],
+            ctf_t[start:stop],
+            optics=optics(np.arange(start, stop)),
+        )
         kinds = torch.from_numpy(plan.kinds[start:stop]).to(img.device)
         other = torch.nonzero(kinds == 3).squeeze(1)
         if len(other) and junk_vol is not None:
@@ -373,6 +476,7 @@ def _junk_images(model, volumes, plan: JunkPlan, geometry, signal_var: float):
                 rot_t[rows],
                 sh_t[rows],
                 ctf_t[rows.to(ctf_t.defocus_u_angstrom.device)],
+                optics=optics(rows.cpu().numpy()),
             ).to(img.dtype)
         img[kinds == 1] = 0.0
         blob = torch.nonzero(kinds == 2).squeeze(1)
@@ -518,6 +622,7 @@ def project_particles(
             rot = torch.from_numpy(ps.rotations[idx]).to(device=device, dtype=torch.float32)
             sh = torch.from_numpy(shifts[idx]).to(device=device, dtype=torch.float32)
             ctf = ps.ctf_params(idx, device=device) if use_ctf else None
-            writer.write(model.project(vol_t, rot, sh, ctf).cpu().numpy())
+            optics = ps.particle_optics(idx, device=device)
+            writer.write(model.project(vol_t, rot, sh, ctf, optics=optics).cpu().numpy())
             bar.update(len(idx))
     return out

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryograd.ctf import CtfSwitches
 from cryograd.distributed import (
     init_communicator,
     run_distributed,
@@ -45,6 +46,7 @@ from cryograd.io.outdir import (
     recover_folder,
     staging_folder,
 )
+from cryograd.optics.ewald import EwaldSettings
 from cryograd.particles import read_particles
 from cryograd.projectors.registry import PROJECTORS
 from cryograd.reconstruction.fingerprint import (
@@ -75,6 +77,7 @@ from cryograd.solvers.config import (
     check_positive,
 )
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.ewald import PREMULTIPLIED_MESSAGE as EWALD_PREMULTIPLIED
 from cryograd.solvers.losses import LAMBDA_KINDS
 from cryograd.symmetry import group_order
 
@@ -288,11 +291,72 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--double", action="store_true", help="compute in float64")
     p.add_argument(
+        "--ctf-intact-first-peak",
+        action="store_true",
+        help="CTF 1 up to its first peak (relion_reconstruct --ctf_intact_first_peak)",
+    )
+    p.add_argument(
+        "--ctf-phase-flipped",
+        action="store_true",
+        help="the images are phase-flipped: correct with |CTF| (relion_reconstruct "
+        "--ctf_phase_flipped)",
+    )
+    p.add_argument(
+        "--only-flip-phases",
+        action="store_true",
+        help="correct with sign(CTF) only (relion_reconstruct --only_flip_phases)",
+    )
+    _add_ewald_options(p)
+    p.add_argument(
         "--skip-bad-particles",
         action="store_true",
         help="leave out particles whose image has NaN/inf pixels, is constant or has a corrupt "
         "pixel (default: refuse the set, naming the first)",
     )
+
+
+def _add_ewald_options(p: argparse.ArgumentParser) -> None:
+    """``relion_reconstruct --ewald`` and its options (direct method only)."""
+    p.add_argument(
+        "--ewald",
+        action="store_true",
+        help="correct for the Ewald sphere's curvature (relion_reconstruct --ewald; direct only)",
+    )
+    p.add_argument(
+        "--mask-diameter",
+        type=float,
+        default=None,
+        metavar="Å",
+        help="particle diameter for --ewald (relion_reconstruct --mask_diameter)",
+    )
+    p.add_argument(
+        "--sectors", type=int, default=2, help="angular sectors of --ewald's P/Q split (2)"
+    )
+    p.add_argument(
+        "--reverse-curvature",
+        action="store_true",
+        help="swap the curvature of --ewald's P and Q images (relion_reconstruct "
+        "--reverse_curvature)",
+    )
+
+
+def ewald_settings_of(args: argparse.Namespace) -> EwaldSettings | None:
+    """The ``--ewald`` settings, checked (None without ``--ewald``)."""
+    if not getattr(args, "ewald", False):
+        for flag, value in (("--mask-diameter", args.mask_diameter),):
+            if value is not None:
+                raise CryogradError(f"{flag} needs --ewald")
+        return None
+    if args.method != "direct":
+        raise CryogradError(f"--ewald needs --method direct (got --method {args.method})")
+    if args.no_ctf:
+        raise CryogradError("--ewald needs CTF correction: drop --no-ctf")
+    diameter = args.mask_diameter
+    if diameter is None or not (math.isfinite(diameter) and diameter > 0):
+        raise CryogradError("--ewald needs --mask-diameter Å (the particle's diameter, > 0)")
+    if args.sectors < 2:
+        raise CryogradError(f"--sectors must be at least 2, got {args.sectors}")
+    return EwaldSettings(diameter, int(args.sectors), bool(args.reverse_curvature))
 
 
 def _add_map_options(p: argparse.ArgumentParser) -> None:
@@ -415,6 +479,7 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.max_iter is not None:
         check_at_least("max_iter", args.max_iter, 1)
     robust_config_of(args)
+    ewald_settings_of(args)
 
 
 def robust_config_of(args: argparse.Namespace) -> RobustConfig | None:
@@ -450,6 +515,25 @@ def weights_of(args: argparse.Namespace, particles) -> np.ndarray | None:
     return values
 
 
+def ctf_switches_of(args: argparse.Namespace) -> CtfSwitches:
+    """``relion_reconstruct``'s CTF switches from the flags."""
+    return CtfSwitches(
+        intact_first_peak=bool(getattr(args, "ctf_intact_first_peak", False)),
+        phase_flipped=bool(getattr(args, "ctf_phase_flipped", False)),
+        only_flip_phases=bool(getattr(args, "only_flip_phases", False)),
+    )
+
+
+def read_input(args: argparse.Namespace):
+    """The particle set of ``args.particles``, with the CTF switches of the flags."""
+    particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+    particles.ctf_switches = ctf_switches_of(args)
+    particles.ewald = ewald_settings_of(args)
+    if particles.ewald is not None and bool(np.any(particles.ctf_premultiplied)):
+        raise CryogradError(f"{args.particles}: {EWALD_PREMULTIPLIED} (--ewald)")
+    return particles
+
+
 def _check_inputs(args: argparse.Namespace, comm=None):
     """Read the particles and check the mask (box, values) before the output folder is touched.
 
@@ -457,7 +541,7 @@ def _check_inputs(args: argparse.Namespace, comm=None):
     """
     if args.mask is not None and not args.mask.is_file():
         raise CryogradError(f"{args.mask}: mask file not found")
-    particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+    particles = read_input(args)
     weights_of(args, particles)
     group_order(args.sym)
     select_particles(
@@ -561,6 +645,10 @@ def _fingerprint_options(args: argparse.Namespace) -> dict:
         "angpix": args.angpix,
         "mask": None if args.mask is None else str(Path(args.mask).resolve()),
         "skip_bad_particles": args.skip_bad_particles,
+        "ctf_switches": ctf_switches_of(args).flags(),
+        "ewald": None
+        if not args.ewald
+        else [args.mask_diameter, args.sectors, args.reverse_curvature],
     }
 
 
@@ -620,7 +708,7 @@ def _run_locked(args: argparse.Namespace, comm, particles, mask) -> int:
     try:
         t0 = time.perf_counter()
         if particles is None:
-            particles = read_particles(args.particles, datadir=args.datadir, angpix=args.angpix)
+            particles = read_input(args)
             if args.mask is not None and not args.mask.exists():
                 raise CryogradError(f"{args.mask}: mask file not found")
         config = method_config_of(args)

@@ -33,6 +33,43 @@ def _range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _numbers(text: str | None, count: int | None, flag: str) -> tuple[float, ...] | None:
+    """Comma-separated finite numbers of ``flag`` (exactly ``count`` when given), or None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CryogradError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if (count is not None and len(values) != count) or not all(map(math.isfinite, values)):
+        want = f"{count} " if count is not None else ""
+        raise CryogradError(f"{flag}: expected {want}finite numbers, got {text!r}")
+    return values
+
+
+def _add_optics_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "optics (applied as RELION's observation model and written to data_optics)"
+    )
+    group.add_argument("--beam-tilt", metavar="X,Y", help="beam tilt in mrad")
+    group.add_argument(
+        "--odd-zernike",
+        metavar="C0,C1,...",
+        help="rlnOddZernike coefficients (RELION's order and units; 2, 6, 12, ... values)",
+    )
+    group.add_argument(
+        "--even-zernike",
+        metavar="C0,C1,...",
+        help="rlnEvenZernike coefficients (RELION's order and units; 1, 4, 9, ... values)",
+    )
+    group.add_argument("--mag-matrix", metavar="M00,M01,M10,M11", help="rlnMagMat00..11")
+    group.add_argument(
+        "--group-angpix",
+        metavar="P1,P2,...",
+        help="one optics group per pixel size in Å, particles dealt in turn (P1 = the map's)",
+    )
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "simulate",
@@ -83,6 +120,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--junk-map", type=Path, default=None, help="the other molecule's map (--junk-kind other)"
     )
+    _add_optics_flags(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -149,4 +187,9 @@ def _simulate_into(args: argparse.Namespace, folder: Path):
         junk=args.junk,
         junk_kind=args.junk_kind,
         junk_map=args.junk_map,
+        beam_tilt_mrad=_numbers(args.beam_tilt, 2, "--beam-tilt"),
+        odd_zernike=_numbers(args.odd_zernike, None, "--odd-zernike"),
+        even_zernike=_numbers(args.even_zernike, None, "--even-zernike"),
+        mag_matrix=_numbers(args.mag_matrix, 4, "--mag-matrix"),
+        group_pixel_sizes=_numbers(args.group_angpix, None, "--group-angpix"),
     )

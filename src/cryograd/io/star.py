@@ -86,7 +86,7 @@ def read_star(
     half_set, class_number = _half_sets_and_classes(table)
     extra_names = [c for c in table.df.columns if c not in INTERPRETED_COLUMNS]
     premultiplied = optics.per_particle("rlnCtfDataAreCtfPremultiplied")
-    return ParticleSet(
+    particles = ParticleSet(
         path=path,
         box_size=box,
         pixel_size_angstrom=optics.groups[0].pixel_size_angstrom,
@@ -107,6 +107,8 @@ def read_star(
         source_format="RELION 3.1+ STAR" if optics_df is not None else "RELION 3.0 STAR",
         extra_columns=table.df[extra_names].reset_index(drop=True) if extra_names else None,
     )
+    particles.group_aberrations()  # refuse malformed aberration columns when the file is read
+    return particles
 
 
 def _box_size(

@@ -14,6 +14,7 @@ from cryograd.optics.aberrations import (
     odd_aberration_phase,
 )
 from cryograd.optics.ewald import (
+    EwaldSettings,
     ctf_p,
     ctfp_sector_image,
     ewald_offset,
@@ -48,6 +49,7 @@ __all__ = [
     "extract_beam_tilt",
     "insert_beam_tilt",
     "odd_aberration_phase",
+    "EwaldSettings",
     "ctf_p",
     "ctfp_sector_image",
     "ewald_offset",

@@ -25,10 +25,12 @@ correction on CTF premultiplied particles.") when ``rlnCtfDataAreCtfPremultiplie
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "EwaldSettings",
     "ewald_radius_pixels",
     "ewald_offset",
     "ctf_p",
@@ -36,6 +38,29 @@ __all__ = [
     "sector_assignment",
     "ewald_weight",
 ]
+
+
+@dataclass(frozen=True)
+class EwaldSettings:
+    """``relion_reconstruct --ewald`` and its options.
+
+    Attributes
+    ----------
+    mask_diameter_angstrom
+        ``--mask_diameter`` (Å): the soft circular mask of each CTFP-multiplied image and the
+        particle size in the weight :func:`ewald_weight`.
+    sectors
+        ``--sectors`` (2): angular sectors of the P/Q split.
+    reverse_curvature
+        ``--reverse_curvature``: swap the curvature sign of the P and Q images.
+    mask_edge_px
+        ``--width_mask_edge`` (3 px): the mask's raised-cosine edge.
+    """
+
+    mask_diameter_angstrom: float
+    sectors: int = 2
+    reverse_curvature: bool = False
+    mask_edge_px: float = 3.0
 
 
 def ewald_radius_pixels(

@@ -16,6 +16,7 @@ import torch
 from cryograd.errors import CryogradError
 from cryograd.optics.aberrations import insert_beam_tilt
 from cryograd.optics.magnification import check_mag_matrix, mag_matrix
+from cryograd.optics.zernike import number_of_even_coefficients, number_of_odd_coefficients
 
 __all__ = ["GroupAberrations", "parse_zernike_list"]
 
@@ -55,6 +56,21 @@ def parse_zernike_list(value: object, where: str) -> list[float]:
     if not all(math.isfinite(v) for v in out):
         raise CryogradError(f"{where}: non-finite coefficient in {value!r}")
     return out
+
+
+def _check_length(n: int, name: str, where: str) -> None:
+    """Refuse a Zernike list that is not complete up to some order (RELION writes complete
+    lists: odd 2, 6, 12, 20, … values, even 1, 4, 9, 16, …)."""
+    odd = name == "rlnOddZernike"
+    lengths = [
+        number_of_odd_coefficients(order) if odd else number_of_even_coefficients(order)
+        for order in range(1 if odd else 0, 16, 2)
+    ]
+    if n not in lengths:
+        shown = ", ".join(str(v) for v in lengths[:5])
+        raise CryogradError(
+            f"{where}: {n} coefficients is not a complete Zernike list ({shown}, … values)"
+        )
 
 
 def _padded(rows: list[list[float]], dtype: torch.dtype) -> torch.Tensor:
@@ -114,10 +130,13 @@ class GroupAberrations:
 
         def lists(name: str) -> list[list[float]]:
             vals = list(table[name])
-            return [
-                parse_zernike_list(v, f"{source}: optics group {i + 1} column {name}")
-                for i, v in enumerate(vals)
-            ]
+            out = []
+            for i, v in enumerate(vals):
+                where = f"{source}: optics group {i + 1} column {name}"
+                coefficients = parse_zernike_list(v, where)
+                _check_length(len(coefficients), name, where)
+                out.append(coefficients)
+            return out
 
         odd = (
             _padded(lists("rlnOddZernike"), dtype)

@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from cryograd.ctf import CTFParams, ctf_2d
+from cryograd.errors import CryogradError
+from cryograd.optics.particles import ParticleOptics
 from cryograd.shift import phase_ramp
 
 __all__ = ["ImageFilters", "Projector", "ProjectorSteps", "ChunkedProjector", "chunks"]
@@ -39,16 +41,27 @@ class ImageFilters:
         None or ``(B, 2)`` RELION origins in pixels (the projection moves by ``-origin``).
     pixel_size_angstrom
         Pixel size in Å, one or ``(B,)`` (needed with CTF parameters).
+    optics
+        None, or the particles' :class:`~cryograd.optics.particles.ParticleOptics`: CTF
+        parameters are then evaluated at the magnified frequencies with the even-Zernike offset
+        (CTF *values* must already be), the filter gains ``keep · exp(+iφ)`` (odd aberrations)
+        and the slices are taken at :meth:`slice_matrices`.
     """
 
     ctf: CTFParams | torch.Tensor | None = None
     shifts_px: torch.Tensor | None = None
     pixel_size_angstrom: float | torch.Tensor | None = None
+    optics: ParticleOptics | None = None
 
     @property
     def empty(self) -> bool:
-        """Whether there is neither CTF nor shift (the filter is 1)."""
-        return self.ctf is None and self.shifts_px is None
+        """Whether there is neither CTF nor shift nor optics (the filter is 1)."""
+        return self.ctf is None and self.shifts_px is None and self.optics is None
+
+    def slice_matrices(self, rotations: torch.Tensor) -> torch.Tensor:
+        """The matrices the slice geometry takes: ``rotations``, or with optics
+        :meth:`ParticleOptics.slice_matrices` (magnification, pixel-size rescaling)."""
+        return rotations if self.optics is None else self.optics.slice_matrices(rotations)
 
     def chunk(self, sl: slice) -> ImageFilters:
         """The filters of particles ``sl``."""
@@ -60,6 +73,7 @@ class ImageFilters:
             ctf=None if self.ctf is None else self.ctf[sl],
             shifts_px=None if self.shifts_px is None else self.shifts_px[sl],
             pixel_size_angstrom=apix,
+            optics=None if self.optics is None else self.optics.chunk(sl),
         )
 
     def ctf_values(self, box_size: int, device, dtype) -> torch.Tensor | None:
@@ -67,6 +81,8 @@ class ImageFilters:
         ctf = self.ctf
         if ctf is None or not isinstance(ctf, CTFParams):
             return None if ctf is None else ctf.to(device=device, dtype=dtype)
+        if self.optics is not None:
+            return self.optics.ctf_values(ctf, box_size, device=device, dtype=dtype)
         apix = torch.as_tensor(self.pixel_size_angstrom, dtype=torch.float64).reshape(-1)
         if apix.numel() == 1 or bool((apix == apix[0]).all()):
             return ctf_2d(ctf, box_size, float(apix[0]), device=device, dtype=dtype)
@@ -78,12 +94,16 @@ class ImageFilters:
         return out
 
     def half_grid(self, box_size: int, device, dtype) -> torch.Tensor | None:
-        """``ramp(-origin) · CTF`` on the half grid, ``(B, D, D // 2 + 1)``, or None (no filter)."""
+        """``ramp(-origin) · CTF · keep · exp(+iφ)`` on the half grid, ``(B, D, D // 2 + 1)``, or
+        None (no filter); the last two factors only with :attr:`optics`."""
         filt = self.ctf_values(box_size, device, dtype)
         if self.shifts_px is not None:
             shifts = self.shifts_px.to(device=device, dtype=dtype)
             ramp = phase_ramp(-shifts, box_size, dtype=dtype)
             filt = ramp if filt is None else ramp * filt
+        if self.optics is not None:
+            factor = self.optics.image_factor(box_size, device=device, dtype=dtype)
+            filt = factor if filt is None else filt * factor
         return filt
 
 
@@ -169,6 +189,19 @@ class ChunkedProjector:
     def steps(self, device: torch.device | str) -> ProjectorSteps:  # pragma: no cover
         raise NotImplementedError
 
+    #: Whether the projector's geometry takes non-orthogonal slice matrices (magnification,
+    #: another pixel size): the Fourier-slice projector's does, the real-space one's does not.
+    takes_slice_matrices = False
+
+    def _matrices(self, rotations: torch.Tensor, filters: ImageFilters) -> torch.Tensor:
+        if filters.optics is not None and filters.optics.changes_geometry:
+            if not self.takes_slice_matrices:
+                raise CryogradError(
+                    "anisotropic magnification and optics groups of another pixel size need "
+                    "the Fourier-slice projector (--projector fourier)"
+                )
+        return filters.slice_matrices(rotations)
+
     def project(
         self,
         volume: torch.Tensor,
@@ -188,8 +221,9 @@ class ChunkedProjector:
         d = self.box_size
         out = [volume.new_zeros((0, d, d))]
         for sl in chunks(rotations.shape[0], steps.batch_size):
-            geom = steps.geometry(rotations[sl])
-            out.append(steps.project(state, geom, filters.chunk(sl)))
+            chunk_filters = filters.chunk(sl)
+            geom = steps.geometry(self._matrices(rotations[sl], chunk_filters))
+            out.append(steps.project(state, geom, chunk_filters))
         return torch.cat(out)
 
     def backproject(
@@ -206,8 +240,9 @@ class ChunkedProjector:
         rotations = rotations.to(device=images.device, dtype=images.dtype)
         acc = steps.new_accumulator(images)
         for sl in chunks(rotations.shape[0], steps.batch_size):
-            geom = steps.geometry(rotations[sl])
-            steps.backproject(images[sl], geom, filters.chunk(sl), acc)
+            chunk_filters = filters.chunk(sl)
+            geom = steps.geometry(self._matrices(rotations[sl], chunk_filters))
+            steps.backproject(images[sl], geom, chunk_filters, acc)
         return steps.finish(acc)
 
     def data_gradient(
@@ -227,8 +262,8 @@ class ChunkedProjector:
         # summed on the device (no host sync per chunk), in float64
         loss = torch.zeros((), device=volume.device, dtype=torch.float64)
         for sl in chunks(rotations.shape[0], steps.batch_size):
-            geom = steps.geometry(rotations[sl])
             chunk_filters = filters.chunk(sl)
+            geom = steps.geometry(self._matrices(rotations[sl], chunk_filters))
             resid = steps.project(state, geom, chunk_filters) - images[sl]
             loss += 0.5 * (resid * resid).sum().double()
             steps.backproject(resid, geom, chunk_filters, acc)

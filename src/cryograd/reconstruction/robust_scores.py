@@ -98,7 +98,9 @@ def fit_statistics(
     with torch.no_grad():
         for chunk in global_batches(np.asarray(indices), batch_size):
             batch = load_batch(particles, chunk, device=device, dtype=dtype, use_ctf=use_ctf)
-            pred = model.project(vol, batch.rotations, batch.shifts_px, batch.model_filter())
+            pred = model.project(
+                vol, batch.rotations, batch.shifts_px, batch.model_filter(), optics=batch.optics
+            )
             fb = torch.fft.rfft2(batch.images)
             fp = torch.fft.rfft2(pred)
             pp = (fp.abs().square() * band).sum((-2, -1))

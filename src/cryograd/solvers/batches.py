@@ -17,6 +17,7 @@ import torch
 
 from cryograd.ctf import CTFParams, ctf_from_frequencies
 from cryograd.fourier import frequency_grid_2d
+from cryograd.optics.particles import ParticleOptics
 
 __all__ = [
     "ParticleBatch",
@@ -55,6 +56,10 @@ class ParticleBatch:
         else None.
     pixel_sizes_angstrom
         ``(b,)`` float64 pixel sizes in Å, alongside ``ctf_params``.
+    optics
+        RELION's observation model of the ``b`` particles
+        (:meth:`cryograd.particle_set.ParticleSet.particle_optics`; ``ctf`` values include it),
+        or None when it changes nothing. Pass it on to the forward model and the insertion.
     """
 
     indices: np.ndarray
@@ -65,6 +70,7 @@ class ParticleBatch:
     premultiplied: torch.Tensor
     ctf_params: CTFParams | None = None
     pixel_sizes_angstrom: torch.Tensor | None = None
+    optics: ParticleOptics | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -164,10 +170,14 @@ def load_batch(
         if np.any(sh != 0):
             shifts = torch.as_tensor(sh, device=device, dtype=dtype)
     ctf = params = px = None
+    optics = particles.particle_optics(indices, device=device)
     if use_ctf and particles.has_ctf:
         params = particles.ctf_params(indices, device=device, dtype=torch.float64)
         px = torch.as_tensor(particles.pixel_sizes_angstrom[indices], dtype=torch.float64)
-        if ctf_values:
+        if ctf_values and optics is not None:
+            ctf = optics.ctf_values(params, d, device=device, dtype=dtype)
+            params = px = None
+        elif ctf_values:
             ctf = ctf_half_grid(params, d, px, device=device, dtype=dtype)
             params = px = None
         else:
@@ -177,7 +187,7 @@ def load_batch(
     )
     if not use_ctf:
         premultiplied = torch.zeros_like(premultiplied)
-    return ParticleBatch(indices, images, rotations, shifts, ctf, premultiplied, params, px)
+    return ParticleBatch(indices, images, rotations, shifts, ctf, premultiplied, params, px, optics)
 
 
 def global_batches(indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -221,6 +231,7 @@ def expand_symmetry(batch: ParticleBatch, sym_matrices: torch.Tensor | None) -> 
             ]
         ),
         pixel_sizes_angstrom=rep(batch.pixel_sizes_angstrom),
+        optics=None if batch.optics is None else batch.optics.repeat_interleave(g),
     )
 
 
@@ -326,6 +337,7 @@ class DeviceParticleCache:
             )
         self.ctf = cat("ctf")
         self.premultiplied = cat("premultiplied")
+        self.optics = particles.particle_optics(self.indices, device=device)
         self.device = torch.device(device)
         self.dtype = dtype
 
@@ -352,6 +364,7 @@ class DeviceParticleCache:
             shifts,
             ctf,
             self.premultiplied.index_select(0, rows),
+            optics=None if self.optics is None else self.optics.chunk(rows),
         )
 
 

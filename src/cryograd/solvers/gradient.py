@@ -124,7 +124,9 @@ def _batch_loss(
     model, volume, batch, loss_fn: DataLoss, normalizer: float, symmetry, comm, weights=None
 ):
     batch = expand_symmetry(batch, symmetry)
-    pred = model.project(volume, batch.rotations, batch.shifts_px, batch.model_filter())
+    pred = model.project(
+        volume, batch.rotations, batch.shifts_px, batch.model_filter(), optics=batch.optics
+    )
     residual = pred - batch.images
     factors = residual_factors(weights, batch.indices, residual)  # √w: w times the l2 loss
     if factors is not None:

@@ -44,6 +44,7 @@ from cryograd.projectors import fourier_slice as fs
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 from cryograd.solvers.batches import global_batches, load_batch
 from cryograd.solvers.context import RunContext
+from cryograd.solvers.ewald import insert_ewald
 from cryograd.solvers.particle_weights import weighted_inputs
 from cryograd.validation import apply_shell_weights, shell_sums
 
@@ -211,7 +212,8 @@ def insert_particles(
         if backend != "triton":  # symmetry copies are inserted together off the Triton path
             batch_size = max(1, batch_size // n_sym)
     sym = None if symmetry is None or n_sym == 1 else symmetry.to(device=device, dtype=dtype)
-    num_acc, w_acc = projector.new_accumulators(device, dtype, packed=True)
+    ewald = getattr(particles, "ewald", None)
+    num_acc, w_acc = projector.new_accumulators(device, dtype, packed=ewald is None)
     col = _half_column_factor(d, device, dtype)
     keep = None
     if max_shell is not None:
@@ -241,18 +243,8 @@ def insert_particles(
                 )
                 if particle_weights is not None:
                     batch = weighted_inputs(batch, particle_weights[local])
-                projector.insert(
-                    rfft2_centered(batch.images),
-                    batch.rotations,
-                    num_acc,
-                    w_acc,
-                    ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
-                    shifts_px=batch.shifts_px,
-                    pixel_size_angstrom=batch.pixel_sizes_angstrom,
-                    premultiplied=batch.premultiplied,
-                    sample_weights=col,
-                    symmetry=sym,
-                )
+                ref = float(particles.pixel_size_angstrom)
+                _insert_batch(projector, batch, ewald, ref, (num_acc, w_acc), col, sym)
             bar.update(len(global_batch))
     finally:
         bar.close()
@@ -265,6 +257,28 @@ def insert_particles(
     weights = _symmetrize_planes(weights, p)
     return FourierInsertion(
         numerator, weights, d, p, int(len(indices)), None if max_shell is None else int(max_shell)
+    )
+
+
+def _insert_batch(projector, batch, ewald, reference_pixel, grids, col, sym) -> None:
+    """One batch into the accumulators: the projector's insertion, or the Ewald-sphere one
+    (curved P/Q insertion on the torch reference path)."""
+    num_acc, w_acc = grids
+    if ewald is not None:
+        insert_ewald(batch, ewald, reference_pixel, grids, projector.padded_size, sym)
+        return
+    projector.insert(
+        rfft2_centered(batch.images),
+        batch.rotations,
+        num_acc,
+        w_acc,
+        ctf=batch.ctf if batch.ctf is not None else batch.ctf_params,
+        shifts_px=batch.shifts_px,
+        pixel_size_angstrom=batch.pixel_sizes_angstrom,
+        premultiplied=batch.premultiplied,
+        sample_weights=col,
+        symmetry=sym,
+        optics=batch.optics,
     )
 
 

@@ -225,6 +225,7 @@ def start_residuals(particles, indices, model, start, use_ctf, device, dtype) ->
             batch.rotations,
             batch.shifts_px,
             batch.model_filter(),
+            optics=batch.optics,
         )
         return pred - batch.images
 
@@ -251,10 +252,11 @@ def default_lr(method, scale_map, init, particles, half, model, use_ctf, device,
     for _ in range(8):
         v = v / v.norm()
         w = model.backproject(
-            model.project(v, batch.rotations, batch.shifts_px, filt),
+            model.project(v, batch.rotations, batch.shifts_px, filt, optics=batch.optics),
             batch.rotations,
             batch.shifts_px,
             filt,
+            optics=batch.optics,
         ) * (2.0 / len(batch))
         norm = float(w.norm())
         v = w

@@ -170,8 +170,9 @@ class RealSpaceNormalOperator:
             batch = self._load(local)
             batch = expand_symmetry(batch, self.symmetry)
             filt = batch.model_filter()
-            proj = self.model.project(x, batch.rotations, batch.shifts_px, filt)
-            out += self.model.backproject(proj, batch.rotations, batch.shifts_px, filt)
+            opt = batch.optics
+            proj = self.model.project(x, batch.rotations, batch.shifts_px, filt, optics=opt)
+            out += self.model.backproject(proj, batch.rotations, batch.shifts_px, filt, optics=opt)
         return self.comm.all_reduce_sum_(out)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +211,11 @@ def backproject_data(
                 batch = load_batch(particles, local, device=device, dtype=dtype, use_ctf=use_ctf)
                 batch = expand_symmetry(batch, symmetry)
                 out += model.backproject(
-                    batch.images, batch.rotations, batch.shifts_px, batch.model_filter()
+                    batch.images,
+                    batch.rotations,
+                    batch.shifts_px,
+                    batch.model_filter(),
+                    optics=batch.optics,
                 )
             bar.update(len(global_batch))
     finally:

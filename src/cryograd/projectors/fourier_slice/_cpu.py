@@ -25,6 +25,7 @@ from functools import cache
 import torch
 
 from cryograd.ctf import CTFParams, electron_wavelength_angstrom
+from cryograd.optics.particles import ParticleOptics
 from cryograd.projectors.backend import cpu_library, select_backend
 from cryograd.projectors.fourier_slice._torch import TorchSteps
 from cryograd.projectors.fourier_slice.geometry import (
@@ -47,7 +48,9 @@ __all__ = [
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _CTYPE = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 #: Doubles per particle in :func:`particle_parameters` (``NPAR`` in ``_cpu_slices.c``).
-NPAR = 16
+NPAR = 24
+#: Doubles per slice sample and optics group in the tables of :func:`insert_weighted`.
+NTAB = 4
 
 
 @cache
@@ -62,8 +65,8 @@ def _library() -> ctypes.CDLL | None:
             fn.argtypes = [ctypes.c_void_p] * 6 + [_CTYPE[dtype], ctypes.c_void_p, ctypes.c_int]
             fn.restype = None
         fn = getattr(lib, f"cryograd_insert_weighted_{suffix}")
-        # (dims, rot, kx, ky, flat, spectra, params, sw, scale, num, wts, threads)
-        fn.argtypes = [ctypes.c_void_p] * 8 + [_CTYPE[dtype]] + [ctypes.c_void_p] * 2
+        # (dims, rot, kx, ky, flat, spectra, params, tables, sw, scale, num, wts, threads)
+        fn.argtypes = [ctypes.c_void_p] * 9 + [_CTYPE[dtype]] + [ctypes.c_void_p] * 2
         fn.argtypes += [ctypes.c_int]
         fn.restype = None
     lib.cryograd_openmp.restype = ctypes.c_int
@@ -184,6 +187,7 @@ def particle_parameters(
     shifts_px: torch.Tensor | None = None,
     pixel_size_angstrom: float | torch.Tensor | None = None,
     premultiplied: torch.Tensor | None = None,
+    optics: ParticleOptics | None = None,
 ) -> torch.Tensor:
     """The ``(n, NPAR)`` float64 per-particle table of :func:`insert_weighted`.
 
@@ -191,12 +195,22 @@ def particle_parameters(
     ``(dfU − dfV) / 2`` (Å); ``cos 2α, sin 2α`` of the defocus angle; the CTF phase
     ``γ = C1 · Δf · s² + C2 · s⁴ − C0`` (``C1 = −πλ``, ``C2 = π Cs λ³ / 2``, ``C0`` phase shift +
     amplitude-contrast phase); ``−B / 4`` and the scale of the envelope; ``1 / (D · pixel size)``
-    (1/Å per grid step); flags (1: has a CTF, 2: premultiplied). The same formula as
+    (1/Å per grid step); flags (1: has a CTF, 2: premultiplied, 4/8/16: the CTF switches of
+    :class:`cryograd.ctf.CtfSwitches`); the magnification ``M00, M01, M10, M11`` the CTF's
+    frequency is taken at (``s = M k / (D · pixel size)``); the row of the particle's optics
+    group in the tables of :func:`insert_weighted` (−1: none). The same formula as
     :func:`cryograd.ctf.ctf_from_frequencies`.
     """
     out = torch.zeros((n, NPAR), dtype=torch.float64)
+    out[:, 13] = 1.0
+    out[:, 16] = 1.0
+    out[:, 17] = -1.0
     if shifts_px is not None:
         out[:, 0:2] = shifts_px.detach().to("cpu", torch.float64).reshape(n, 2)
+    if optics is not None:
+        out[:, 13:17] = optics.ctf_magnification().reshape(n, 4)
+        out[:, 17] = optics.group.to("cpu", torch.float64)
+        pixel_size_angstrom = optics.pixel_size_angstrom[optics.group.cpu()]
     if ctf is None:
         return out
     p = ctf.to(device="cpu", dtype=torch.float64)
@@ -216,6 +230,8 @@ def particle_parameters(
     flags = torch.ones(n, dtype=torch.float64)
     if premultiplied is not None:
         flags += 2.0 * torch.as_tensor(premultiplied).to("cpu").reshape(-1).double()
+    if optics is not None:
+        flags += float(optics.switches.flags())
     out[:, 12] = flags
     return out
 
@@ -228,6 +244,8 @@ def insert_weighted(
     padded: int,
     accumulator: torch.Tensor,
     weights: torch.Tensor | None = None,
+    *,
+    optics: ParticleOptics | None = None,
 ) -> None:
     """Add ``Sᵀ(w · c · ramp(+origin) · spectra)`` and ``Sᵀ(w · c²)`` into flat extended grids.
 
@@ -253,6 +271,12 @@ def insert_weighted(
         contiguous, CPU, the spectra's precision. Or a packed real ``accumulator``
         (:meth:`ExtendedSpectrum.zeros_packed`) that receives values and weights together
         (``weights`` is then ignored).
+    optics
+        None, or the particles' :class:`~cryograd.optics.particles.ParticleOptics` (the one
+        :func:`particle_parameters` was given): its per-group tables
+        (:meth:`~cryograd.optics.particles.ParticleOptics.sample_tables`) demodulate each sample
+        by ``exp(−iφ)``, add the even offset to ``γ`` and drop samples beyond Nyquist;
+        ``rotations`` are then its slice matrices.
     """
     if not accumulator.is_contiguous() or (weights is not None and not weights.is_contiguous()):
         raise ValueError("the accumulators must be contiguous")
@@ -276,6 +300,7 @@ def insert_weighted(
         [rot.shape[0], kx.numel(), d * w, group, padded // 2, sz, sy, d, int(packed)],
         dtype=torch.int64,
     )
+    tables = None if optics is None else optics.sample_tables(flat, d)
     fn = getattr(_library(), f"cryograd_insert_weighted_{_SUFFIX[real]}")
     fn(
         _ptr(dims),
@@ -285,6 +310,7 @@ def insert_weighted(
         _ptr(flat),
         _ptr(src),
         _ptr(prm),
+        None if tables is None else _ptr(tables),
         _ptr(sw),
         padded / d,
         _ptr(accumulator),

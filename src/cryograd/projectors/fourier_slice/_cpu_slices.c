@@ -42,9 +42,17 @@ enum {
   P_C1, P_C2, P_C0,     /* gamma = C1 * df * s^2 + C2 * s^4 - C0 */
   P_BQ, P_SCALE,        /* envelope exp(BQ * s^2) * scale */
   P_INV,                /* 1 / (D * pixel size): spatial frequency of one grid step, 1/A */
-  P_FLAGS,              /* bit 0: has a CTF, bit 1: the image is CTF-premultiplied */
-  NPAR = 16
+  P_FLAGS,              /* bit 0: has a CTF, bit 1: the image is CTF-premultiplied; bits 2-4:
+                           RELION's CTF switches (intact first peak, |CTF|, sign(CTF)) */
+  P_M00, P_M01, P_M10, P_M11, /* magnification: the CTF is taken at M k */
+  P_GROUP,              /* row of the particle's optics group in the tables (-1: none) */
+  NPAR = 24
 };
+
+/* Per optics group and slice sample, NTAB doubles: cos phi, sin phi of the odd aberration phase
+ * (the sample is multiplied by exp(-i phi)), the even-Zernike offset added to gamma, and a keep
+ * factor (0 beyond the reference Nyquist radius). */
+enum { NTAB = 4 };
 
 /* Balanced slab bounds: planes [b[k], b[k+1]) of the samples' lower z planes `zb` (count
  * samples, values < planes), nslab slabs of about equal counts, strictly increasing. */

@@ -164,6 +164,7 @@ typedef struct {
   const int64_t *flat;
   const T *spectra;      /* (n / group, hw) complex, interleaved */
   const double *params;  /* (n / group, NPAR) */
+  const double *tables;  /* (optics groups, ns, NTAB) or NULL */
   const T *sw;           /* (ns,) sample weights */
   T *num, *wts;          /* complex numerator grid; real weight grid or NULL */
   int64_t hw, group, box, packed; /* packed: num holds (re, im, weight) per cell, wts unused */
@@ -183,16 +184,30 @@ static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, in
     re = r * cr - im * si;
     im = r * si + im * cr;
   }
+  double offset = 0.0, keep = 1.0;
+  if (c->tables != NULL && pp[P_GROUP] >= 0) { /* observation model: demodulate exp(-i phi) */
+    const double *t = c->tables + NTAB * ((int64_t)pp[P_GROUP] * g->ns + s);
+    const double r = re;
+    re = r * t[0] + im * t[1];
+    im = im * t[0] - r * t[1];
+    offset = t[2];
+    keep = t[3];
+  }
   double ctf = 1.0;
   if (flags & 1) { /* RELION's CTF, as cryograd.ctf.ctf_from_frequencies */
-    const double sx = kx * pp[P_INV], sy = ky * pp[P_INV], s2 = sx * sx + sy * sy;
+    const double mx = pp[P_M00] * kx + pp[P_M01] * ky, my = pp[P_M10] * kx + pp[P_M11] * ky;
+    const double sx = mx * pp[P_INV], sy = my * pp[P_INV], s2 = sx * sx + sy * sy;
     double c2t = 1.0, s2t = 0.0; /* cos, sin of 2 atan2(sy, sx); atan2(0, 0) = 0 */
     if (s2 > 0) { c2t = (sx * sx - sy * sy) / s2; s2t = 2.0 * sx * sy / s2; }
     const double df = pp[P_DF_MEAN] + pp[P_DF_HALF] * (c2t * pp[P_COS2A] + s2t * pp[P_SIN2A]);
-    const double gamma = pp[P_C1] * df * s2 + pp[P_C2] * s2 * s2 - pp[P_C0];
-    ctf = -sin(gamma) * exp(pp[P_BQ] * s2) * pp[P_SCALE];
+    const double gamma = pp[P_C1] * df * s2 + pp[P_C2] * s2 * s2 - pp[P_C0] + offset;
+    ctf = ((flags & 4) && fabs(gamma) < M_PI / 2) ? 1.0 : -sin(gamma);
+    ctf *= exp(pp[P_BQ] * s2);
+    if (flags & 8) ctf = fabs(ctf);
+    else if (flags & 16) ctf = ctf < 0 ? -1.0 : 1.0;
+    ctf *= pp[P_SCALE];
   }
-  const double f = (flags & 2) ? 1.0 : ctf, sw = (double)c->sw[s];
+  const double f = (flags & 2) ? 1.0 : ctf, sw = (double)c->sw[s] * keep;
   const T vre = (T)(re * f * sw), vim = (T)(im * f * sw);
   FN(sample_t) p;
   FN(geometry)(g, i, s, &p);
@@ -226,10 +241,11 @@ static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, in
  * cells (which keeps a sample's values and weights in the same cache lines). */
 void FN(cryograd_insert_weighted)(const int64_t *dims, const T *rot, const T *kx, const T *ky,
                                   const int64_t *flat, const T *spectra, const double *params,
-                                  const T *sw, T scale, T *num, T *wts, int nthreads) {
+                                  const double *tables, const T *sw, T scale, T *num, T *wts,
+                                  int nthreads) {
   const FN(geo_t) g = {dims[0], dims[1], dims[4], dims[5], dims[6], scale, rot, kx, ky};
-  const FN(weighted_t) c = {flat,    spectra, params,  sw,      num,
-                            wts,     dims[2], dims[3], dims[7], dims[8]};
+  const FN(weighted_t) c = {flat, spectra, params,  tables,  sw,      num,
+                            wts,  dims[2], dims[3], dims[7], dims[8]};
   FN(scatter_all)(&g, FN(weighted_body), &c, nthreads);
 }
 

@@ -728,9 +728,14 @@ class TritonSteps(TorchSteps):
         }
 
     def extract(self, ext: torch.Tensor, geom: SliceGeometry, filters: ImageFilters):
+        if filters.optics is not None:  # observation model: the torch steps' filters
+            return super().extract(ext, geom, filters)
         return extract_slices(ext, geom.rotations, self.box_size, **self._kw(filters))
 
     def insert(self, spectra, geom: SliceGeometry, filters: ImageFilters, acc) -> None:
+        if filters.optics is not None:
+            super().insert(spectra, geom, filters, acc)
+            return
         insert_slices(spectra, geom.rotations, acc, **self._kw(filters))
 
 

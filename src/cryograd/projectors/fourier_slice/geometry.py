@@ -209,13 +209,24 @@ class SliceGeometry:
         ``(n_s,)`` positions of the samples in the flattened ``(D, D // 2 + 1)`` half grid.
     batch, box_size, padded
         ``b``, ``D``, ``P``.
+    offsets
+        None (central sections), or ``(b, n_s)`` out-of-plane coordinates ``z`` (``D``-grid
+        pixels) of the samples: sample ``k`` then maps to ``(P / D) Aᵀ (kx, ky, z)`` (the curved
+        surfaces of the Ewald-sphere insertion, :mod:`cryograd.solvers.ewald`; torch path only).
     """
 
-    def __init__(self, rotations: torch.Tensor, box_size: int, padded: int) -> None:
+    def __init__(
+        self,
+        rotations: torch.Tensor,
+        box_size: int,
+        padded: int,
+        offsets: torch.Tensor | None = None,
+    ) -> None:
         self.rotations = rotations
         self.batch = int(rotations.shape[0])
         self.box_size = box_size
         self.padded = padded
+        self.offsets = offsets
 
     @cached_property
     def _arrays(self) -> tuple[torch.Tensor, ...]:
@@ -227,6 +238,8 @@ class SliceGeometry:
         q = scale * (
             kx[None, :, None] * rot[:, None, 0, :] + ky[None, :, None] * rot[:, None, 1, :]
         )
+        if self.offsets is not None:
+            q = q + scale * self.offsets.to(dtype)[..., None] * rot[:, None, 2, :]
         mirror = q[..., 0] < 0
         q = torch.where(mirror[..., None], -q, q)
         # |q| <= P / 2 for an orthonormal A; clamping keeps the 8 corners inside the extended

@@ -14,6 +14,7 @@ import torch
 
 from cryograd.ctf import CTFParams
 from cryograd.errors import CryogradError
+from cryograd.optics.particles import ParticleOptics
 from cryograd.projectors.backend import kernel_batch_size, select_backend, triton_module
 from cryograd.projectors.base import ChunkedProjector, ImageFilters
 from cryograd.projectors.fourier_slice import _cpu, _torch
@@ -62,6 +63,7 @@ class FourierSliceProjector(ChunkedProjector):
     """
 
     name = "fourier"
+    takes_slice_matrices = True
 
     def __init__(
         self,
@@ -128,8 +130,9 @@ class FourierSliceProjector(ChunkedProjector):
         spectrum ``(P, P, P // 2 + 1)`` (or its flat extended layout)."""
         ext = spectrum if spectrum.dim() == 1 else ExtendedSpectrum.from_spectrum(spectrum)
         steps = self.steps(ext.device)
-        geom = steps.geometry(rotations.to(device=ext.device, dtype=ext.real.dtype))
-        return steps.extract(ext, geom, filters or ImageFilters())
+        filters = filters or ImageFilters()
+        rot = filters.slice_matrices(rotations.to(device=ext.device, dtype=ext.real.dtype))
+        return steps.extract(ext, steps.geometry(rot), filters)
 
     def insert(
         self,
@@ -144,6 +147,7 @@ class FourierSliceProjector(ChunkedProjector):
         premultiplied: torch.Tensor | None = None,
         sample_weights: torch.Tensor | None = None,
         symmetry: torch.Tensor | None = None,
+        optics: ParticleOptics | None = None,
     ) -> None:
         """CTF-weighted Fourier insertion of one batch (the ``direct`` solver's step), in place.
 
@@ -175,11 +179,17 @@ class FourierSliceProjector(ChunkedProjector):
             column, a resolution mask).
         symmetry
             None or ``(G, 3, 3)`` operators: each particle is also inserted at ``A Rᵀ``.
+        optics
+            None or the particles' :class:`~cryograd.optics.particles.ParticleOptics`: the
+            spectra are demodulated (``exp(−iφ)``), the CTF is RELION's with the observation
+            model, pixels beyond the reference Nyquist radius are left out, and the slices go
+            to the magnified, rescaled positions (CTF *values* must already include the optics).
         """
         backend = self.backend(accumulator.device)
-        filters = ImageFilters(ctf, shifts_px, pixel_size_angstrom)
+        filters = ImageFilters(ctf, shifts_px, pixel_size_angstrom, optics)
         ops = [None] if symmetry is None else list(symmetry.to(rotations))
-        if backend == "triton":
+        rotations = filters.slice_matrices(rotations)
+        if backend == "triton" and optics is None:
             kfs = triton_module(OP)
             for op in ops:
                 rot = rotations if op is None else rotations @ op.transpose(-1, -2)
@@ -208,9 +218,17 @@ class FourierSliceProjector(ChunkedProjector):
                 shifts_px=shifts_px,
                 pixel_size_angstrom=pixel_size_angstrom,
                 premultiplied=premultiplied,
+                optics=optics,
             )
             _cpu.insert_weighted(
-                spectra, rot, params, sample_weights, self.padded_size, accumulator, weights
+                spectra,
+                rot,
+                params,
+                sample_weights,
+                self.padded_size,
+                accumulator,
+                weights,
+                optics=optics,
             )
             return
         values, wts = _filtered_values(spectra, filters, premultiplied, sample_weights)
@@ -259,6 +277,11 @@ def _filtered_values(
     if filters.shifts_px is not None:
         shifts = filters.shifts_px.to(device=spectra.device, dtype=dtype)
         spectra = spectra * phase_ramp(shifts, d, dtype=dtype)
+    if filters.optics is not None:  # demodulate (exp(-i phi)) and drop pixels beyond Nyquist
+        factor = filters.optics.image_factor(d, device=spectra.device, dtype=dtype)
+        spectra = spectra * torch.conj(factor)
+        keep = factor.abs() if factor.is_complex() else factor
+        sample_weights = keep if sample_weights is None else keep * sample_weights
     ctf = filters.ctf_values(d, spectra.device, dtype)
     if ctf is None:
         wts = torch.ones((b, d, w), device=spectra.device, dtype=dtype)
