@@ -187,7 +187,8 @@ def commands(case: dict, relion: str | None, drgn_python: str | None, refine: li
         label = "cryograd direct" + (" --refine 0" if r == "0" else "")
         tools[label] = (argv + (["--refine", r] if r else []), None, o / "map.mrc")
     if relion:
-        argv = [relion, "--i", "particles.star", "--o", str((data / "relion.mrc").resolve()), "--ctf"]
+        out = str((data / "relion.mrc").resolve())  # RELION runs in the data folder
+        argv = [relion, "--i", "particles.star", "--o", out, "--ctf"]
         tools["relion_reconstruct --ctf"] = (argv + ["--angpix", str(case["px"])], data, None)
     if drgn_python:
         argv = [drgn_python, "-c", _DRGN_MAIN, str(data / "particles.mrcs"), "--poses"]
