@@ -62,15 +62,17 @@ def band_partition(
     step = (box_size // 2) / (n_bands - 1)
     # hat functions of (r / step): band b is max(0, 1 - |r/step - b|), the ends held at 1
     t = r / step
-    out = []
-    for b in range(n_bands):
-        w = (1.0 - (t - b).abs()).clamp_min(0.0)
-        if b == 0:
-            w = torch.where(t <= 0, torch.ones_like(w), w)
-        if b == n_bands - 1:
-            w = torch.where(t >= b, torch.ones_like(w), w)
-        out.append(w)
-    return out
+    return [_hat(t, b, n_bands) for b in range(n_bands)]
+
+
+def _hat(t: torch.Tensor, b: int, n_bands: int) -> torch.Tensor:
+    """Band ``b``'s weight ``max(0, 1 − |t − b|)`` at ``t = r / step``, the end bands held at 1."""
+    w = (1.0 - (t - b).abs()).clamp_min(0.0)
+    if b == 0:
+        w = torch.where(t <= 0, torch.ones_like(w), w)
+    if b == n_bands - 1:
+        w = torch.where(t >= b, torch.ones_like(w), w)
+    return w
 
 
 def _bands(box_size: int, n_bands: int, *, device, dtype):
@@ -84,12 +86,7 @@ def _bands(box_size: int, n_bands: int, *, device, dtype):
     del gx, gy, gz
     t /= (box_size // 2) / (n_bands - 1)  # r / step
     for b in range(n_bands):
-        w = (1.0 - (t - b).abs()).clamp_min(0.0)
-        if b == 0:
-            w = torch.where(t <= 0, torch.ones_like(w), w)
-        if b == n_bands - 1:
-            w = torch.where(t >= b, torch.ones_like(w), w)
-        yield w
+        yield _hat(t, b, n_bands)
 
 
 def local_wiener_filter(

@@ -31,7 +31,8 @@ from cryograd.reconstruction.robust_rules import DEFAULT_RULE, ROBUST_RULES, rob
 from cryograd.reconstruction.robust_scores import fit_statistics, standardized_losses
 from cryograd.solvers.context import RunContext
 from cryograd.solvers.direct import wiener_reconstruct
-from cryograd.solvers.insertion import default_regularizer, insert_in_context
+from cryograd.solvers.division import default_regularizer
+from cryograd.solvers.insertion import insert_in_context
 
 __all__ = ["RobustConfig", "RobustOutcome", "robust_particle_weights", "DOWN_WEIGHTED"]
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from cryograd.solvers.insertion import regularizer_from_shell_sums
+
 __all__ = ["shell_index_slab", "weight_shell_sums", "default_regularizer", "divide_and_invert"]
 
 #: Samples of the padded grid per slab (a few tens of MB of temporaries per slab).
@@ -84,12 +86,7 @@ def default_regularizer(insertion) -> float:
     """A small Wiener term, ``1e-3 ·`` the mean weight of the samples inside Nyquist (inside the
     insertion's resolution limit when it has one), as
     :func:`cryograd.solvers.insertion.default_regularizer`, with no shell-index grid."""
-    sums, counts = weight_shell_sums(insertion)
-    if insertion.max_shell is not None:
-        top = max(0, min(int(insertion.max_shell), sums.numel() - 1)) + 1
-        sums, counts = sums[:top], counts[:top]
-    mean_w = float(sums.sum() / counts.sum().clamp_min(1.0))
-    return 1e-3 * max(mean_w, 1e-12)
+    return regularizer_from_shell_sums(*weight_shell_sums(insertion), insertion.max_shell)
 
 
 def _crop_index(box_size: int, padded: int, device) -> torch.Tensor:

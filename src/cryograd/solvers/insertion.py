@@ -361,9 +361,15 @@ def shell_regularizer(
 def default_regularizer(insertion: FourierInsertion) -> float:
     """A small Wiener term, ``1e-3 ·`` the mean weight of the samples inside Nyquist (inside the
     insertion's resolution limit when it has one, so that ``maxres`` does not shrink it)."""
-    sums, counts = weight_shell_sums(insertion)
-    if insertion.max_shell is not None:
-        top = max(0, min(int(insertion.max_shell), sums.numel() - 1)) + 1
+    return regularizer_from_shell_sums(*weight_shell_sums(insertion), insertion.max_shell)
+
+
+def regularizer_from_shell_sums(
+    sums: torch.Tensor, counts: torch.Tensor, max_shell: int | None
+) -> float:
+    """:func:`default_regularizer` from the per-shell weight sums and counts ``(D // 2 + 1,)``."""
+    if max_shell is not None:
+        top = max(0, min(int(max_shell), sums.numel() - 1)) + 1
         sums, counts = sums[:top], counts[:top]
     mean_w = float(sums.sum() / counts.sum().clamp_min(1.0))
     return 1e-3 * max(mean_w, 1e-12)
