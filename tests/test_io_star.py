@@ -237,10 +237,13 @@ _rlnDefocusU
 
 
 def test_mixed_box_sizes_across_optics_groups(tmp_path):
-    path = _write(tmp_path / "mixed.star", MIXED_BOX)
-    with pytest.raises(CryogradError, match="different box sizes") as info:
-        read_particles(path)
-    assert str(path) in str(info.value)
+    """Groups of another box are resampled onto the first group's (tests/test_optics_boxes.py):
+    here 128 px of 1 Å, twice the 64 Å field of view, are cropped to the central 64 px."""
+    ps = read_particles(_write(tmp_path / "mixed.star", MIXED_BOX))
+    assert ps.box_size == 64
+    sampling = ps.optics_groups[1].sampling
+    assert (sampling.crop_box, sampling.image_pixel_angstrom) == (64, 1.0)
+    assert ps.optics_groups[0].sampling is None
 
 
 def test_particle_in_unknown_optics_group(tmp_path):

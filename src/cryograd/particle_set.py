@@ -33,6 +33,7 @@ from cryograd.optics.ewald import EwaldSettings
 from cryograd.optics.groups import GroupAberrations
 from cryograd.optics.magnification import reference_grid_scale
 from cryograd.optics.particles import ParticleOptics
+from cryograd.optics.rescale import GroupSampling, resample_images
 
 try:  # optional: splits a million image names in C++ (pandas' Arrow strings)
     import pyarrow as pa
@@ -84,6 +85,9 @@ class OpticsGroup:
         Other optics fields kept as read (``rlnBeamTiltX/Y`` in mrad, ``rlnOddZernike`` and
         ``rlnEvenZernike`` as ``[c0,c1,...]`` strings, ``rlnMagMat00..11``, voltage, Cs, ...):
         :meth:`ParticleSet.group_aberrations` reads the aberrations from here.
+    sampling
+        None when the group's images have the set's box; else how they are resampled onto it
+        (:class:`~cryograd.optics.rescale.GroupSampling`, a group of another ``rlnImageSize``).
     """
 
     number: int
@@ -91,6 +95,15 @@ class OpticsGroup:
     pixel_size_angstrom: float
     box_size: int | None
     extra: dict = field(default_factory=dict)
+    sampling: GroupSampling | None = None
+
+    @property
+    def image_pixel_angstrom(self) -> float:
+        """Pixel size of the images as the models see them, Å: ``pixel_size_angstrom``, or the
+        resampled images' (``sampling.image_pixel_angstrom``)."""
+        if self.sampling is None:
+            return self.pixel_size_angstrom
+        return self.sampling.image_pixel_angstrom
 
 
 class _StackCache:
@@ -233,8 +246,24 @@ class ParticleSet:
 
     @property
     def pixel_sizes_angstrom(self) -> np.ndarray:
-        """``(n,)`` float64 pixel size of each particle's optics group."""
-        lookup = {g.number: g.pixel_size_angstrom for g in self.optics_groups}
+        """``(n,)`` float64 pixel size of each particle's images as the models see them (a group
+        of another box: its resampled images', :attr:`OpticsGroup.image_pixel_angstrom`)."""
+        return self._per_particle({g.number: g.image_pixel_angstrom for g in self.optics_groups})
+
+    @property
+    def file_pixel_sizes_angstrom(self) -> np.ndarray:
+        """``(n,)`` float64 ``rlnImagePixelSize`` of each particle's optics group, as read."""
+        return self._per_particle({g.number: g.pixel_size_angstrom for g in self.optics_groups})
+
+    @property
+    def file_box_sizes(self) -> np.ndarray:
+        """``(n,)`` float64 ``rlnImageSize`` of each particle's optics group (the set's box where
+        the group does not say)."""
+        own = float(self.box_size or 0)
+        return self._per_particle({g.number: float(g.box_size or own) for g in self.optics_groups})
+
+    def _per_particle(self, lookup: dict[int, float]) -> np.ndarray:
+        """``(n,)`` float64 value of each particle's optics group from ``{number: value}``."""
         if len(lookup) == 1:
             return np.full(len(self), next(iter(lookup.values())), dtype=np.float64)
         numbers = np.array(sorted(lookup))
@@ -309,7 +338,11 @@ class ParticleSet:
         their plain paths."""
         ab = self.group_aberrations()
         pixel = torch.tensor(
-            [g.pixel_size_angstrom for g in self.optics_groups], dtype=torch.float64
+            [g.image_pixel_angstrom for g in self.optics_groups], dtype=torch.float64
+        )
+        band = torch.tensor(
+            [g.sampling.band_radius if g.sampling else np.inf for g in self.optics_groups],
+            dtype=torch.float64,
         )
         box = int(self.box_size or 0)
         scale = reference_grid_scale(box, pixel, box, float(self.pixel_size_angstrom))
@@ -324,8 +357,11 @@ class ParticleSet:
             pixel_size_angstrom=pixel,
             grid_scale=scale,
             switches=self.ctf_switches,
+            band_radius=band,
         )
-        trivial = not (optics.has_odd or optics.has_even or optics.changes_geometry)
+        trivial = not (
+            optics.has_odd or optics.has_even or optics.changes_geometry or optics.has_band
+        )
         return None if trivial and not self.ctf_switches.any else optics
 
     # ------------------------------------------------------------------ images
@@ -358,9 +394,14 @@ class ParticleSet:
             return missing
         # the largest index needed from each stack
         max_index = np.full(len(self.stack_files), -1, dtype=np.int64)
-        np.maximum.at(
-            max_index, self.stack_ids[self.stack_ids >= 0], self.stack_indices[self.stack_ids >= 0]
-        )
+        has = self.stack_ids >= 0
+        np.maximum.at(max_index, self.stack_ids[has], self.stack_indices[has])
+        # the smallest and largest rlnImageSize of each stack's particles (one box per stack)
+        boxes = self.file_box_sizes[has].astype(np.int64)
+        box_lo = np.full(len(self.stack_files), np.iinfo(np.int64).max, dtype=np.int64)
+        box_hi = np.full(len(self.stack_files), -1, dtype=np.int64)
+        np.minimum.at(box_lo, self.stack_ids[has], boxes)
+        np.maximum.at(box_hi, self.stack_ids[has], boxes)
         for sid in used:
             stack = Path(self.stack_files[sid])
             if not stack.is_file():
@@ -376,10 +417,11 @@ class ParticleSet:
             ny, nx = shape[-2:]
             if nx != ny:
                 raise CryogradError(f"{stack}: images are not square ({nx} x {ny})")
-            if self.box_size is not None and nx != self.box_size:
+            want = {int(box_lo[sid]), int(box_hi[sid])}
+            if self.box_size is not None and want != {nx}:
+                want.discard(nx)
                 raise CryogradError(
-                    f"{stack}: image box {nx} differs from rlnImageSize {self.box_size} "
-                    f"in {self.path}"
+                    f"{stack}: image box {nx} differs from rlnImageSize {want.pop()} in {self.path}"
                 )
             if max_index[sid] >= n_images:
                 rows = np.nonzero((self.stack_ids == sid) & (self.stack_indices >= n_images))[0]
@@ -432,12 +474,37 @@ class ParticleSet:
                     f"the {data.shape[0]} images of {stack_path}"
                 )
             if out is None:
-                out = np.empty((len(idx), data.shape[1], data.shape[2]), dtype=np.float32)
+                d = self.box_size or data.shape[1]
+                out = np.empty((len(idx), d, d), dtype=np.float32)
             order = np.argsort(frames, kind="stable")
-            out[where[order]] = data[frames[order]]
+            block = data[frames[order]]
+            if block.shape[-1] != out.shape[-1]:
+                block = self._resampled(block, idx[where[order]], stack_path)
+            out[where[order]] = block
             _release_pages(data)
         assert out is not None  # idx is not empty
         return out
+
+    def _resampled(self, block: np.ndarray, rows: np.ndarray, stack_path: Path) -> np.ndarray:
+        """``block`` ``(b, N_g, N_g)``, the images of particles ``rows`` from ``stack_path``,
+        resampled onto the set's box by their optics group's sampling."""
+        groups = {g.number: g for g in self.optics_groups}
+        numbers = np.unique(self.optics_group[rows])
+        group = groups[int(numbers[0])]
+        if len(numbers) > 1 or group.sampling is None or group.box_size != block.shape[-1]:
+            bad = next(
+                (groups[int(k)] for k in numbers if groups[int(k)].box_size != block.shape[-1]),
+                group,
+            )
+            raise CryogradError(
+                f"{stack_path}: image box {block.shape[-1]} differs from rlnImageSize "
+                f"{bad.box_size or self.box_size} of optics group {bad.number} in {self.path}"
+            )
+        return resample_images(block, group.sampling.crop_box, int(self.box_size or 0))
+
+    def _other_boxes(self) -> set[int]:
+        """Image boxes of optics groups resampled onto the set's box."""
+        return {int(g.box_size) for g in self.optics_groups if g.sampling and g.box_size}
 
     def _open_stack(self, sid: int, stack_path: Path) -> np.ndarray:
         if not stack_path.is_file():
@@ -454,7 +521,8 @@ class ParticleSet:
                 raise CryogradError(
                     f"{stack_path}: images are not square ({data.shape[2]} x {data.shape[1]})"
                 )
-            if self.box_size is not None and data.shape[1] != self.box_size:
+            ok = {self.box_size} | self._other_boxes()
+            if self.box_size is not None and data.shape[1] not in ok:
                 raise CryogradError(
                     f"{stack_path}: image box {data.shape[1]} differs from rlnImageSize "
                     f"{self.box_size} in {self.path}"

@@ -36,6 +36,7 @@ from cryograd.io.star_optics import (
 )
 from cryograd.io.star_table import StarTable, find_particle_block, optics_table, read_star_blocks
 from cryograd.io.star_write import write_star
+from cryograd.optics.rescale import group_sampling
 from cryograd.particle_set import CTF_COLUMNS, OpticsGroup, ParticleSet, parse_image_names
 
 __all__ = ["read_star", "write_star", "read_star_blocks"]
@@ -91,7 +92,9 @@ def read_star(
         box_size=box,
         pixel_size_angstrom=optics.groups[0].pixel_size_angstrom,
         rotations=_rotations(table, notes),
-        shifts_px=_origins_px(table, optics.particle_pixel),
+        shifts_px=_resampled_origins(
+            _origins_px(table, optics.particle_pixel), optics.groups, optics.particle_group
+        ),
         ctf=_ctf_table(optics, notes),
         ctf_premultiplied=np.zeros(n, dtype=bool)
         if premultiplied is None
@@ -114,15 +117,21 @@ def read_star(
 def _box_size(
     path: Path, groups: list[OpticsGroup], stack_files: list[Path], box_size: int | None
 ) -> int | None:
-    """The one box size of the set: the optics groups', else the first stack's, else given."""
+    """The box size of the set: the optics groups' (the first group's when they differ, as
+    RELION: the others are resampled onto it, :mod:`cryograd.optics.rescale`), else the first
+    stack's, else given."""
     boxes = {g.box_size for g in groups if g.box_size is not None}
-    if len(boxes) > 1:
-        raise CryogradError(
-            f"{path}: optics groups have different box sizes {sorted(boxes)} (rlnImageSize); "
-            "cryograd needs one box size per particle set"
-        )
+    if any(b <= 0 for b in boxes):
+        raise CryogradError(f"{path}: box size must be positive, got {min(boxes)}")
     box: int | None
-    if boxes:
+    if len(boxes) > 1:
+        box = next(g.box_size for g in groups if g.box_size is not None)
+        assert box is not None
+        ref_pixel = groups[0].pixel_size_angstrom
+        for g in groups:
+            if g.box_size is not None and g.box_size != box:
+                g.sampling = group_sampling(g.box_size, g.pixel_size_angstrom, box, ref_pixel)
+    elif boxes:
         box = boxes.pop()
     else:
         box = _box_from_first_stack(stack_files) if stack_files else None
@@ -174,6 +183,20 @@ def _rotations(table: StarTable, notes: list[str]) -> np.ndarray | None:
         m[:, 2, 1] = sb * sa
         m[:, 2, 2] = cb
     return out
+
+
+def _resampled_origins(
+    shifts_px: np.ndarray | None, groups: list[OpticsGroup], particle_group: np.ndarray
+) -> np.ndarray | None:
+    """``shifts_px`` in the pixels of the resampled images where a group is resampled (its
+    origins in Å are unchanged; :mod:`cryograd.optics.rescale`)."""
+    if shifts_px is None or not any(g.sampling for g in groups):
+        return shifts_px
+    for g in groups:
+        if g.sampling is not None:
+            rows = particle_group == g.number
+            shifts_px[rows] *= g.pixel_size_angstrom / g.sampling.image_pixel_angstrom
+    return shifts_px
 
 
 def _origins_px(table: StarTable, particle_pixel: np.ndarray) -> np.ndarray | None:

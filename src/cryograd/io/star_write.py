@@ -137,7 +137,7 @@ def _split_optics_groups(particles: ParticleSet) -> tuple[np.ndarray, list[int]]
     ctf = particles.ctf
     key_parts = [
         particles.optics_group.astype(np.float64),
-        particles.pixel_sizes_angstrom,
+        particles.file_pixel_sizes_angstrom,
         particles.ctf_premultiplied.astype(np.float64),
     ]
     if ctf is not None:
@@ -172,7 +172,8 @@ def _optics_frame(
     particles: ParticleSet, new_group: np.ndarray, first_members: list[int]
 ) -> pd.DataFrame:
     """The ``data_optics`` table: one row per written group, from its first member."""
-    ctf, pixel = particles.ctf, particles.pixel_sizes_angstrom
+    ctf, pixel = particles.ctf, particles.file_pixel_sizes_angstrom
+    boxes = particles.file_box_sizes
     names_by_number = {g.number: g.name for g in particles.optics_groups}
     extra_by_number = {g.number: g.extra for g in particles.optics_groups}
     common_extra = _common_extra_fields(particles)
@@ -198,7 +199,7 @@ def _optics_frame(
                 row[key] = float(value) if np.isfinite(value) else default
         row.update(
             rlnImagePixelSize=pixel[m],
-            rlnImageSize=int(particles.box_size or 0),
+            rlnImageSize=int(boxes[m]),
             rlnImageDimensionality=2,
             rlnCtfDataAreCtfPremultiplied=int(particles.ctf_premultiplied[m]),
         )

@@ -18,7 +18,8 @@ It is what the forward model and the insertion apply (``ObservationModel`` in RE
   ``predictObservation`` / ``demodulatePhase``): as one diagonal factor of the forward model,
   whose adjoint is the demodulation;
 - pixels whose slice sample falls beyond the reference Nyquist radius ``D / 2`` are left out
-  (RELION's back-projector skips ``r² > r_max²``): :meth:`ParticleOptics.keep_table`.
+  (RELION's back-projector skips ``r² > r_max²``), and so are the padded pixels of a group
+  resampled from a smaller box (:mod:`cryograd.optics.rescale`): the ``keep`` table.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class ParticleOptics:
         reference grid).
     switches
         ``relion_reconstruct``'s CTF switches (:class:`cryograd.ctf.CtfSwitches`).
+    band_radius
+        ``(G,)`` float64 band of each group's images in Fourier pixels (pixels at or beyond it
+        are left out: a group resampled up from a smaller box,
+        :class:`~cryograd.optics.rescale.GroupSampling`), ``inf`` for none; None: all ``inf``.
     """
 
     group: torch.Tensor
@@ -63,6 +68,7 @@ class ParticleOptics:
     pixel_size_angstrom: torch.Tensor
     grid_scale: torch.Tensor
     switches: CtfSwitches = CtfSwitches()
+    band_radius: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -94,6 +100,12 @@ class ParticleOptics:
     def has_mag(self) -> bool:
         """Whether any group's magnification matrix differs from the identity."""
         return bool((self.aberrations.mag != _EYE2).any())
+
+    @property
+    def has_band(self) -> bool:
+        """Whether a group's images hold a narrower band than the box (padded spectra)."""
+        band = self.band_radius
+        return band is not None and bool(torch.isfinite(band).any())
 
     @property
     def changes_geometry(self) -> bool:
@@ -130,7 +142,12 @@ class ParticleOptics:
             )  # (G, D, W) specimen frequencies
             mx, my = magnify_frequencies(kx, ky, mag)  # (G, D, W) integer units
             radius = self.grid_scale.double()[:, None, None] * torch.sqrt(mx * mx + my * my)
-            keep = (radius <= box_size // 2 + 1e-6).double()
+            keep = radius <= box_size // 2 + 1e-6
+            if self.has_band:
+                assert self.band_radius is not None
+                own = torch.sqrt(kx * kx + ky * ky)  # (D, W) the image's own pixels
+                keep &= own < self.band_radius.double()[:, None, None]
+            keep = keep.double()
             ab = self.aberrations
             self._cache[key] = {
                 "sx": sx,
