@@ -222,3 +222,24 @@ def test_mixed_box_reconstruction_agrees_with_relion_reconstruct(mixed_set):
     alone = _relion_agreement(mixed_set["g32"])
     assert float(merged[:11].min()) >= 0.95, merged
     assert float((merged - alone).min()) >= -0.01, (merged, alone)
+
+
+def test_simulated_optics_groups_hold_both_random_subsets(tmp_path):
+    """``simulate --group-angpix``, two groups: each group has particles of both halves (dealt
+    one by one, all of half 1 went to group 1 and all of half 2 to group 2: the half maps differed
+    beyond the coarser group's band and the FSC-weighted map lost those shells)."""
+    from cryograd.io.registry import read_particles
+    from cryograd.simulation import simulate
+
+    res = simulate(
+        _blobs(16, PIXEL),
+        8,
+        PIXEL,
+        out_dir=tmp_path / "sim",
+        snr=float("inf"),
+        progress=False,
+        group_pixel_sizes=(PIXEL, 2.3),
+    )
+    ps = read_particles(res.star_path)
+    for number in (1, 2):
+        assert set(ps.half_set[ps.optics_group == number].tolist()) == {1, 2}

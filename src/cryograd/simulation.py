@@ -180,7 +180,8 @@ class SimulationOptions:
         ``(M00, M01, M10, M11)`` ``rlnMagMat``, or None.
     group_pixel_sizes
         Pixel sizes in Å of several optics groups (the first must be the map's, within 0.1 %;
-        particles are dealt to the groups in turn), or None for one group. Every group gets
+        particles are dealt to the groups in pairs, 1 1 2 2 ..., so that every group has particles
+        of both random subsets, which alternate), or None for one group. Every group gets
         the aberrations above. The images are made with RELION's observation model of these optics
         (:class:`cryograd.optics.particles.ParticleOptics`) and the optics table records them.
     """
@@ -251,7 +252,9 @@ def with_optics(particles: ParticleSet, opts: SimulationOptions) -> ParticleSet:
     out = replace(
         particles,
         optics_groups=groups,
-        optics_group=(np.arange(len(particles)) % len(groups)) + 1,
+        # in pairs: rlnRandomSubset alternates, so dealing one by one would put all of a
+        # two-group set's half 1 in group 1 and its half 2 in group 2
+        optics_group=((np.arange(len(particles)) // 2) % len(groups)) + 1,
     )
     try:  # refuse bad lists / a singular matrix before anything is written
         out.group_aberrations()

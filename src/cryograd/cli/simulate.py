@@ -66,7 +66,7 @@ def _add_optics_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--group-angpix",
         metavar="P1,P2,...",
-        help="one optics group per pixel size in Å, particles dealt in turn (P1 = the map's)",
+        help="one optics group per pixel size in Å, particles dealt in pairs (P1 = the map's)",
     )
 
 
