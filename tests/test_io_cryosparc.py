@@ -156,3 +156,27 @@ def test_micrograph_path_becomes_rlnmicrographname(tmp_path):
         "J1/imported/mic_a.mrc",
         "J1/imported/mic_b.mrc",
     ]
+
+
+def test_box_size_per_exposure_group(tmp_path):
+    """Exposure groups of another blob/shape are resampled onto the first group's box, as in
+    RELION files (tests/test_optics_boxes.py): 40 px of 1.2 Å onto 32 px of 1.5 Å (same field of
+    view, Fourier crop: 1.5 Å); their shifts stay the same in Å."""
+    a = _tiny(4)
+    full = np.zeros(4, dtype=a.dtype.descr + [("ctf/exp_group_id", "<u4")])
+    for name in a.dtype.names:
+        full[name] = a[name]
+    full["ctf/exp_group_id"] = [3, 3, 7, 7]
+    full["blob/psize_A"] = [1.5, 1.5, 1.2, 1.2]
+    full["blob/shape"] = [(32, 32), (32, 32), (40, 40), (40, 40)]
+    full["alignments3D/shift"][:, 0] = [1.0, 2.0, 2.5, 5.0]  # px of each particle's own image
+    ps = read_particles(_save_cs(tmp_path / "g.cs", full))
+    assert ps.box_size == 32
+    assert [g.box_size for g in ps.optics_groups] == [32, 40]
+    np.testing.assert_allclose(ps.pixel_sizes_angstrom, [1.5, 1.5, 1.5, 1.5])
+    np.testing.assert_allclose(
+        np.abs(ps.shifts_angstrom[:, 0]), np.abs([1.0 * 1.5, 2.0 * 1.5, 2.5 * 1.2, 5.0 * 1.2])
+    )
+    full["blob/shape"][1] = (40, 40)  # two boxes inside one group
+    with pytest.raises(CryogradError, match="exp_group_3 have different box sizes"):
+        read_particles(_save_cs(tmp_path / "h.cs", full))

@@ -30,6 +30,7 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.geometry import cryosparc_pose_to_matrix
+from cryograd.optics.rescale import group_sampling
 from cryograd.particle_set import OpticsGroup, ParticleSet, resolve_image_path
 
 __all__ = ["read_cs"]
@@ -73,9 +74,12 @@ def read_cs(
     n = len(data)
     notes: list[str] = []
     pixels = _pixel_sizes(path, data, angpix)
-    box = _box_size(path, data)
+    boxes = _box_sizes(path, data)
     rotations, shifts_px, half_set, class_number = _alignments(path, data, pixels, notes)
-    optics_group, groups = _optics_groups(path, data, pixels, box)
+    optics_group, groups = _optics_groups(path, data, pixels, boxes)
+    box = groups[0].box_size
+    if shifts_px is not None:
+        _resample_groups(groups, optics_group, shifts_px)
     stack_files, stack_ids, stack_indices = _image_locations(path, data, datadir)
     if "blob/sign" in names and np.any(np.asarray(data["blob/sign"]) > 0):
         notes.append(
@@ -122,8 +126,8 @@ def _pixel_sizes(path: Path, data: np.ndarray, angpix: float | None) -> np.ndarr
     return pixels
 
 
-def _box_size(path: Path, data: np.ndarray) -> int | None:
-    """The one square box of ``blob/shape``, or None without it."""
+def _box_sizes(path: Path, data: np.ndarray) -> np.ndarray | None:
+    """``(n,)`` square box of each particle from ``blob/shape``, or None without it."""
     if "blob/shape" not in (data.dtype.names or ()):
         return None
     shape = np.asarray(data["blob/shape"]).reshape(len(data), -1)
@@ -134,10 +138,23 @@ def _box_size(path: Path, data: np.ndarray) -> int | None:
         raise CryogradError(
             f"{path}: row {row + 1}, field blob/shape: images are not square {tuple(shape[row])}"
         )
-    sizes = np.unique(shape[:, 0])
-    if len(sizes) > 1:
-        raise CryogradError(f"{path}: field blob/shape: mixed box sizes {sizes.tolist()}")
-    return int(sizes[0])
+    return shape[:, 0].astype(np.int64)
+
+
+def _resample_groups(
+    groups: list[OpticsGroup], optics_group: np.ndarray, shifts_px: np.ndarray
+) -> None:
+    """Groups of another box than the first's: resampled onto it (``cryograd.optics.rescale``,
+    as for RELION files); their shifts in place in the resampled images' pixels."""
+    ref = groups[0]
+    for g in groups[1:]:
+        if g.box_size is None or ref.box_size is None or g.box_size == ref.box_size:
+            continue
+        g.sampling = group_sampling(
+            g.box_size, g.pixel_size_angstrom, ref.box_size, ref.pixel_size_angstrom
+        )
+        rows = optics_group == g.number
+        shifts_px[rows] *= g.pixel_size_angstrom / g.sampling.image_pixel_angstrom
 
 
 def _alignments(path: Path, data: np.ndarray, pixels: np.ndarray, notes: list[str]) -> tuple:
@@ -202,9 +219,10 @@ def _ctf_table(path: Path, data: np.ndarray, notes: list[str]) -> np.ndarray | N
 
 
 def _optics_groups(
-    path: Path, data: np.ndarray, pixels: np.ndarray, box: int | None
+    path: Path, data: np.ndarray, pixels: np.ndarray, boxes: np.ndarray | None
 ) -> tuple[np.ndarray, list[OpticsGroup]]:
-    """``(n,)`` group number per particle (from ``ctf/exp_group_id``) and the groups."""
+    """``(n,)`` group number per particle (from ``ctf/exp_group_id``) and the groups (one pixel
+    size and one box each)."""
     if "ctf/exp_group_id" in (data.dtype.names or ()):
         exp = np.asarray(data["ctf/exp_group_id"]).astype(np.int64)
         uniq, inverse = np.unique(exp, return_inverse=True)
@@ -221,6 +239,15 @@ def _optics_groups(
                 f"{path}: field blob/psize_A: particles of {name} have different pixel sizes "
                 f"({group_pixels.min():g} to {group_pixels.max():g} A)"
             )
+        box = None
+        if boxes is not None:
+            group_boxes = np.unique(boxes[optics_group == g])
+            if len(group_boxes) > 1:
+                raise CryogradError(
+                    f"{path}: field blob/shape: particles of {name} have different box sizes "
+                    f"{group_boxes.tolist()}"
+                )
+            box = int(group_boxes[0])
         groups.append(OpticsGroup(g, name, float(group_pixels[0]), box))
     return optics_group, groups
 
