@@ -202,10 +202,11 @@ def image_stats(particles, indices: np.ndarray, *, block_bytes: int = BLOCK_BYTE
     for start in range(0, n, per_block):
         where = order[start : start + per_block]
         images = particles.images(idx[where]).reshape(len(where), -1)
-        ok = np.isfinite(images).all(axis=1)
+        peak = np.abs(images).max(axis=1)  # NaN or inf where an image has such a pixel
+        ok = np.isfinite(peak)
         finite[where] = ok
-        clean = np.where(ok[:, None], images, 0.0)
-        max_abs[where] = np.where(ok, np.abs(clean).max(axis=1), np.inf)
+        clean = images if ok.all() else np.where(ok[:, None], images, 0.0)
+        max_abs[where] = np.where(ok, peak, np.inf)
         std[where] = clean.std(axis=1, dtype=np.float64)
     return ImageStats(idx, finite, max_abs, std)
 
