@@ -39,16 +39,20 @@ import sys
 import time
 from pathlib import Path
 
-import mrcfile
-import numpy as np
-import torch
+# as the ``cryograd`` command does (cryograd.cli.main.quiet_openmp_waits), before torch loads
+# libgomp, so that the in-process insertion timing runs as the command does
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cryograd.data import demo_map_path
-from cryograd.io.mrc import read_map, write_map
-from cryograd.particles import read_particles
-from cryograd.reconstruction.memory import estimate_memory_bytes
-from cryograd.simulation import simulate
-from cryograd.validation import fsc, resolution_at
+import mrcfile  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cryograd.data import demo_map_path  # noqa: E402
+from cryograd.io.mrc import read_map, write_map  # noqa: E402
+from cryograd.particles import read_particles  # noqa: E402
+from cryograd.reconstruction.memory import estimate_memory_bytes  # noqa: E402
+from cryograd.simulation import simulate  # noqa: E402
+from cryograd.validation import fsc, resolution_at  # noqa: E402
 
 #: Particles per box by default (``--quick``: the second column).
 DEFAULT_N = {64: (4000, 1000), 128: (5000, 1000), 256: (1000, 0)}

@@ -17,11 +17,11 @@
  * Threads (OpenMP; one thread where the compiler has none): extraction splits the particles.
  * Insertion splits the grid, not the particles, so that no two threads add into one cell and no
  * atomics or per-thread grids are needed: the samples' lower z planes are counted, the planes
- * are cut into 8T slabs of about equal sample counts, the samples are sorted by slab (a counting
- * sort on the threads, particle order kept within a slab), and the even slabs then the odd
- * slabs are filled, a slab at a time per thread (a sample writes planes z0 and z0 + 1, so two
+ * are cut into 16T slabs of about equal sample counts, the samples are sorted by slab (a
+ * counting sort on the threads, particle order kept within a slab), and the even slabs then the
+ * odd slabs are filled, a slab at a time per thread (a sample writes planes z0 and z0 + 1, so two
  * slabs of one parity never touch the same plane). Each cell receives its samples in particle
- * order within a slab.
+ * order within a slab. Thin slabs also keep each thread's writes in a few MB of the grid.
  *
  * Built as an optional extension by setup.py and loaded with ctypes; when it is absent cryograd
  * uses the torch path, which the tests compare it against.
@@ -58,7 +58,7 @@ enum { NTAB = 4 };
 
 /* Threads of the insertion's slab split at most, and slabs per thread and parity (more, thinner
  * slabs balance the threads' work when the slabs' costs differ or a thread is descheduled). */
-enum { MAX_THREADS = 256, SLABS_PER_THREAD = 4 };
+enum { MAX_THREADS = 256, SLABS_PER_THREAD = 8 };
 
 /* The insertion's split of one chunk: `zb` (count) the samples' lower planes; `hist` (nt, planes)
  * each thread's samples per plane; `slab_of` (planes) the slab of each plane; `starts`

@@ -65,7 +65,9 @@ static inline void FN(corner_offsets)(const FN(geo_t) *g, int64_t *off) {
 typedef void (*FN(body_t))(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s);
 
 /* Run `body` on every sample of the chunk, the grid split into slabs over the threads (see the
- * file's comment); one thread (or a grid too thin to split): in particle order. */
+ * file's comment). One thread takes the slabs too: a slab's samples add into a few MB of the grid
+ * instead of sweeping all of it per particle (box 128, pad 2: 0.43 s instead of 0.63 s of CPU
+ * per 512 particles). Where the plan cannot be allocated: in particle order. */
 static void FN(scatter_all)(const FN(geo_t) *g, FN(body_t) body, const void *ctx, int nthreads) {
   const int64_t planes = 2 * g->h + 1, count = g->n * g->ns;
   int nt = thread_count(nthreads);
@@ -73,8 +75,8 @@ static void FN(scatter_all)(const FN(geo_t) *g, FN(body_t) body, const void *ctx
   if (nt > MAX_THREADS) nt = MAX_THREADS;
   int nslab = 2 * nt * SLABS_PER_THREAD;
   if (nslab > planes) nslab = (int)planes;
-  slab_plan_t plan = {NULL, NULL, NULL, NULL};
-  if (nt > 1 && nslab >= 2 && count <= (int64_t)UINT32_MAX)
+  slab_plan_t plan = {NULL, NULL, NULL, NULL, NULL, NULL};
+  if (nslab >= 2 && count <= (int64_t)UINT32_MAX)
     plan = slab_plan_alloc(count, planes, nt, nslab);
   if (plan.zb == NULL) {
     for (int64_t i = 0; i < g->n; ++i)
