@@ -54,7 +54,8 @@ setup(
     ext_modules=[
         Extension(
             "cryograd.projectors.fourier_slice._cpu_slices",
-            sources=[f"{HERE}/_cpu_slices.c"],
+            # the STAR reader's row parser rides along in the same library (ctypes)
+            sources=[f"{HERE}/_cpu_slices.c", "src/cryograd/io/_star_rows.c"],
             depends=[f"{HERE}/_cpu_slices_impl.h"],
             extra_compile_args=["-O3", "-fno-math-errno"],
             optional=True,

@@ -20,12 +20,16 @@ only ``nan``/``NaN``/``<NA>`` as missing). Columns that parse as numbers become 
 
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
 import io
+import itertools
 import os
 import shlex
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +190,8 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
         seen.add(name)
     while not cur.at_end and cur.peek() == "":
         cur.advance()
-    frame, cur.pos = _read_rows(cur.buf, cur.pos)
+    compiled = _read_rows_compiled(cur.buf, cur.pos, len(columns))
+    frame, cur.pos = compiled if compiled is not None else _read_rows(cur.buf, cur.pos)
     if frame is None:
         frame = pd.DataFrame(np.zeros(shape=(0, len(columns))))
     else:
@@ -343,6 +348,230 @@ class _RowJoiner:
             for k, c in enumerate(self.columns)
         }
         return pd.DataFrame(joined, copy=False)  # one block per column: no consolidating copy
+
+
+# Loops with at least this many bytes of rows are read by the compiled row parser first
+# (``_star_rows.c``), the pandas path being the fallback for whatever it does not take.
+_COMPILED_MIN_BYTES = 1 << 20
+_MAX_COLUMNS = 256  # the compiled parser's limit
+_EXACT_INT = 2**53  # integers that convert to float64 exactly
+
+
+@cache
+def _rows_function():
+    """``cryograd_star_rows`` of the compiled extension (ctypes), or None where it is absent.
+
+    The library is found by path (not imported as a module), so that reading a STAR file
+    imports nothing of the projectors.
+    """
+    folder = Path(__file__).resolve().parent.parent / "projectors" / "fourier_slice"
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = folder / f"_cpu_slices{suffix}"
+        if path.is_file():
+            try:
+                fn = ctypes.CDLL(str(path)).cryograd_star_rows
+            except (OSError, AttributeError):
+                return None
+            fn.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
+            fn.restype = ctypes.c_int64
+            return fn
+    return None
+
+
+@cache
+def _word_dtype():
+    """The dtype ``read_csv`` gives a column of words here, when it is pyarrow-backed strings
+    (which the compiled path builds from its buffers); else None (the pandas path is used)."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return None
+    dtype = pd.read_csv(io.BytesIO(b"a/b\n"), **_PANDAS_OPTIONS).dtypes.iloc[0]
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return dtype
+    return None
+
+
+def _first_row_kinds(piece: bytes, n_columns: int) -> np.ndarray | None:
+    """``(n_columns,)`` int8 column kinds from the first row of ``piece``: 1 for a path-like word
+    (``@`` or ``/``: image and micrograph names), 0 for the rest (numbers, or the compiled
+    parser gives up); None when the row has another number of fields."""
+    text = piece.lstrip(b" \t\n")
+    cut = text.find(b"\n")
+    words = (text if cut < 0 else text[:cut]).split()
+    if len(words) != n_columns:
+        return None
+    return np.array([1 if (b"@" in w or b"/" in w) else 0 for w in words], dtype=np.int8)
+
+
+def _parse_piece(buf: _FileBytes, span: tuple[int, int] | bytes, kinds: np.ndarray):
+    """One piece (a span of the file, read here, or its bytes) by the compiled parser:
+    ``(rows, slots, is_float, word buffers, stop)`` (``stop``: offset in the piece of a line
+    that starts ``data_``, else its length), or None where it gives up."""
+    piece = span if isinstance(span, bytes) else buf[span[0] : span[1]]
+    fn = _rows_function()
+    n_col = len(kinds)
+    max_rows = piece.count(b"\n") + 1
+    slots = np.empty((n_col, max_rows), dtype=np.int64)
+    words = [np.empty(max(1, len(piece)), dtype=np.uint8) if k else None for k in kinds]
+    slot_ptrs = (ctypes.c_void_p * n_col)(*[slots[c].ctypes.data for c in range(n_col)])
+    word_ptrs = (ctypes.c_void_p * n_col)(*[None if w is None else w.ctypes.data for w in words])
+    is_float = np.zeros(n_col, dtype=np.int8)
+    stop = ctypes.c_int64(0)
+    rows = fn(piece, len(piece), n_col, max_rows, kinds.ctypes.data, slot_ptrs, word_ptrs,
+              is_float.ctypes.data, ctypes.byref(stop))  # fmt: skip
+    if rows < 0:
+        return None
+    return rows, slots, is_float.astype(bool), words, stop.value
+
+
+def _piece_spans(buf: _FileBytes, start: int):
+    """``(begin, end)`` spans from ``start`` to the end of the file, of about ``_PIECE_BYTES``,
+    each ending after a newline (or at the end of the file); only the cuts are read here."""
+    pos, size = start, len(buf)
+    while pos < size:
+        stop = min(size, pos + _PIECE_BYTES)
+        while stop < size:
+            more = buf[stop : stop + (1 << 16)]
+            cut = more.find(b"\n")
+            if cut >= 0:
+                stop += cut + 1
+                break
+            stop += len(more)
+        yield pos, stop
+        pos = stop
+
+
+def _read_rows_compiled(
+    buf: _FileBytes, start: int, n_columns: int
+) -> tuple[pd.DataFrame, int] | None:
+    """:func:`_read_rows` by the compiled parser, or None (then pandas reads the rows): no
+    extension, a small loop, no pyarrow strings, or rows it does not take. The pieces are read
+    and parsed on up to two threads; the rows end at the first line that starts ``data_``."""
+    if len(buf) - start < _COMPILED_MIN_BYTES or not 0 < n_columns <= _MAX_COLUMNS:
+        return None
+    if _rows_function() is None or (dtype := _word_dtype()) is None:
+        return None
+    spans = _piece_spans(buf, start)
+    first_span = next(spans, None)
+    if first_span is None:
+        return None
+    first = buf[first_span[0] : first_span[1]]
+    kinds = _first_row_kinds(first, n_columns)
+    if kinds is None:
+        return None
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    workers = max(1, min(_MAX_THREADS, affinity))
+    expected = (first.count(b"\n") + 1) * (len(buf) - start) // max(1, len(first))
+    columns = _CompiledColumns(kinds, expected)
+    jobs = itertools.chain([(first_span, first)], ((s, s) for s in spans))
+    pending: deque = deque()
+    end: int | None = -1  # -1: the rows go on; None: the compiled parser gave up
+    with ThreadPoolExecutor(workers) as pool:
+        for span, what in jobs:
+            pending.append((span, pool.submit(_parse_piece, buf, what, kinds)))
+            del what
+            while end == -1 and len(pending) > 2 * workers:
+                end = _take(pending, columns)
+            if end != -1:
+                break
+        while end == -1 and pending:
+            end = _take(pending, columns)
+        _cancel(pending)
+    if end is None:
+        return None
+    return columns.frame(dtype), len(buf) if end == -1 else end
+
+
+def _take(pending: deque, columns: _CompiledColumns) -> int | None:
+    """Add the oldest parsed piece: -1 (the rows go on), the offset where the next block starts
+    (in this piece), or None (the compiled parser gave up)."""
+    (begin, stop), job = pending.popleft()
+    parsed = job.result()
+    if parsed is None or not columns.add(parsed):
+        return None
+    return begin + parsed[-1] if parsed[-1] < stop - begin else -1
+
+
+def _cancel(pending: deque) -> None:
+    for _, job in pending:
+        job.cancel()
+    pending.clear()
+
+
+class _CompiledColumns:
+    """The compiled parser's pieces joined into columns, as :class:`_RowJoiner` joins pandas'
+    (int64 where every row is an integer, float64 once one is not; words as pyarrow strings).
+
+    Every column (numbers, and the words' end offsets and bytes) is allocated once for about
+    the expected rows (pages never written hold no memory), grown when short, and each piece
+    is copied into place: no joining copies at the end.
+    """
+
+    def __init__(self, kinds: np.ndarray, expected_rows: int) -> None:
+        self.kinds = kinds
+        self.capacity = int(expected_rows * 1.05) + 1024
+        self.rows = 0
+        self.numbers = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 0)}
+        self.ends = {c: np.zeros(self.capacity + 1, np.int64) for c in np.flatnonzero(kinds == 1)}
+        self.data: dict = {}  # word column -> bytes (uint8), allocated at the first piece
+
+    def add(self, parsed) -> bool:
+        """Append one piece; False when it could not be taken (the caller then uses pandas)."""
+        if parsed is None:
+            return False
+        rows, slots, is_float, words, _ = parsed
+        if self.rows + rows > self.capacity:
+            self.capacity = max(self.rows + rows, int(self.capacity * 1.5))
+            for c, col in self.numbers.items():
+                self.numbers[c] = _grown(col, self.rows, self.capacity)
+            for c, col in self.ends.items():
+                self.ends[c] = _grown(col, self.rows + 1, self.capacity + 1)
+        for c, col in self.numbers.items():
+            piece = slots[c, :rows].view(np.float64) if is_float[c] else slots[c, :rows]
+            if piece.dtype != col.dtype:
+                if not self._exact(piece if col.dtype == np.float64 else col[: self.rows]):
+                    return False
+                if col.dtype == np.int64:  # the column becomes float64
+                    self.numbers[c] = col = _grown(col, self.rows, self.capacity, np.float64)
+            col[self.rows : self.rows + rows] = piece
+        for c, ends in self.ends.items():
+            used = int(ends[self.rows])
+            size = int(slots[c, rows - 1]) if rows else 0
+            if c not in self.data:  # the first piece: as many bytes per row from here on
+                guess = size * self.capacity // max(1, rows) + (1 << 20)
+                self.data[c] = np.empty(guess, np.uint8)
+            if used + size > len(self.data[c]):
+                self.data[c] = _grown(
+                    self.data[c], used, max(used + size, len(self.data[c]) * 3 // 2)
+                )
+            self.data[c][used : used + size] = words[c][:size]
+            ends[self.rows + 1 : self.rows + 1 + rows] = slots[c, :rows] + used
+        self.rows += rows
+        return True
+
+    @staticmethod
+    def _exact(ints: np.ndarray) -> bool:
+        return bool(np.all(np.abs(ints) < _EXACT_INT))
+
+    def frame(self, dtype) -> pd.DataFrame:
+        import pyarrow as pa
+
+        joined: dict = {int(c): col[: self.rows] for c, col in self.numbers.items()}
+        for c, ends in self.ends.items():
+            data = self.data.get(c, np.zeros(1, np.uint8))
+            buffers = [None, pa.py_buffer(ends[: self.rows + 1]), pa.py_buffer(data)]
+            joined[int(c)] = dtype.__from_arrow__(
+                pa.Array.from_buffers(pa.large_string(), self.rows, buffers)
+            )
+        return pd.DataFrame({c: joined[c] for c in range(len(self.kinds))}, copy=False)
+
+
+def _grown(arr: np.ndarray, keep: int, size: int, dtype=None) -> np.ndarray:
+    """A new array of ``size`` elements (``dtype``, default ``arr``'s) holding ``arr[:keep]``."""
+    out = np.empty(size, dtype=arr.dtype if dtype is None else dtype)
+    out[:keep] = arr[:keep]
+    return out
 
 
 def _read_piece(data: bytes, n_fields: int | None) -> pd.DataFrame | None:
