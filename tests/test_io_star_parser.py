@@ -83,6 +83,7 @@ def test_tables_equal_starfile(path, reading_path):
         "1 a/b 3\n",  # more fields than columns
         "1 a/b\n2\n",  # fewer fields
         "1 a/b\n2 c/d # note\n",  # a trailing comment
+        "1 a/b\n\n2.5 c/d\n" * 30 + "7 e/f\n",  # blank lines inside a loop of many pieces
     ],
 )
 def test_awkward_loops_match_starfile(tmp_path, rows, reading_path):

@@ -404,172 +404,194 @@ def _first_row_kinds(piece: bytes, n_columns: int) -> np.ndarray | None:
     return np.array([1 if (b"@" in w or b"/" in w) else 0 for w in words], dtype=np.int8)
 
 
-def _parse_piece(buf: _FileBytes, span: tuple[int, int] | bytes, kinds: np.ndarray):
-    """One piece (a span of the file, read here, or its bytes) by the compiled parser:
-    ``(rows, slots, is_float, word buffers, stop)`` (``stop``: offset in the piece of a line
-    that starts ``data_``, else its length), or None where it gives up."""
-    piece = span if isinstance(span, bytes) else buf[span[0] : span[1]]
+def _parse_piece(piece: bytes, kinds: np.ndarray, numbers: dict, row0: int, budget: int):
+    """One piece by the compiled parser, its numbers written straight into the columns
+    ``numbers`` (raw 8-byte slots) from row ``row0``, at most ``budget`` rows: ``(rows,
+    is_float, word buffers, word ends, stop)`` (``stop``: offset in the piece of a line that
+    starts ``data_``, else its length), or None where the parser gives up."""
     fn = _rows_function()
     n_col = len(kinds)
-    max_rows = piece.count(b"\n") + 1
-    slots = np.empty((n_col, max_rows), dtype=np.int64)
+    ends = np.empty((n_col, budget), dtype=np.int64)  # word columns only
+    slots = [
+        ends[c].ctypes.data if kinds[c] else numbers[c].ctypes.data + 8 * row0 for c in range(n_col)
+    ]
     words = [np.empty(max(1, len(piece)), dtype=np.uint8) if k else None for k in kinds]
-    slot_ptrs = (ctypes.c_void_p * n_col)(*[slots[c].ctypes.data for c in range(n_col)])
+    slot_ptrs = (ctypes.c_void_p * n_col)(*slots)
     word_ptrs = (ctypes.c_void_p * n_col)(*[None if w is None else w.ctypes.data for w in words])
     is_float = np.zeros(n_col, dtype=np.int8)
     stop = ctypes.c_int64(0)
-    rows = fn(piece, len(piece), n_col, max_rows, kinds.ctypes.data, slot_ptrs, word_ptrs,
+    rows = fn(piece, len(piece), n_col, budget, kinds.ctypes.data, slot_ptrs, word_ptrs,
               is_float.ctypes.data, ctypes.byref(stop))  # fmt: skip
     if rows < 0:
         return None
-    return rows, slots, is_float.astype(bool), words, stop.value
+    return rows, is_float.astype(bool), words, ends, stop.value
 
 
 def _piece_spans(buf: _FileBytes, start: int):
-    """``(begin, end)`` spans from ``start`` to the end of the file, of about ``_PIECE_BYTES``,
-    each ending after a newline (or at the end of the file); only the cuts are read here."""
+    """The loop's rows from ``start`` to the end of the file in pieces of about
+    ``_PIECE_BYTES``, each ending after a newline (or at the end of the file):
+    ``(begin, piece)``."""
     pos, size = start, len(buf)
     while pos < size:
-        stop = min(size, pos + _PIECE_BYTES)
-        while stop < size:
-            more = buf[stop : stop + (1 << 16)]
+        piece = buf[pos : pos + _PIECE_BYTES]
+        while pos + len(piece) < size and not piece.endswith(b"\n"):
+            more = buf[pos + len(piece) : pos + len(piece) + (1 << 16)]
             cut = more.find(b"\n")
-            if cut >= 0:
-                stop += cut + 1
-                break
-            stop += len(more)
-        yield pos, stop
-        pos = stop
+            piece += more if cut < 0 else more[: cut + 1]
+        yield pos, piece
+        pos += len(piece)
 
 
 def _read_rows_compiled(
     buf: _FileBytes, start: int, n_columns: int
 ) -> tuple[pd.DataFrame, int] | None:
     """:func:`_read_rows` by the compiled parser, or None (then pandas reads the rows): no
-    extension, a small loop, no pyarrow strings, or rows it does not take. The pieces are read
-    and parsed on up to two threads; the rows end at the first line that starts ``data_``."""
+    extension, a small loop, no pyarrow strings, or rows it does not take. The pieces are
+    parsed on up to two threads straight into the columns (each piece's rows from the row
+    after the previous piece's lines); the rows end at the first line that starts ``data_``."""
     if len(buf) - start < _COMPILED_MIN_BYTES or not 0 < n_columns <= _MAX_COLUMNS:
         return None
     if _rows_function() is None or (dtype := _word_dtype()) is None:
         return None
     spans = _piece_spans(buf, start)
-    first_span = next(spans, None)
-    if first_span is None:
-        return None
-    first = buf[first_span[0] : first_span[1]]
-    kinds = _first_row_kinds(first, n_columns)
-    if kinds is None:
+    first = next(spans, None)
+    kinds = None if first is None else _first_row_kinds(first[1], n_columns)
+    if first is None or kinds is None:
         return None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     workers = max(1, min(_MAX_THREADS, affinity))
-    expected = (first.count(b"\n") + 1) * (len(buf) - start) // max(1, len(first))
+    expected = (first[1].count(b"\n") + 1) * (len(buf) - start) // max(1, len(first[1]))
     columns = _CompiledColumns(kinds, expected)
-    jobs = itertools.chain([(first_span, first)], ((s, s) for s in spans))
     pending: deque = deque()
     end: int | None = -1  # -1: the rows go on; None: the compiled parser gave up
     with ThreadPoolExecutor(workers) as pool:
-        for span, what in jobs:
-            pending.append((span, pool.submit(_parse_piece, buf, what, kinds)))
-            del what
+        for begin, piece in itertools.chain([first], spans):
+            budget = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)  # lines
+            if columns.next_row + budget > columns.capacity:  # grow with no parse in flight
+                while end == -1 and pending:
+                    end = _take(pending, columns)
+                if end != -1:
+                    break
+                columns.grow(columns.next_row + budget)
+            row0 = columns.next_row
+            columns.next_row += budget
+            job = pool.submit(_parse_piece, piece, kinds, columns.numbers, row0, budget)
+            pending.append((begin, len(piece), row0, job))
+            del piece
             while end == -1 and len(pending) > 2 * workers:
                 end = _take(pending, columns)
             if end != -1:
                 break
         while end == -1 and pending:
             end = _take(pending, columns)
-        _cancel(pending)
-    if end is None:
+        for *_, job in pending:
+            job.cancel()
+    frame = None if end is None else columns.frame(dtype)
+    if frame is None or end is None:
         return None
-    return columns.frame(dtype), len(buf) if end == -1 else end
+    return frame, len(buf) if end == -1 else end
 
 
 def _take(pending: deque, columns: _CompiledColumns) -> int | None:
     """Add the oldest parsed piece: -1 (the rows go on), the offset where the next block starts
     (in this piece), or None (the compiled parser gave up)."""
-    (begin, stop), job = pending.popleft()
+    begin, size, row0, job = pending.popleft()
     parsed = job.result()
-    if parsed is None or not columns.add(parsed):
+    if parsed is None or not columns.add(parsed, row0):
         return None
-    return begin + parsed[-1] if parsed[-1] < stop - begin else -1
-
-
-def _cancel(pending: deque) -> None:
-    for _, job in pending:
-        job.cancel()
-    pending.clear()
+    return begin + parsed[-1] if parsed[-1] < size else -1
 
 
 class _CompiledColumns:
     """The compiled parser's pieces joined into columns, as :class:`_RowJoiner` joins pandas'
     (int64 where every row is an integer, float64 once one is not; words as pyarrow strings).
 
-    Every column (numbers, and the words' end offsets and bytes) is allocated once for about
-    the expected rows (pages never written hold no memory), grown when short, and each piece
-    is copied into place: no joining copies at the end.
+    The number columns are raw 8-byte slots allocated once for about the expected rows (pages
+    never written hold no memory; grown when short) that the parser writes into; each piece
+    holds rows ``[row0, row0 + rows)`` of them, a piece's integers become doubles at the end if
+    another piece's were not integers, and the pieces' rows are closed up where a piece had
+    blank lines. Words are copied into one byte buffer per column, in row order.
     """
 
     def __init__(self, kinds: np.ndarray, expected_rows: int) -> None:
         self.kinds = kinds
         self.capacity = int(expected_rows * 1.05) + 1024
-        self.rows = 0
+        self.next_row = 0  # the first row of the next piece
         self.numbers = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 0)}
-        self.ends = {c: np.zeros(self.capacity + 1, np.int64) for c in np.flatnonzero(kinds == 1)}
+        self.ends = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 1)}
         self.data: dict = {}  # word column -> bytes (uint8), allocated at the first piece
+        self.used = dict.fromkeys(self.ends, 0)
+        self.pieces: list[tuple[int, int, np.ndarray]] = []  # (row0, rows, is_float)
 
-    def add(self, parsed) -> bool:
-        """Append one piece; False when it could not be taken (the caller then uses pandas)."""
-        if parsed is None:
-            return False
-        rows, slots, is_float, words, _ = parsed
-        if self.rows + rows > self.capacity:
-            self.capacity = max(self.rows + rows, int(self.capacity * 1.5))
-            for c, col in self.numbers.items():
-                self.numbers[c] = _grown(col, self.rows, self.capacity)
-            for c, col in self.ends.items():
-                self.ends[c] = _grown(col, self.rows + 1, self.capacity + 1)
-        for c, col in self.numbers.items():
-            piece = slots[c, :rows].view(np.float64) if is_float[c] else slots[c, :rows]
-            if piece.dtype != col.dtype:
-                if not self._exact(piece if col.dtype == np.float64 else col[: self.rows]):
-                    return False
-                if col.dtype == np.int64:  # the column becomes float64
-                    self.numbers[c] = col = _grown(col, self.rows, self.capacity, np.float64)
-            col[self.rows : self.rows + rows] = piece
-        for c, ends in self.ends.items():
-            used = int(ends[self.rows])
-            size = int(slots[c, rows - 1]) if rows else 0
+    def grow(self, need: int) -> None:
+        """Room for ``need`` rows (no parse may be in flight)."""
+        self.capacity = max(need, int(self.capacity * 1.5))
+        for cols in (self.numbers, self.ends):
+            for c, col in cols.items():
+                cols[c] = _grown(col, self.next_row, self.capacity)
+
+    def add(self, parsed, row0: int) -> bool:
+        """Take one parsed piece (in file order); False when it could not be taken."""
+        rows, is_float, words, ends, _ = parsed
+        self.pieces.append((row0, rows, is_float))
+        for c, col in self.ends.items():
+            used, size = self.used[c], int(ends[c, rows - 1]) if rows else 0
             if c not in self.data:  # the first piece: as many bytes per row from here on
                 guess = size * self.capacity // max(1, rows) + (1 << 20)
                 self.data[c] = np.empty(guess, np.uint8)
             if used + size > len(self.data[c]):
-                self.data[c] = _grown(
-                    self.data[c], used, max(used + size, len(self.data[c]) * 3 // 2)
-                )
+                grown = max(used + size, len(self.data[c]) * 3 // 2)
+                self.data[c] = _grown(self.data[c], used, grown)
             self.data[c][used : used + size] = words[c][:size]
-            ends[self.rows + 1 : self.rows + 1 + rows] = slots[c, :rows] + used
-        self.rows += rows
+            col[row0 : row0 + rows] = ends[c, :rows] + used
+            self.used[c] = used + size
         return True
 
-    @staticmethod
-    def _exact(ints: np.ndarray) -> bool:
-        return bool(np.all(np.abs(ints) < _EXACT_INT))
+    def _column(self, raw: np.ndarray, c: int) -> np.ndarray | None:
+        """Number column ``c`` (int64, or float64 when a piece had a non-integer), rows closed
+        up; None when an integer would not convert to float64 exactly."""
+        if any(f[c] for _, _, f in self.pieces):
+            out = raw.view(np.float64)
+            for row0, rows, f in self.pieces:
+                if not f[c]:
+                    ints = raw[row0 : row0 + rows]
+                    if not bool(np.all(np.abs(ints) < _EXACT_INT)):
+                        return None
+                    out[row0 : row0 + rows] = ints.astype(np.float64)
+            raw = out
+        return self._closed_up(raw)
 
-    def frame(self, dtype) -> pd.DataFrame:
+    def _closed_up(self, col: np.ndarray) -> np.ndarray:
+        spans = [(row0, rows) for row0, rows, _ in self.pieces]
+        if all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:])):
+            return col[spans[0][0] : spans[-1][0] + spans[-1][1]] if spans else col[:0]
+        return np.concatenate([col[a : a + n] for a, n in spans])
+
+    def frame(self, dtype) -> pd.DataFrame | None:
         import pyarrow as pa
 
-        joined: dict = {int(c): col[: self.rows] for c, col in self.numbers.items()}
+        joined: dict = {}
+        for c, raw in self.numbers.items():
+            column = self._column(raw, c)
+            if column is None:
+                return None
+            joined[int(c)] = column
         for c, ends in self.ends.items():
+            closed = self._closed_up(ends)
+            offsets = np.empty(len(closed) + 1, np.int64)
+            offsets[0] = 0
+            offsets[1:] = closed
             data = self.data.get(c, np.zeros(1, np.uint8))
-            buffers = [None, pa.py_buffer(ends[: self.rows + 1]), pa.py_buffer(data)]
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
             joined[int(c)] = dtype.__from_arrow__(
-                pa.Array.from_buffers(pa.large_string(), self.rows, buffers)
+                pa.Array.from_buffers(pa.large_string(), len(closed), buffers)
             )
         return pd.DataFrame({c: joined[c] for c in range(len(self.kinds))}, copy=False)
 
 
-def _grown(arr: np.ndarray, keep: int, size: int, dtype=None) -> np.ndarray:
-    """A new array of ``size`` elements (``dtype``, default ``arr``'s) holding ``arr[:keep]``."""
-    out = np.empty(size, dtype=arr.dtype if dtype is None else dtype)
+def _grown(arr: np.ndarray, keep: int, size: int) -> np.ndarray:
+    """A new array of ``size`` elements holding ``arr[:keep]``."""
+    out = np.empty(size, dtype=arr.dtype)
     out[:keep] = arr[:keep]
     return out
 
