@@ -572,7 +572,7 @@ class _CompiledColumns:
 
         joined: dict = {}
         for c, raw in self.numbers.items():
-            column = self._column(raw, c)
+            column = self._column(raw, int(c))
             if column is None:
                 return None
             joined[int(c)] = column
