@@ -54,8 +54,12 @@ setup(
     ext_modules=[
         Extension(
             "cryograd.projectors.fourier_slice._cpu_slices",
-            # the STAR reader's row parser rides along in the same library (ctypes)
-            sources=[f"{HERE}/_cpu_slices.c", "src/cryograd/io/_star_rows.c"],
+            # the STAR row parser and the image statistics ride along (ctypes, cryograd._native)
+            sources=[
+                f"{HERE}/_cpu_slices.c",
+                "src/cryograd/io/_star_rows.c",
+                "src/cryograd/_image_stats.c",
+            ],
             depends=[f"{HERE}/_cpu_slices_impl.h"],
             extra_compile_args=["-O3", "-fno-math-errno"],
             optional=True,

@@ -21,7 +21,6 @@ only ``nan``/``NaN``/``<NA>`` as missing). Columns that parse as numbers become 
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import io
 import itertools
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cryograd._native import native_function
 from cryograd.errors import CryogradError
 
 __all__ = ["read_star_file"]
@@ -359,23 +359,9 @@ _EXACT_INT = 2**53  # integers that convert to float64 exactly
 
 @cache
 def _rows_function():
-    """``cryograd_star_rows`` of the compiled extension (ctypes), or None where it is absent.
-
-    The library is found by path (not imported as a module), so that reading a STAR file
-    imports nothing of the projectors.
-    """
-    folder = Path(__file__).resolve().parent.parent / "projectors" / "fourier_slice"
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = folder / f"_cpu_slices{suffix}"
-        if path.is_file():
-            try:
-                fn = ctypes.CDLL(str(path)).cryograd_star_rows
-            except (OSError, AttributeError):
-                return None
-            fn.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
-            fn.restype = ctypes.c_int64
-            return fn
-    return None
+    """``cryograd_star_rows`` of the compiled extension (ctypes), or None where it is absent."""
+    args = [ctypes.c_char_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
+    return native_function("cryograd_star_rows", args, ctypes.c_int64)
 
 
 @cache
