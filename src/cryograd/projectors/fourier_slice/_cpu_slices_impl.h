@@ -18,8 +18,8 @@ typedef struct {
 } FN(sample_t);
 
 /* 3D position of sample s of particle i, mirrored into qx >= 0 and clamped to the Nyquist
- * sphere's bounding box, as slice_geometry computes it (fmin/fmax also map a NaN to a bound: no
- * access leaves the grid). */
+ * sphere's bounding box, as slice_geometry computes it (a NaN is clamped to a bound: no access
+ * leaves the grid). */
 static inline void FN(position)(const FN(geo_t) *g, int64_t i, int64_t s, T *q, T *sgn) {
   const T *A = g->rot + 9 * i;
   const T kx = g->kx[s], ky = g->ky[s], h = (T)g->h;
@@ -28,9 +28,13 @@ static inline void FN(position)(const FN(geo_t) *g, int64_t i, int64_t s, T *q, 
   T qz = g->scale * (kx * A[2] + ky * A[5]);
   *sgn = 1;
   if (qx < 0) { qx = -qx; qy = -qy; qz = -qz; *sgn = -1; }
-  q[0] = fmin(fmax(qx, (T)0), h);
-  q[1] = fmin(fmax(qy, -h), h);
-  q[2] = fmin(fmax(qz, -h), h);
+  /* clamp as fmin(fmax(v, lo), hi), a NaN to lo, by comparisons (no library calls) */
+  qx = qx > 0 ? qx : (T)0;
+  qy = qy > -h ? qy : -h;
+  qz = qz > -h ? qz : -h;
+  q[0] = qx < h ? qx : h;
+  q[1] = qy < h ? qy : h;
+  q[2] = qz < h ? qz : h;
 }
 
 static inline void FN(geometry)(const FN(geo_t) *g, int64_t i, int64_t s, FN(sample_t) *out) {
