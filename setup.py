@@ -54,7 +54,12 @@ setup(
     ext_modules=[
         Extension(
             "cryograd.projectors.fourier_slice._cpu_slices",
-            sources=[f"{HERE}/_cpu_slices.c"],
+            # the STAR row parser and the image statistics ride along (ctypes, cryograd._native)
+            sources=[
+                f"{HERE}/_cpu_slices.c",
+                "src/cryograd/io/_star_rows.c",
+                "src/cryograd/_image_stats.c",
+            ],
             depends=[f"{HERE}/_cpu_slices_impl.h"],
             extra_compile_args=["-O3", "-fno-math-errno"],
             optional=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -424,3 +425,34 @@ def test_mutated_mrc_header_keeps_the_promise(tmp_path_factory, capsys, word, va
     if code == 2:
         assert_one_error_line(err, ("vol.mrc",))
         assert list(out.iterdir()) == []
+
+
+def test_compiled_image_stats_equal_numpy(monkeypatch) -> None:
+    """The compiled per-image statistics equal NumPy's (finite, max |pixel|, float64 std), for
+    ordinary, constant, NaN and infinite images, on one and on two threads."""
+    import torch
+
+    from cryograd import checks
+
+    if checks._stats_function() is None:
+        pytest.skip("the compiled extension is not built")
+    rng = np.random.default_rng(3)
+    images = (rng.standard_normal((7, 33 * 33)) * 5 + 2).astype(np.float32)
+    images[1] = 0.25  # constant: std exactly 0
+    images[2, 10] = np.nan
+    images[3, 0] = -np.inf
+    ok = np.isfinite(images).all(axis=1)
+    clean = np.where(ok[:, None], images, 0.0)
+    expected_std = clean.astype(np.float64).std(axis=1)
+    expected_max = np.where(ok, np.abs(clean).max(axis=1), np.inf)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got_ok, got_max, got_std = checks._block_stats(images)
+            assert (got_ok == ok).all()
+            assert (got_max == expected_max).all()
+            assert got_std[1] == 0.0
+            np.testing.assert_allclose(got_std, expected_std, rtol=1e-12, atol=0)
+    finally:
+        torch.set_num_threads(before)

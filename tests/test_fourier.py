@@ -50,3 +50,16 @@ def test_shell_index_counts() -> None:
     shells = shell_index(16, ndim=2, rfft=False)
     assert int(shells[0, 0]) == 0
     assert int((shells == 1).sum()) == 8  # (+-1,0),(0,+-1) and the four diagonals (|k| = 1.41)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (2, 7, 7), (6, 5), (2, 9, 9, 9), (8, 8, 8)])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_block_shift_equals_torch_fftshift(shape, inverse) -> None:
+    """The block-copy (i)fftshift of the centred transforms equals ``torch.fft`` (i)fftshift."""
+    from cryograd.fourier import _fftshift_blocks
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    ndim = 3 if len(shape) == 4 or shape == (8, 8, 8) else 2
+    dims = tuple(range(-ndim, 0))
+    ref = torch.fft.ifftshift(x, dim=dims) if inverse else torch.fft.fftshift(x, dim=dims)
+    assert torch.equal(_fftshift_blocks(x, ndim, inverse=inverse), ref)

@@ -25,3 +25,21 @@ def test_threads_must_be_positive() -> None:
     args = build_parser().parse_args(["reconstruct", "x.star", "-o", "out", "--threads", "0"])
     with pytest.raises(CryogradError, match="threads"):
         _check_options(args)
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_command_lets_idle_openmp_threads_sleep(preset) -> None:
+    """``cryograd`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads libgomp, unless the
+    user chose a policy (a fresh interpreter: libgomp reads the variable once)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = (
+        "import os, sys; from cryograd.cli.main import quiet_openmp_waits; quiet_openmp_waits(); "
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == [preset or "PASSIVE", "False"], out.stderr

@@ -9,7 +9,9 @@ torch's unshifted layout: full grids ``(N, N)`` as ``torch.fft.fft2`` returns th
 
 from __future__ import annotations
 
+import itertools
 import math
+from types import EllipsisType
 
 import torch
 
@@ -40,23 +42,23 @@ def rfft2_centered(images: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         ``(..., N, N // 2 + 1)`` complex, unshifted layout.
     """
-    return torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+    return torch.fft.rfft2(_fftshift_blocks(images, 2, inverse=True))
 
 
 def irfft2_centered(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
     """Inverse of :func:`rfft2_centered`: ``(..., N, N // 2 + 1)`` complex to ``(..., N, N)``."""
     out = torch.fft.irfft2(spectra, s=(box_size, box_size))
-    return torch.fft.fftshift(out, dim=(-2, -1))
+    return _fftshift_blocks(out, 2)
 
 
 def fft2_centered(images: torch.Tensor) -> torch.Tensor:
     """Full-grid DFT of ``(..., N, N)`` images with origin at ``N // 2`` (unshifted layout)."""
-    return torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+    return torch.fft.fft2(_fftshift_blocks(images, 2, inverse=True))
 
 
 def ifft2_centered(spectra: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fft2_centered` (complex output; take ``.real`` for real images)."""
-    return torch.fft.fftshift(torch.fft.ifft2(spectra), dim=(-2, -1))
+    return _fftshift_blocks(torch.fft.ifft2(spectra), 2)
 
 
 def rfftn_centered(volume: torch.Tensor) -> torch.Tensor:
@@ -74,18 +76,24 @@ def irfftn_centered(spectra: torch.Tensor, box_size: int) -> torch.Tensor:
 
 
 def _fftshift3(x: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
-    """``torch.fft.fftshift`` (``inverse``: ``ifftshift``) over the last three dimensions by eight
-    block copies into one new tensor (``fftshift`` rolls one dimension at a time, holding several
-    copies of a large grid)."""
+    """``torch.fft.fftshift`` (``inverse``: ``ifftshift``) over the last three dimensions."""
+    return _fftshift_blocks(x, 3, inverse=inverse)
+
+
+def _fftshift_blocks(x: torch.Tensor, ndim: int, *, inverse: bool = False) -> torch.Tensor:
+    """``torch.fft.fftshift`` (``inverse``: ``ifftshift``) over the last ``ndim`` (2 or 3)
+    dimensions by ``2^ndim`` block copies into one new tensor: the same values, without the
+    per-dimension rolls of ``fftshift``, which hold several copies of a large grid and are about
+    3× slower on image batches (``(252, 128, 128)`` float32: 3.2 ms instead of 10.9 ms)."""
     out = torch.empty_like(x)
     halves = []
-    for n in x.shape[-3:]:
+    for n in x.shape[-ndim:]:
         h = (n + 1) // 2 if inverse else n // 2  # out[(i + h) mod n] = x[i]
         halves.append([(slice(h, n), slice(0, n - h)), (slice(0, h), slice(n - h, n))])
-    for dz, sz in halves[0]:
-        for dy, sy in halves[1]:
-            for dx, sx in halves[2]:
-                out[..., dz, dy, dx] = x[..., sz, sy, sx]
+    for blocks in itertools.product(*halves):
+        dst: tuple[EllipsisType | slice, ...] = (Ellipsis,) + tuple(d for d, _ in blocks)
+        src: tuple[EllipsisType | slice, ...] = (Ellipsis,) + tuple(s for _, s in blocks)
+        out[dst] = x[src]
     return out
 
 

@@ -20,17 +20,21 @@ only ``nan``/``NaN``/``<NA>`` as missing). Columns that parse as numbers become 
 
 from __future__ import annotations
 
+import ctypes
 import io
+import itertools
 import os
 import shlex
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cryograd._native import native_function
 from cryograd.errors import CryogradError
 
 __all__ = ["read_star_file"]
@@ -186,7 +190,8 @@ def _parse_loop(path: Path, cur: _Cursor) -> pd.DataFrame:
         seen.add(name)
     while not cur.at_end and cur.peek() == "":
         cur.advance()
-    frame, cur.pos = _read_rows(cur.buf, cur.pos)
+    compiled = _read_rows_compiled(cur.buf, cur.pos, len(columns))
+    frame, cur.pos = compiled if compiled is not None else _read_rows(cur.buf, cur.pos)
     if frame is None:
         frame = pd.DataFrame(np.zeros(shape=(0, len(columns))))
     else:
@@ -343,6 +348,238 @@ class _RowJoiner:
             for k, c in enumerate(self.columns)
         }
         return pd.DataFrame(joined, copy=False)  # one block per column: no consolidating copy
+
+
+# Loops with at least this many bytes of rows are read by the compiled row parser first
+# (``_star_rows.c``), the pandas path being the fallback for whatever it does not take.
+_COMPILED_MIN_BYTES = 1 << 20
+_MAX_COLUMNS = 256  # the compiled parser's limit
+_EXACT_INT = 2**53  # integers that convert to float64 exactly
+
+
+@cache
+def _rows_function():
+    """``cryograd_star_rows`` of the compiled extension (ctypes), or None where it is absent."""
+    args = [ctypes.c_char_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
+    return native_function("cryograd_star_rows", args, ctypes.c_int64)
+
+
+@cache
+def _word_dtype():
+    """The dtype ``read_csv`` gives a column of words here, when it is pyarrow-backed strings
+    (which the compiled path builds from its buffers); else None (the pandas path is used)."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return None
+    dtype = pd.read_csv(io.BytesIO(b"a/b\n"), **_PANDAS_OPTIONS).dtypes.iloc[0]
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return dtype
+    return None
+
+
+def _first_row_kinds(piece: bytes, n_columns: int) -> np.ndarray | None:
+    """``(n_columns,)`` int8 column kinds from the first row of ``piece``: 1 for a path-like word
+    (``@`` or ``/``: image and micrograph names), 0 for the rest (numbers, or the compiled
+    parser gives up); None when the row has another number of fields."""
+    text = piece.lstrip(b" \t\n")
+    cut = text.find(b"\n")
+    words = (text if cut < 0 else text[:cut]).split()
+    if len(words) != n_columns:
+        return None
+    return np.array([1 if (b"@" in w or b"/" in w) else 0 for w in words], dtype=np.int8)
+
+
+def _parse_piece(piece: bytes, kinds: np.ndarray, numbers: dict, row0: int, budget: int):
+    """One piece by the compiled parser, its numbers written straight into the columns
+    ``numbers`` (raw 8-byte slots) from row ``row0``, at most ``budget`` rows: ``(rows,
+    is_float, word buffers, word ends, stop)`` (``stop``: offset in the piece of a line that
+    starts ``data_``, else its length), or None where the parser gives up."""
+    fn = _rows_function()
+    n_col = len(kinds)
+    ends = np.empty((n_col, budget), dtype=np.int64)  # word columns only
+    slots = [
+        ends[c].ctypes.data if kinds[c] else numbers[c].ctypes.data + 8 * row0 for c in range(n_col)
+    ]
+    words = [np.empty(max(1, len(piece)), dtype=np.uint8) if k else None for k in kinds]
+    slot_ptrs = (ctypes.c_void_p * n_col)(*slots)
+    word_ptrs = (ctypes.c_void_p * n_col)(*[None if w is None else w.ctypes.data for w in words])
+    is_float = np.zeros(n_col, dtype=np.int8)
+    stop = ctypes.c_int64(0)
+    rows = fn(piece, len(piece), n_col, budget, kinds.ctypes.data, slot_ptrs, word_ptrs,
+              is_float.ctypes.data, ctypes.byref(stop))  # fmt: skip
+    if rows < 0:
+        return None
+    return rows, is_float.astype(bool), words, ends, stop.value
+
+
+def _piece_spans(buf: _FileBytes, start: int):
+    """The loop's rows from ``start`` to the end of the file in pieces of about
+    ``_PIECE_BYTES``, each ending after a newline (or at the end of the file):
+    ``(begin, piece)``."""
+    pos, size = start, len(buf)
+    while pos < size:
+        piece = buf[pos : pos + _PIECE_BYTES]
+        while pos + len(piece) < size and not piece.endswith(b"\n"):
+            more = buf[pos + len(piece) : pos + len(piece) + (1 << 16)]
+            cut = more.find(b"\n")
+            piece += more if cut < 0 else more[: cut + 1]
+        yield pos, piece
+        pos += len(piece)
+
+
+def _read_rows_compiled(
+    buf: _FileBytes, start: int, n_columns: int
+) -> tuple[pd.DataFrame, int] | None:
+    """:func:`_read_rows` by the compiled parser, or None (then pandas reads the rows): no
+    extension, a small loop, no pyarrow strings, or rows it does not take. The pieces are
+    parsed on up to two threads straight into the columns (each piece's rows from the row
+    after the previous piece's lines); the rows end at the first line that starts ``data_``."""
+    if len(buf) - start < _COMPILED_MIN_BYTES or not 0 < n_columns <= _MAX_COLUMNS:
+        return None
+    if _rows_function() is None or (dtype := _word_dtype()) is None:
+        return None
+    spans = _piece_spans(buf, start)
+    first = next(spans, None)
+    kinds = None if first is None else _first_row_kinds(first[1], n_columns)
+    if first is None or kinds is None:
+        return None
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    workers = max(1, min(_MAX_THREADS, affinity))
+    expected = (first[1].count(b"\n") + 1) * (len(buf) - start) // max(1, len(first[1]))
+    columns = _CompiledColumns(kinds, expected)
+    pending: deque = deque()
+    end: int | None = -1  # -1: the rows go on; None: the compiled parser gave up
+    with ThreadPoolExecutor(workers) as pool:
+        for begin, piece in itertools.chain([first], spans):
+            budget = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)  # lines
+            if columns.next_row + budget > columns.capacity:  # grow with no parse in flight
+                while end == -1 and pending:
+                    end = _take(pending, columns)
+                if end != -1:
+                    break
+                columns.grow(columns.next_row + budget)
+            row0 = columns.next_row
+            columns.next_row += budget
+            job = pool.submit(_parse_piece, piece, kinds, columns.numbers, row0, budget)
+            pending.append((begin, len(piece), row0, job))
+            del piece
+            while end == -1 and len(pending) > 2 * workers:
+                end = _take(pending, columns)
+            if end != -1:
+                break
+        while end == -1 and pending:
+            end = _take(pending, columns)
+        for *_, job in pending:
+            job.cancel()
+    frame = None if end is None else columns.frame(dtype)
+    if frame is None or end is None:
+        return None
+    return frame, len(buf) if end == -1 else end
+
+
+def _take(pending: deque, columns: _CompiledColumns) -> int | None:
+    """Add the oldest parsed piece: -1 (the rows go on), the offset where the next block starts
+    (in this piece), or None (the compiled parser gave up)."""
+    begin, size, row0, job = pending.popleft()
+    parsed = job.result()
+    if parsed is None or not columns.add(parsed, row0):
+        return None
+    return begin + parsed[-1] if parsed[-1] < size else -1
+
+
+class _CompiledColumns:
+    """The compiled parser's pieces joined into columns, as :class:`_RowJoiner` joins pandas'
+    (int64 where every row is an integer, float64 once one is not; words as pyarrow strings).
+
+    The number columns are raw 8-byte slots allocated once for about the expected rows (pages
+    never written hold no memory; grown when short) that the parser writes into; each piece
+    holds rows ``[row0, row0 + rows)`` of them, a piece's integers become doubles at the end if
+    another piece's were not integers, and the pieces' rows are closed up where a piece had
+    blank lines. Words are copied into one byte buffer per column, in row order.
+    """
+
+    def __init__(self, kinds: np.ndarray, expected_rows: int) -> None:
+        self.kinds = kinds
+        self.capacity = int(expected_rows * 1.05) + 1024
+        self.next_row = 0  # the first row of the next piece
+        self.numbers = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 0)}
+        self.ends = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 1)}
+        self.data: dict = {}  # word column -> bytes (uint8), allocated at the first piece
+        self.used = dict.fromkeys(self.ends, 0)
+        self.pieces: list[tuple[int, int, np.ndarray]] = []  # (row0, rows, is_float)
+
+    def grow(self, need: int) -> None:
+        """Room for ``need`` rows (no parse may be in flight)."""
+        self.capacity = max(need, int(self.capacity * 1.5))
+        for cols in (self.numbers, self.ends):
+            for c, col in cols.items():
+                cols[c] = _grown(col, self.next_row, self.capacity)
+
+    def add(self, parsed, row0: int) -> bool:
+        """Take one parsed piece (in file order); False when it could not be taken."""
+        rows, is_float, words, ends, _ = parsed
+        self.pieces.append((row0, rows, is_float))
+        for c, col in self.ends.items():
+            used, size = self.used[c], int(ends[c, rows - 1]) if rows else 0
+            if c not in self.data:  # the first piece: as many bytes per row from here on
+                guess = size * self.capacity // max(1, rows) + (1 << 20)
+                self.data[c] = np.empty(guess, np.uint8)
+            if used + size > len(self.data[c]):
+                grown = max(used + size, len(self.data[c]) * 3 // 2)
+                self.data[c] = _grown(self.data[c], used, grown)
+            self.data[c][used : used + size] = words[c][:size]
+            col[row0 : row0 + rows] = ends[c, :rows] + used
+            self.used[c] = used + size
+        return True
+
+    def _column(self, raw: np.ndarray, c: int) -> np.ndarray | None:
+        """Number column ``c`` (int64, or float64 when a piece had a non-integer), rows closed
+        up; None when an integer would not convert to float64 exactly."""
+        if any(f[c] for _, _, f in self.pieces):
+            out = raw.view(np.float64)
+            for row0, rows, f in self.pieces:
+                if not f[c]:
+                    ints = raw[row0 : row0 + rows]
+                    if not bool(np.all(np.abs(ints) < _EXACT_INT)):
+                        return None
+                    out[row0 : row0 + rows] = ints.astype(np.float64)
+            raw = out
+        return self._closed_up(raw)
+
+    def _closed_up(self, col: np.ndarray) -> np.ndarray:
+        spans = [(row0, rows) for row0, rows, _ in self.pieces]
+        if all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:])):
+            return col[spans[0][0] : spans[-1][0] + spans[-1][1]] if spans else col[:0]
+        return np.concatenate([col[a : a + n] for a, n in spans])
+
+    def frame(self, dtype) -> pd.DataFrame | None:
+        import pyarrow as pa
+
+        joined: dict = {}
+        for c, raw in self.numbers.items():
+            column = self._column(raw, int(c))
+            if column is None:
+                return None
+            joined[int(c)] = column
+        for c, ends in self.ends.items():
+            closed = self._closed_up(ends)
+            offsets = np.empty(len(closed) + 1, np.int64)
+            offsets[0] = 0
+            offsets[1:] = closed
+            data = self.data.get(c, np.zeros(1, np.uint8))
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+            joined[int(c)] = dtype.__from_arrow__(
+                pa.Array.from_buffers(pa.large_string(), len(closed), buffers)
+            )
+        return pd.DataFrame({c: joined[c] for c in range(len(self.kinds))}, copy=False)
+
+
+def _grown(arr: np.ndarray, keep: int, size: int) -> np.ndarray:
+    """A new array of ``size`` elements holding ``arr[:keep]``."""
+    out = np.empty(size, dtype=arr.dtype)
+    out[:keep] = arr[:keep]
+    return out
 
 
 def _read_piece(data: bytes, n_fields: int | None) -> pd.DataFrame | None:

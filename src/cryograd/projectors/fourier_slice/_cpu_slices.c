@@ -17,9 +17,11 @@
  * Threads (OpenMP; one thread where the compiler has none): extraction splits the particles.
  * Insertion splits the grid, not the particles, so that no two threads add into one cell and no
  * atomics or per-thread grids are needed: the samples' lower z planes are counted, the planes
- * are cut into 2T slabs of about equal sample counts, and the even slabs then the odd slabs are
- * filled, one thread per slab (a sample writes planes z0 and z0 + 1, so two slabs of one parity
- * never touch the same plane). Each cell receives its samples in particle order within a slab.
+ * are cut into 16T slabs of about equal sample counts, the samples are sorted by slab (a
+ * counting sort on the threads, particle order kept within a slab), and the even slabs then the
+ * odd slabs are filled, a slab at a time per thread (a sample writes planes z0 and z0 + 1, so two
+ * slabs of one parity never touch the same plane). Each cell receives its samples in particle
+ * order within a slab. Thin slabs also keep each thread's writes in a few MB of the grid.
  *
  * Built as an optional extension by setup.py and loaded with ctypes; when it is absent cryograd
  * uses the torch path, which the tests compare it against.
@@ -54,28 +56,109 @@ enum {
  * factor (0 beyond the reference Nyquist radius). */
 enum { NTAB = 4 };
 
-/* Balanced slab bounds: planes [b[k], b[k+1]) of the samples' lower z planes `zb` (count
- * samples, values < planes), nslab slabs of about equal counts, strictly increasing. */
-static void slab_bounds(const uint16_t *zb, int64_t count, int64_t planes, int nslab,
-                        int64_t *bounds) {
-  int64_t *hist = (int64_t *)calloc((size_t)planes + 1, sizeof(int64_t));
-  if (hist == NULL) { /* equal widths */
-    for (int k = 0; k <= nslab; ++k) bounds[k] = planes * k / nslab;
-    return;
-  }
-  for (int64_t j = 0; j < count; ++j) hist[zb[j]] += 1;
+/* Threads of the insertion's slab split at most, and slabs per thread and parity (more, thinner
+ * slabs balance the threads' work when the slabs' costs differ or a thread is descheduled). */
+enum { MAX_THREADS = 256, SLABS_PER_THREAD = 8 };
+
+/* The insertion's split of one chunk: `zb` (count) the samples' lower planes; `hist` (nt, planes)
+ * each thread's samples per plane; `slab_of` (planes) the slab of each plane; `starts`
+ * (nslab + 1) where each slab's samples begin in `order` (count, sample indices i * ns + s, slab
+ * by slab, in particle order within a slab); `offsets` (nt, nslab) where thread t's samples of
+ * slab k go. One allocation. */
+typedef struct {
+  uint16_t *zb;
+  int64_t *hist, *starts, *offsets;
+  int32_t *slab_of;
+  uint32_t *order;
+} slab_plan_t;
+
+static slab_plan_t slab_plan_alloc(int64_t count, int64_t planes, int nt, int nslab) {
+  slab_plan_t p = {NULL, NULL, NULL, NULL, NULL, NULL};
+  const size_t n64 = (size_t)nt * (size_t)planes + (size_t)nslab + 1 + (size_t)nt * (size_t)nslab;
+  const size_t bytes = n64 * 8 + (size_t)planes * 4 + (size_t)count * 4 + (size_t)count * 2;
+  char *mem = (char *)malloc(bytes);
+  if (mem == NULL) return p;
+  p.hist = (int64_t *)mem;
+  memset(p.hist, 0, (size_t)nt * (size_t)planes * 8);
+  p.starts = p.hist + (size_t)nt * (size_t)planes;
+  p.offsets = p.starts + nslab + 1;
+  p.slab_of = (int32_t *)(p.offsets + (size_t)nt * (size_t)nslab);
+  p.order = (uint32_t *)(p.slab_of + planes);
+  p.zb = (uint16_t *)(p.order + count);
+  return p;
+}
+
+static void slab_plan_free(slab_plan_t *p) {
+  free(p->hist);
+  p->hist = NULL;
+  p->zb = NULL;
+}
+
+/* From the threads' histograms: slab bounds (planes [b[k], b[k+1]), nslab slabs of about equal
+ * sample counts, strictly increasing), each plane's slab, the slabs' starts and each thread's
+ * offsets (threads in particle order, so a slab's samples stay in particle order). */
+static void slab_plan_offsets(slab_plan_t *p, int64_t planes, int nt, int nslab) {
+  int64_t bounds[2 * MAX_THREADS * SLABS_PER_THREAD + 1];
+  int64_t count = 0;
+  for (int64_t z = 0; z < planes; ++z)
+    for (int t = 0; t < nt; ++t) count += p->hist[(int64_t)t * planes + z];
   bounds[0] = 0;
   int64_t acc = 0, z = 0;
   for (int k = 1; k < nslab; ++k) {
     const int64_t target = count * k / nslab;
-    while (z < planes && acc + hist[z] <= target) acc += hist[z++];
+    while (z < planes) {
+      int64_t hz = 0;
+      for (int t = 0; t < nt; ++t) hz += p->hist[(int64_t)t * planes + z];
+      if (acc + hz > target) break;
+      acc += hz;
+      ++z;
+    }
     int64_t b = z;
     if (b < bounds[k - 1] + 1) b = bounds[k - 1] + 1;
     if (b > planes - (nslab - k)) b = planes - (nslab - k);
     bounds[k] = b;
   }
   bounds[nslab] = planes;
-  free(hist);
+  int64_t start = 0;
+  for (int k = 0; k < nslab; ++k) {
+    p->starts[k] = start;
+    for (int t = 0; t < nt; ++t) {
+      int64_t n = 0;
+      for (int64_t zz = bounds[k]; zz < bounds[k + 1]; ++zz) {
+        n += p->hist[(int64_t)t * planes + zz];
+        p->slab_of[zz] = k;
+      }
+      p->offsets[(int64_t)t * nslab + k] = start;
+      start += n;
+    }
+  }
+  p->starts[nslab] = start;
+}
+
+/* Per-particle shift ramps of the weighted insertion: exp(-2 pi i k.t / D) = x ramp (kx = 0 ..
+ * D/2) times y ramp (ky = -(D/2) .. D/2), RAMP_LEN doubles-complex per particle, the y ramp at
+ * RAMP_Y; D + 2 sines and cosines per particle instead of one per slice sample. */
+#define RAMP_Y(box) ((box) / 2 + 1)
+#define RAMP_LEN(box) (RAMP_Y(box) + 2 * ((box) / 2) + 1)
+
+static void shift_ramps(const double *params, int64_t n, int64_t box, double *ramp, int nt) {
+  (void)nt; /* unused without OpenMP */
+  const double step = -2.0 * M_PI / (double)box;
+  const int64_t h = box / 2, len = RAMP_LEN(box);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t j = 0; j < n; ++j) {
+    const double tx = params[NPAR * j + P_TX], ty = params[NPAR * j + P_TY];
+    double *r = ramp + 2 * j * len;
+    for (int64_t k = 0; k <= h; ++k) {
+      r[2 * k] = cos(step * (double)k * tx);
+      r[2 * k + 1] = sin(step * (double)k * tx);
+    }
+    double *ry = r + 2 * RAMP_Y(box) + 2 * h; /* ry[2 ky] for ky = -h .. h */
+    for (int64_t k = -h; k <= h; ++k) {
+      ry[2 * k] = cos(step * (double)k * ty);
+      ry[2 * k + 1] = sin(step * (double)k * ty);
+    }
+  }
 }
 
 /* Threads to run on: the request with OpenMP, one without it. */

@@ -18,8 +18,8 @@ typedef struct {
 } FN(sample_t);
 
 /* 3D position of sample s of particle i, mirrored into qx >= 0 and clamped to the Nyquist
- * sphere's bounding box, as slice_geometry computes it (fmin/fmax also map a NaN to a bound: no
- * access leaves the grid). */
+ * sphere's bounding box, as slice_geometry computes it (a NaN is clamped to a bound: no access
+ * leaves the grid). */
 static inline void FN(position)(const FN(geo_t) *g, int64_t i, int64_t s, T *q, T *sgn) {
   const T *A = g->rot + 9 * i;
   const T kx = g->kx[s], ky = g->ky[s], h = (T)g->h;
@@ -28,9 +28,13 @@ static inline void FN(position)(const FN(geo_t) *g, int64_t i, int64_t s, T *q, 
   T qz = g->scale * (kx * A[2] + ky * A[5]);
   *sgn = 1;
   if (qx < 0) { qx = -qx; qy = -qy; qz = -qz; *sgn = -1; }
-  q[0] = fmin(fmax(qx, (T)0), h);
-  q[1] = fmin(fmax(qy, -h), h);
-  q[2] = fmin(fmax(qz, -h), h);
+  /* clamp as fmin(fmax(v, lo), hi), a NaN to lo, by comparisons (no library calls) */
+  qx = qx > 0 ? qx : (T)0;
+  qy = qy > -h ? qy : -h;
+  qz = qz > -h ? qz : -h;
+  q[0] = qx < h ? qx : h;
+  q[1] = qy < h ? qy : h;
+  q[2] = qz < h ? qz : h;
 }
 
 static inline void FN(geometry)(const FN(geo_t) *g, int64_t i, int64_t s, FN(sample_t) *out) {
@@ -65,37 +69,59 @@ static inline void FN(corner_offsets)(const FN(geo_t) *g, int64_t *off) {
 typedef void (*FN(body_t))(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s);
 
 /* Run `body` on every sample of the chunk, the grid split into slabs over the threads (see the
- * file's comment); one thread (or a grid too thin to split): in particle order. */
+ * file's comment). One thread takes the slabs too: a slab's samples add into a few MB of the grid
+ * instead of sweeping all of it per particle (box 128, pad 2: 0.43 s instead of 0.63 s of CPU
+ * per 512 particles). Where the plan cannot be allocated: in particle order. */
 static void FN(scatter_all)(const FN(geo_t) *g, FN(body_t) body, const void *ctx, int nthreads) {
   const int64_t planes = 2 * g->h + 1, count = g->n * g->ns;
   int nt = thread_count(nthreads);
   if (nt > g->n) nt = (int)g->n;
-  int nslab = 2 * nt;
-  uint16_t *zb = NULL;
-  if (nt > 1 && planes >= nslab) zb = (uint16_t *)malloc((size_t)count * sizeof(uint16_t));
-  if (zb == NULL) {
+  if (nt > MAX_THREADS) nt = MAX_THREADS;
+  int nslab = 2 * nt * SLABS_PER_THREAD;
+  if (nslab > planes) nslab = (int)planes;
+  slab_plan_t plan = {NULL, NULL, NULL, NULL, NULL, NULL};
+  if (nslab >= 2 && count <= (int64_t)UINT32_MAX)
+    plan = slab_plan_alloc(count, planes, nt, nslab);
+  if (plan.zb == NULL) {
     for (int64_t i = 0; i < g->n; ++i)
       for (int64_t s = 0; s < g->ns; ++s) body(g, ctx, i, s);
     return;
   }
-  int64_t bounds[2 * 256 + 1];
-  if (nslab > 2 * 256) { nt = 256; nslab = 2 * 256; }
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t i = 0; i < g->n; ++i)
-    for (int64_t s = 0; s < g->ns; ++s) zb[i * g->ns + s] = FN(lower_plane)(g, i, s);
-  slab_bounds(zb, count, planes, nslab, bounds);
+  /* 1. lower planes and per-thread plane histograms, thread t on particles [i0, i1) */
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; ++t) {
+    int64_t *hist = plan.hist + (int64_t)t * planes;
+    for (int64_t i = g->n * t / nt; i < g->n * (t + 1) / nt; ++i)
+      for (int64_t s = 0; s < g->ns; ++s) {
+        const uint16_t z = FN(lower_plane)(g, i, s);
+        plan.zb[i * g->ns + s] = z;
+        hist[z] += 1;
+      }
+  }
+  /* 2. slab bounds of about equal counts, and where each thread's samples of each slab go */
+  slab_plan_offsets(&plan, planes, nt, nslab);
+  /* 3. the samples' indices, slab by slab, in particle order within a slab */
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; ++t) {
+    int64_t *pos = plan.offsets + (int64_t)t * nslab;
+    for (int64_t i = g->n * t / nt; i < g->n * (t + 1) / nt; ++i)
+      for (int64_t s = 0; s < g->ns; ++s) {
+        const int64_t k = i * g->ns + s;
+        plan.order[pos[plan.slab_of[plan.zb[k]]]++] = (uint32_t)k;
+      }
+  }
+  /* 4. even slabs, then odd slabs (two slabs of one parity share no plane); dynamic: a thread
+   * that was descheduled holds the others back by one thin slab at most */
+  const uint32_t ns = (uint32_t)g->ns;
   for (int parity = 0; parity < 2; ++parity) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int k = parity; k < nslab; k += 2) {
-      const uint16_t lo = (uint16_t)bounds[k], hi = (uint16_t)bounds[k + 1];
-      for (int64_t i = 0; i < g->n; ++i) {
-        const uint16_t *row = zb + i * g->ns;
-        for (int64_t s = 0; s < g->ns; ++s)
-          if (row[s] >= lo && row[s] < hi) body(g, ctx, i, s);
+    for (int k = parity; k < nslab; k += 2)
+      for (int64_t m = plan.starts[k]; m < plan.starts[k + 1]; ++m) {
+        const uint32_t idx = plan.order[m];
+        body(g, ctx, (int64_t)(idx / ns), (int64_t)(idx % ns));
       }
-    }
   }
-  free(zb);
+  slab_plan_free(&plan);
 }
 
 /* --- plain insertion / extraction: values (C channels) <-> grid ---------------------------- */
@@ -168,6 +194,7 @@ typedef struct {
   const T *sw;           /* (ns,) sample weights */
   T *num, *wts;          /* complex numerator grid; real weight grid or NULL */
   int64_t hw, group, box, packed; /* packed: num holds (re, im, weight) per cell, wts unused */
+  const double *ramp;    /* (n / group, RAMP_LEN(box)) complex shift ramps, or NULL */
 } FN(weighted_t);
 
 static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, int64_t s) {
@@ -179,8 +206,19 @@ static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, in
   const T *src = c->spectra + 2 * (j * c->hw + c->flat[s]);
   double re = (double)src[0], im = (double)src[1];
   if (pp[P_TX] != 0 || pp[P_TY] != 0) { /* ramp(+origin) = exp(-2 pi i k.t / D) */
-    const double ph = (-2.0 * M_PI / (double)c->box) * (kx * pp[P_TX] + ky * pp[P_TY]);
-    const double cr = cos(ph), si = sin(ph), r = re;
+    double cr, si;
+    if (c->ramp != NULL) { /* the product of the particle's x and y ramps */
+      const double *rx = c->ramp + 2 * (j * RAMP_LEN(c->box) + (int64_t)kx);
+      const double *ry = c->ramp + 2 * (j * RAMP_LEN(c->box) + RAMP_Y(c->box) + c->box / 2 +
+                                     (int64_t)ky);
+      cr = rx[0] * ry[0] - rx[1] * ry[1];
+      si = rx[0] * ry[1] + rx[1] * ry[0];
+    } else {
+      const double ph = (-2.0 * M_PI / (double)c->box) * (kx * pp[P_TX] + ky * pp[P_TY]);
+      cr = cos(ph);
+      si = sin(ph);
+    }
+    const double r = re;
     re = r * cr - im * si;
     im = r * si + im * cr;
   }
@@ -202,7 +240,7 @@ static void FN(weighted_body)(const FN(geo_t) *g, const void *ctx, int64_t i, in
     const double df = pp[P_DF_MEAN] + pp[P_DF_HALF] * (c2t * pp[P_COS2A] + s2t * pp[P_SIN2A]);
     const double gamma = pp[P_C1] * df * s2 + pp[P_C2] * s2 * s2 - pp[P_C0] + offset;
     ctf = ((flags & 4) && fabs(gamma) < M_PI / 2) ? 1.0 : -sin(gamma);
-    ctf *= exp(pp[P_BQ] * s2);
+    if (pp[P_BQ] != 0) ctf *= exp(pp[P_BQ] * s2); /* exp(0) = 1: no B factor, no exp */
     if (flags & 8) ctf = fabs(ctf);
     else if (flags & 16) ctf = ctf < 0 ? -1.0 : 1.0;
     ctf *= pp[P_SCALE];
@@ -244,9 +282,13 @@ void FN(cryograd_insert_weighted)(const int64_t *dims, const T *rot, const T *kx
                                   const double *tables, const T *sw, T scale, T *num, T *wts,
                                   int nthreads) {
   const FN(geo_t) g = {dims[0], dims[1], dims[4], dims[5], dims[6], scale, rot, kx, ky};
+  const int64_t box = dims[7], particles = g.n / (dims[3] > 0 ? dims[3] : 1);
+  double *ramp = (double *)malloc((size_t)(particles * RAMP_LEN(box)) * 2 * sizeof(double));
+  if (ramp != NULL) shift_ramps(params, particles, box, ramp, thread_count(nthreads));
   const FN(weighted_t) c = {flat, spectra, params,  tables,  sw,      num,
-                            wts,  dims[2], dims[3], dims[7], dims[8]};
+                            wts,  dims[2], dims[3], box, dims[8], ramp};
   FN(scatter_all)(&g, FN(weighted_body), &c, nthreads);
+  free(ramp);
 }
 
 #undef FN

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from cryograd.fourier import irfft2_centered, irfftn_centered, rfft2_centered, rfftn_centered
@@ -345,9 +346,18 @@ class ExtendedSpectrum:
     def zeros_packed(padded: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
         """A flat packed accumulator of zeros: ``(re, im, weight)`` real triples per extended
         cell (the compiled insertion adds a sample's values and weights in the same cache
-        lines); :meth:`fold_packed` splits it."""
+        lines); :meth:`fold_packed` splits it.
+
+        On the CPU the zeros come from ``calloc`` (NumPy): the pages are zeroed when the
+        threaded insertion first writes them, instead of by one thread up front (about 0.1 s
+        for the 104 MB grid of box 128, pad 2).
+        """
         half = padded // 2 + 1
-        return torch.zeros((padded + 2) ** 2 * (half + 1) * 3, device=device, dtype=dtype)
+        size = (padded + 2) ** 2 * (half + 1) * 3
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        if on_cpu and dtype in (torch.float32, torch.float64):
+            return torch.from_numpy(np.zeros(size, dtype=str(dtype).removeprefix("torch.")))
+        return torch.zeros(size, device=device, dtype=dtype)
 
     @staticmethod
     def fold_packed(packed: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
