@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 
 from cryograd.fourier import rfft2_centered
 from cryograd.projectors.base import ImageFilters
+from cryograd.projectors.fourier_slice import _cpu
+from cryograd.projectors.fourier_slice._cpu import CpuSteps
 from cryograd.projectors.fourier_slice.geometry import ExtendedSpectrum
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
 from cryograd.solvers.batches import global_batches, load_batch
@@ -167,24 +169,18 @@ def fit_statistics(
     start = 0
     bar = tqdm(total=len(indices), desc=desc, unit="ptcl", disable=not progress, leave=False)
     with torch.no_grad():
-        state = steps.prepare(volume.to(device=device, dtype=dtype))
-        w_ext = None
-        if leave_one_out is not None:
-            w_ext = ExtendedSpectrum.from_spectrum(leave_one_out.weights.to(state.dtype))
+        reader = _SliceReader(steps, volume.to(device=device, dtype=dtype), leave_one_out)
         for chunk in global_batches(np.asarray(indices), batch_size):
             batch = load_batch(particles, chunk, device=device, dtype=dtype, use_ctf=use_ctf)
             filters = ImageFilters(
                 batch.model_filter(), batch.shifts_px, float(particles.pixel_size_angstrom),
                 batch.optics,
             )  # fmt: skip
-            geom = steps.geometry(filters.slice_matrices(batch.rotations))
-            fp = steps.extract(state, geom, filters)
+            fp, w_slice = reader.read(filters.slice_matrices(batch.rotations), filters)
             fb = rfft2_centered(batch.images)
-            if w_ext is not None and leave_one_out is not None:
-                h = self_fraction(
-                    d, projector.padded_size, _own_filters(batch, chunk, leave_one_out),
-                    steps.extract(w_ext, geom, ImageFilters()).abs(), leave_one_out,
-                )  # fmt: skip
+            if w_slice is not None and leave_one_out is not None:
+                own = _own_filters(batch, chunk, leave_one_out)
+                h = self_fraction(d, projector.padded_size, own, w_slice, leave_one_out)
                 fp = fp - h * (fb - fp)
             stop = start + len(chunk)
             out[:, start:stop] = _band_statistics(fb, fp, band, noise, n_noise).cpu().numpy()
@@ -192,6 +188,40 @@ def fit_statistics(
             bar.update(len(chunk))
     bar.close()
     return ParticleFit(np.asarray(indices), out[0], out[1], out[2])
+
+
+class _SliceReader:
+    """The map's slices at a batch's poses, and with leave-one-out the weights' ``W`` too: on the
+    compiled CPU loops from one packed ``(re, im, W)`` grid in one pass, else two extractions."""
+
+    def __init__(self, steps, volume: torch.Tensor, loo: LeaveOneOut | None) -> None:
+        self.steps = steps
+        self.state = steps.prepare(volume)
+        self.packed = self.w_ext = None
+        if loo is None:
+            return
+        w = loo.weights.to(device=volume.device, dtype=volume.dtype)
+        if isinstance(steps, CpuSteps) and _cpu.usable(self.state):
+            ext_w = ExtendedSpectrum.from_spectrum(w)
+            self.packed = torch.stack([self.state.real, self.state.imag, ext_w], -1).reshape(-1)
+            self.state = None
+        else:
+            self.w_ext = ExtendedSpectrum.from_spectrum(w.to(self.state.dtype))
+
+    def read(self, matrices: torch.Tensor, filters: ImageFilters):
+        """``(fp, w_slice)``: ``ramp · CTF · slice`` and the slice of ``W`` (None without
+        leave-one-out), ``(b, D, D // 2 + 1)``."""
+        geom = self.steps.geometry(matrices)
+        if self.packed is not None:
+            d = self.steps.box_size
+            out = _cpu.extract_channels(self.packed, geom.rotations, d, geom.padded, 3)
+            fp = torch.complex(out[..., 0], out[..., 1])
+            filt = filters.half_grid(d, fp.device, out.dtype)
+            return (fp if filt is None else fp * filt), out[..., 2]
+        fp = self.steps.extract(self.state, geom, filters)
+        if self.w_ext is None:
+            return fp, None
+        return fp, self.steps.extract(self.w_ext, geom, ImageFilters()).abs()
 
 
 def _own_filters(batch, chunk: np.ndarray, loo: LeaveOneOut) -> torch.Tensor:
