@@ -1,21 +1,28 @@
 """``--robust``: per-particle weights from how well each half's map explains its particles (IRLS).
 
 Junk in a stack (ice or carbon edges, aggregates, empty noise, other molecules, wrong poses) is
-junk per *particle*, so the robust step acts on whole particles. Each round, for each half ``k``
-on its own:
+junk per *particle*, so the robust step acts on whole particles. Each half ``k`` runs its rounds
+on its own; each round:
 
 1. the half's map is the weighted direct reconstruction of half ``k``'s particles (Fourier
-   insertion with the current weights, small Wiener term: cheap, whatever the method);
-2. every particle of half ``k`` is scored against its projection of that map
-   (:mod:`cryograd.reconstruction.robust_scores`: amplitude along the prediction in standard
-   errors of its own noise, band power against that noise), standardised robustly within the half;
+   insertion with the current weights, small Wiener term: cheap, whatever the method). The
+   insertion sums are kept from round to round and updated by inserting only the particles whose
+   weight changed (insertion is linear in the weights), the positive and negative changes apart;
+2. every particle of half ``k`` is scored against its projection of that map with its own
+   contribution taken out (leave-one-out,
+   :func:`~cryograd.reconstruction.robust_scores.self_fraction`), so that a particle cannot
+   explain itself (:mod:`cryograd.reconstruction.robust_scores`: amplitude along the prediction
+   in standard errors of its own noise, band power against that noise), standardised robustly
+   within the half against the particles with a significant amplitude;
 3. a robust rule maps those losses to weights in ``[0, 1]``
    (:mod:`cryograd.reconstruction.robust_rules`).
 
-After ``rounds`` rounds the chosen method reconstructs with the weights (direct/cg: in the
-insertion's numerator and ``c²`` weights; adam/sgd: on the per-particle loss; see
-:mod:`cryograd.solvers.particle_weights`). Half ``k``'s weights depend on half ``k``'s particles
-only, so the half maps stay independent and the FSC stays a gold standard.
+After its rounds the chosen method reconstructs with the weights (direct/cg: in the insertion's
+numerator and ``c²`` weights; adam/sgd: on the per-particle loss; see
+:mod:`cryograd.solvers.particle_weights`); ``direct`` takes the robust step's sums brought up to
+the final weights instead of inserting again. Half ``k``'s weights (and its number of rounds)
+depend on half ``k``'s particles only, so the half maps stay independent and the FSC stays a gold
+standard.
 """
 
 from __future__ import annotations
@@ -62,9 +69,9 @@ class RobustConfig:
         A name in :data:`~cryograd.reconstruction.robust_rules.ROBUST_RULES`.
     rounds
         IRLS rounds (scoring passes per half), at least 1; None (``auto``, the default): one
-        round, and a second when the first down-weights more than :data:`AUTO_SECOND_ROUND` of
-        a half (junk is there: re-score against the re-weighted map). A clean set (about 4 % of
-        its particles below weight 0.5 by chance) costs one round.
+        round, and a second for a half whose first down-weights more than
+        :data:`AUTO_SECOND_ROUND` of it (junk is there: re-score against the re-weighted map). A
+        clean set (about 1 % of its particles below weight 0.5 by chance) costs one round.
     band
         The scoring band's top shell as a fraction of Nyquist, in ``(0, 1]``.
     keep_above
