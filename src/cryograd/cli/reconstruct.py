@@ -385,7 +385,7 @@ def _add_robust_flags(p: argparse.ArgumentParser) -> None:
         "--robust-rounds",
         default="auto",
         metavar="N|auto",
-        help="IRLS rounds (auto: 1, or 2 when the first down-weights over 10%% of a half)",
+        help="IRLS rounds per half (auto: 1, or 2 when the first down-weights over 10%% of it)",
     )
     g.add_argument(
         "--keep-above",

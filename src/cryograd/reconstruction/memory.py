@@ -22,6 +22,13 @@ BASE_BYTES = 400 * 2**20
 DIRECT_GRID_UNITS = 9.0
 #: The same with ``refine > 0`` (the Toeplitz normal operator of the refinement steps).
 REFINE_GRID_UNITS = 30.0
+#: Peak of ``--robust``'s IRLS phase (:mod:`cryograd.reconstruction.robust`): a half's insertion
+#: held between rounds (3) while the weight changes are inserted (packed accumulator and the
+#: grids it is folded into, 6); its scoring holds less (the insertion, the map's padded spectrum
+#: and the weights' extended copy, ~7). With ``direct`` the first half's final sums are kept for
+#: the method (3 more; the method then inserts nothing).
+ROBUST_GRID_UNITS = 9.0
+ROBUST_KEPT_GRID_UNITS = 12.0
 #: Peak of the resolution assessment (half maps and full map in the run's precision, mask,
 #: phase-randomised maps, FSCs, the local filter's bands one at a time) in float64 ``D³`` volumes:
 #: measured 9.2 at box 256 (the phase randomisation's float64 spectra).
@@ -39,6 +46,7 @@ def estimate_memory_bytes(
     dtype: torch.dtype = torch.float32,
     *,
     refine: int = 0,
+    robust: bool = False,
 ) -> int:
     """Peak resident memory of a reconstruction in bytes (what ``/usr/bin/time -v`` reports).
 
@@ -61,6 +69,9 @@ def estimate_memory_bytes(
         Real compute dtype.
     refine
         ``direct``: the CG refinement steps (0: none).
+    robust
+        With ``--robust`` (its IRLS phase: :data:`ROBUST_GRID_UNITS`, or with ``direct``
+        :data:`ROBUST_KEPT_GRID_UNITS`).
 
     Returns
     -------
@@ -82,7 +93,11 @@ def estimate_memory_bytes(
         grid = grids + 6 * unit + p**3 * real * 4 + 8 * d**3 * real * 8 + batch
     else:
         units = REFINE_GRID_UNITS if refine > 0 else DIRECT_GRID_UNITS
+        if robust:
+            units = max(units, ROBUST_KEPT_GRID_UNITS)
         grid = units * unit + batch
+    if robust:
+        grid = max(grid, ROBUST_GRID_UNITS * unit + batch)
     return int(BASE_BYTES + max(grid, assess))
 
 
@@ -110,10 +125,13 @@ def check_memory(
     dtype: torch.dtype,
     *,
     refine: int = 0,
+    robust: bool = False,
 ) -> int:
     """Raise CryogradError when the estimated need exceeds the device's free memory; returns the
-    estimate in bytes."""
-    need = estimate_memory_bytes(box_size, method, pad, batch_size, dtype, refine=refine)
+    estimate in bytes (``robust``: see :func:`estimate_memory_bytes`)."""
+    need = estimate_memory_bytes(
+        box_size, method, pad, batch_size, dtype, refine=refine, robust=robust
+    )
     have = _available_memory_bytes(device)
     if have is not None and need > have:
         device = torch.device(device)

@@ -123,7 +123,7 @@ def reconstruct(
     px = float(particles.pixel_size_angstrom)
     max_shell = max_shell_of(maxres, d, px)
     mask_t = load_mask(mask, d)
-    _check_memory(d, method, config, context)
+    _check_memory(d, method, config, context, robust is not None)
     halves, from_file = split_into_halves(particles, idx, config.seed)
     check_halves(particles, halves)
     params = _parameters(method, config, context, maxres, halves, from_file)
@@ -138,8 +138,9 @@ def reconstruct(
         *sizes,
     )
     context, outcome = _weighted_context(
-        particles, halves, context, robust, pad=config.pad, max_shell=max_shell, progress=progress
-    )
+        particles, halves, context, robust, pad=config.pad, max_shell=max_shell,
+        progress=progress, keep_insertions=method == "direct",
+    )  # fmt: skip
     maps = solver.solve_halves(
         particles, halves, config, context, max_shell=max_shell, progress=progress
     )
@@ -176,7 +177,7 @@ def _selected(particles, first, class_number, context, skip_bad: bool) -> np.nda
     return idx
 
 
-def _check_memory(d: int, method: str, config, context) -> None:
+def _check_memory(d: int, method: str, config, context, robust: bool = False) -> None:
     """Refuse a run that does not fit the device (:func:`check_memory`)."""
     refine = int(getattr(config, "refine", 0) or 0)
     check_memory(
@@ -187,21 +188,34 @@ def _check_memory(d: int, method: str, config, context) -> None:
         context.device,
         context.dtype,
         refine=refine,
+        robust=robust,
     )
 
 
-def _weighted_context(particles, halves, context, robust, *, pad, max_shell, progress):
+def _weighted_context(
+    particles, halves, context, robust, *, pad, max_shell, progress, keep_insertions=False
+):
     """The context with the particles' weights (fixed ones checked, robust ones computed), and
-    the :class:`~cryograd.reconstruction.robust.RobustOutcome` (None without ``robust``)."""
+    the :class:`~cryograd.reconstruction.robust.RobustOutcome` (None without ``robust``).
+    ``keep_insertions``: the robust step's last insertion sums go on in the context
+    (``RunContext.half_insertions``, for ``direct``)."""
     if context.particle_weights is not None:
         w = check_particle_weights(context.particle_weights, len(particles))
         context = context.with_weights(w)
     if robust is None:
         return context, None
     outcome = robust_particle_weights(
-        particles, halves, context, robust, pad=pad, max_shell=max_shell, progress=progress
+        particles,
+        halves,
+        context,
+        robust,
+        pad=pad,
+        max_shell=max_shell,
+        progress=progress,
+        keep_insertions=keep_insertions,
     )
-    return context.with_weights(outcome.weights), outcome
+    kept, outcome.insertions = outcome.insertions, None
+    return context.with_weights(outcome.weights).with_half_insertions(kept), outcome
 
 
 def _parameters(method, config, context, maxres, halves, from_file) -> dict:

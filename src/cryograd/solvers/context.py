@@ -44,6 +44,10 @@ class RunContext:
         ``(N,)`` weights in ``[0, 1]`` of every particle of the set (indexed like the set), or
         None: each particle's data term is multiplied by its weight
         (:mod:`cryograd.solvers.particle_weights`; ``--robust``, ``--weight-column``).
+    half_insertions
+        The two halves' :class:`~cryograd.solvers.insertion.FourierInsertion` already made with
+        ``particle_weights`` (``--robust`` keeps its last ones), which ``direct`` takes in place of
+        inserting again (and consumes: its full map's sums go into half 1's), or None.
     """
 
     device: torch.device
@@ -53,6 +57,7 @@ class RunContext:
     comm: Communicator = None  # type: ignore[assignment]  # None: filled in __post_init__
     sym: str = "C1"
     particle_weights: np.ndarray | None = None
+    half_insertions: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in (torch.float32, torch.float64):
@@ -95,5 +100,10 @@ class RunContext:
         return replace(self, comm=comm)
 
     def with_weights(self, weights: np.ndarray | None) -> RunContext:
-        """The same context with per-particle weights (None: every particle weighs 1)."""
-        return replace(self, particle_weights=weights)
+        """The same context with per-particle weights (None: every particle weighs 1), and no
+        :attr:`half_insertions` (they were made with other weights)."""
+        return replace(self, particle_weights=weights, half_insertions=None)
+
+    def with_half_insertions(self, insertions: tuple | None) -> RunContext:
+        """The same context with the halves' insertion sums (see :attr:`half_insertions`)."""
+        return replace(self, half_insertions=insertions)

@@ -253,19 +253,22 @@ class DirectSolver:
         """The half maps and the full map (see :class:`~cryograd.solvers.registry.Solver`)."""
         out = HalfMaps(None, None, None, parameters={"refine": config.refine})  # type: ignore[arg-type]  # set below
         t0 = time.perf_counter()
-        ins = [
-            insert_in_context(
-                particles,
-                half,
-                context,
-                pad=config.pad,
-                batch_size=config.batch_size,
-                max_shell=max_shell,
-                progress=progress,
-                desc=f"insert half {k}",
-            )
-            for k, half in enumerate(halves, start=1)
-        ]
+        if context.half_insertions is not None:  # made by --robust with these weights
+            ins = list(context.half_insertions)
+        else:
+            ins = [
+                insert_in_context(
+                    particles,
+                    half,
+                    context,
+                    pad=config.pad,
+                    batch_size=config.batch_size,
+                    max_shell=max_shell,
+                    progress=progress,
+                    desc=f"insert half {k}",
+                )
+                for k, half in enumerate(halves, start=1)
+            ]
         out.timings["insert"] = time.perf_counter() - t0
         if config.snr is not None or config.lam is not None:
             maps = self._constant(ins, config, max_shell, out)

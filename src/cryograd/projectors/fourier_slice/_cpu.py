@@ -119,7 +119,7 @@ def _call(name: str, rotations, box_size, padded, slices_real, channels, grid_re
             kx.numel(),
             box_size * (box_size // 2 + 1),
             channels,
-            1 if channels == 2 else -1,
+            1 if channels in (2, 3) else -1,  # (re, im[, weight]): im conjugated
             padded // 2,
             sz,
             sy,
@@ -177,6 +177,20 @@ def extract_slices(
     out = torch.zeros(shape + ((2,) if channels == 2 else ()), dtype=grid_real.dtype)
     _call("extract", rotations, box_size, padded, out, channels, grid_real)
     return torch.view_as_complex(out) if channels == 2 else out
+
+
+def extract_channels(
+    grid_real: torch.Tensor, rotations: torch.Tensor, box_size: int, padded: int, channels: int
+) -> torch.Tensor:
+    """Central slices ``(b, D, D // 2 + 1, channels)`` of a flat extended real grid of
+    ``channels`` values per cell (``(re, im)`` or ``(re, im, weight)``: the second one is
+    conjugated on the mirrored half), in one pass of the compiled extraction."""
+    grid_real = grid_real.contiguous()
+    out = torch.zeros(
+        (rotations.shape[0], box_size, box_size // 2 + 1, channels), dtype=grid_real.dtype
+    )
+    _call("extract", rotations, box_size, padded, out, channels, grid_real)
+    return out
 
 
 def particle_parameters(
