@@ -337,6 +337,17 @@ def _accuracy_row(work: Path, tag: str, star: Path) -> dict:
     }
 
 
+def _row_cells(name: str, r: dict, baseline: float) -> str:
+    """A table row's first cells: set, FSC(cryograd, RELION) box / ball, RELION's and cryograd's
+    mean FSC to the truth (cryograd's change against ``baseline``)."""
+    return (
+        f"| {name} | {r['fsc_cryograd_relion_min']:.4f} / "
+        f"{r['fsc_cryograd_relion_sphere_min']:.4f} ({r['shells_to_resolution']} shells) "
+        f"| {r['relion_mean_fsc_truth']:.4f} | {r['cryograd_mean_fsc_truth']:.4f} "
+        f"({r['cryograd_mean_fsc_truth'] - baseline:+.4f})"
+    )
+
+
 def bench_accuracy(args) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -357,11 +368,7 @@ def bench_accuracy(args) -> dict:
     clean_h = rows["clean"]["cryograd_halves_mean_fsc_truth"]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['fsc_cryograd_relion_min']:.4f} / "
-            f"{r['fsc_cryograd_relion_sphere_min']:.4f} ({r['shells_to_resolution']} shells) "
-            f"| {r['relion_mean_fsc_truth']:.4f} | {r['cryograd_mean_fsc_truth']:.4f} "
-            f"({r['cryograd_mean_fsc_truth'] - clean:+.4f}) "
-            f"| {r['cryograd_halves_mean_fsc_truth']:.4f} "
+            f"{_row_cells(name, r, clean)} | {r['cryograd_halves_mean_fsc_truth']:.4f} "
             f"({r['cryograd_halves_mean_fsc_truth'] - clean_h:+.4f}) |"
         )
     print("\n".join(lines), file=sys.stderr)
@@ -444,12 +451,7 @@ def bench_boxes(args) -> dict:
         "|---|---|---|---|",
     ]
     for label, r in rows.items():
-        lines.append(
-            f"| {label} | {r['fsc_cryograd_relion_min']:.4f} / "
-            f"{r['fsc_cryograd_relion_sphere_min']:.4f} ({r['shells_to_resolution']} shells) "
-            f"| {r['relion_mean_fsc_truth']:.4f} | {r['cryograd_mean_fsc_truth']:.4f} "
-            f"({r['cryograd_mean_fsc_truth'] - base:+.4f}) |"
-        )
+        lines.append(f"{_row_cells(label, r, base)} |")
     print("\n".join(lines), file=sys.stderr)
     return {"part": "boxes", "n": args.n, "snr": args.snr, "rows": rows}
 

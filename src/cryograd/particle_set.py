@@ -33,7 +33,7 @@ from cryograd.optics.ewald import EwaldSettings
 from cryograd.optics.groups import GroupAberrations
 from cryograd.optics.magnification import reference_grid_scale
 from cryograd.optics.particles import ParticleOptics
-from cryograd.optics.rescale import GroupSampling, resample_images
+from cryograd.optics.rescale import GroupSampling, group_sampling, resample_images
 
 try:  # optional: splits a million image names in C++ (pandas' Arrow strings)
     import pyarrow as pa
@@ -734,6 +734,27 @@ def _to_numpy(a) -> np.ndarray | None:
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().double().numpy()
     return np.asarray(a, dtype=np.float64)
+
+
+def resample_other_boxes(
+    groups: list[OpticsGroup], particle_group: np.ndarray, shifts_px: np.ndarray | None
+) -> None:
+    """Give each group of another box than the first group's its sampling onto that box
+    (:func:`cryograd.optics.rescale.group_sampling`, as RELION rescales to its first group), and
+    convert those particles' ``shifts_px`` ``(n, 2)`` in place to the resampled images' pixels
+    (origins in Å unchanged). ``particle_group`` ``(n,)`` holds each particle's group number."""
+    ref = next((g for g in groups if g.box_size is not None), None)
+    if ref is None or ref.box_size is None:
+        return
+    for g in groups:
+        if g.box_size is None or g.box_size == ref.box_size:
+            continue
+        g.sampling = group_sampling(
+            g.box_size, g.pixel_size_angstrom, ref.box_size, groups[0].pixel_size_angstrom
+        )
+        if shifts_px is not None:
+            rows = particle_group == g.number
+            shifts_px[rows] *= g.pixel_size_angstrom / g.sampling.image_pixel_angstrom
 
 
 def _as_index(indices, n: int) -> np.ndarray:

@@ -30,8 +30,12 @@ import torch
 
 from cryograd.errors import CryogradError
 from cryograd.geometry import cryosparc_pose_to_matrix
-from cryograd.optics.rescale import group_sampling
-from cryograd.particle_set import OpticsGroup, ParticleSet, resolve_image_path
+from cryograd.particle_set import (
+    OpticsGroup,
+    ParticleSet,
+    resample_other_boxes,
+    resolve_image_path,
+)
 
 __all__ = ["read_cs"]
 
@@ -78,8 +82,7 @@ def read_cs(
     rotations, shifts_px, half_set, class_number = _alignments(path, data, pixels, notes)
     optics_group, groups = _optics_groups(path, data, pixels, boxes)
     box = groups[0].box_size
-    if shifts_px is not None:
-        _resample_groups(groups, optics_group, shifts_px)
+    resample_other_boxes(groups, optics_group, shifts_px)
     stack_files, stack_ids, stack_indices = _image_locations(path, data, datadir)
     if "blob/sign" in names and np.any(np.asarray(data["blob/sign"]) > 0):
         notes.append(
@@ -139,22 +142,6 @@ def _box_sizes(path: Path, data: np.ndarray) -> np.ndarray | None:
             f"{path}: row {row + 1}, field blob/shape: images are not square {tuple(shape[row])}"
         )
     return shape[:, 0].astype(np.int64)
-
-
-def _resample_groups(
-    groups: list[OpticsGroup], optics_group: np.ndarray, shifts_px: np.ndarray
-) -> None:
-    """Groups of another box than the first's: resampled onto it (``cryograd.optics.rescale``,
-    as for RELION files); their shifts in place in the resampled images' pixels."""
-    ref = groups[0]
-    for g in groups[1:]:
-        if g.box_size is None or ref.box_size is None or g.box_size == ref.box_size:
-            continue
-        g.sampling = group_sampling(
-            g.box_size, g.pixel_size_angstrom, ref.box_size, ref.pixel_size_angstrom
-        )
-        rows = optics_group == g.number
-        shifts_px[rows] *= g.pixel_size_angstrom / g.sampling.image_pixel_angstrom
 
 
 def _alignments(path: Path, data: np.ndarray, pixels: np.ndarray, notes: list[str]) -> tuple:

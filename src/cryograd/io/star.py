@@ -36,8 +36,13 @@ from cryograd.io.star_optics import (
 )
 from cryograd.io.star_table import StarTable, find_particle_block, optics_table, read_star_blocks
 from cryograd.io.star_write import write_star
-from cryograd.optics.rescale import group_sampling
-from cryograd.particle_set import CTF_COLUMNS, OpticsGroup, ParticleSet, parse_image_names
+from cryograd.particle_set import (
+    CTF_COLUMNS,
+    OpticsGroup,
+    ParticleSet,
+    parse_image_names,
+    resample_other_boxes,
+)
 
 __all__ = ["read_star", "write_star", "read_star_blocks"]
 
@@ -84,6 +89,8 @@ def read_star(
             table.df["rlnImageName"], path.parent, datadir, path
         )
     box = _box_size(path, optics.groups, stack_files, box_size)
+    shifts_px = _origins_px(table, optics.particle_pixel)
+    resample_other_boxes(optics.groups, np.asarray(optics.particle_group), shifts_px)
     half_set, class_number = _half_sets_and_classes(table)
     extra_names = [c for c in table.df.columns if c not in INTERPRETED_COLUMNS]
     premultiplied = optics.per_particle("rlnCtfDataAreCtfPremultiplied")
@@ -92,9 +99,7 @@ def read_star(
         box_size=box,
         pixel_size_angstrom=optics.groups[0].pixel_size_angstrom,
         rotations=_rotations(table, notes),
-        shifts_px=_resampled_origins(
-            _origins_px(table, optics.particle_pixel), optics.groups, optics.particle_group
-        ),
+        shifts_px=shifts_px,
         ctf=_ctf_table(optics, notes),
         ctf_premultiplied=np.zeros(n, dtype=bool)
         if premultiplied is None
@@ -124,13 +129,8 @@ def _box_size(
     if any(b <= 0 for b in boxes):
         raise CryogradError(f"{path}: box size must be positive, got {min(boxes)}")
     box: int | None
-    if len(boxes) > 1:
+    if len(boxes) > 1:  # the others are resampled onto it (resample_other_boxes)
         box = next(g.box_size for g in groups if g.box_size is not None)
-        assert box is not None
-        ref_pixel = groups[0].pixel_size_angstrom
-        for g in groups:
-            if g.box_size is not None and g.box_size != box:
-                g.sampling = group_sampling(g.box_size, g.pixel_size_angstrom, box, ref_pixel)
     elif boxes:
         box = boxes.pop()
     else:
@@ -183,20 +183,6 @@ def _rotations(table: StarTable, notes: list[str]) -> np.ndarray | None:
         m[:, 2, 1] = sb * sa
         m[:, 2, 2] = cb
     return out
-
-
-def _resampled_origins(
-    shifts_px: np.ndarray | None, groups: list[OpticsGroup], particle_group: np.ndarray
-) -> np.ndarray | None:
-    """``shifts_px`` in the pixels of the resampled images where a group is resampled (its
-    origins in Å are unchanged; :mod:`cryograd.optics.rescale`)."""
-    if shifts_px is None or not any(g.sampling for g in groups):
-        return shifts_px
-    for g in groups:
-        if g.sampling is not None:
-            rows = particle_group == g.number
-            shifts_px[rows] *= g.pixel_size_angstrom / g.sampling.image_pixel_angstrom
-    return shifts_px
 
 
 def _origins_px(table: StarTable, particle_pixel: np.ndarray) -> np.ndarray | None:

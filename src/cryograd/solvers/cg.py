@@ -25,6 +25,7 @@ from cryograd.solvers.insertion import (
     FourierInsertion,
     band_limit,
     default_regularizer,
+    insert_halves_in_context,
     insert_in_context,
     lam_to_wiener,
     wiener_to_lam,
@@ -196,19 +197,15 @@ class CGSolver:
     @staticmethod
     def _toeplitz(particles, halves, config, context, max_shell, progress, out) -> list:
         t0 = time.perf_counter()
-        ins = [
-            insert_in_context(
-                particles,
-                h,
-                context,
-                pad=config.pad,
-                batch_size=config.batch_size,
-                max_shell=max_shell,
-                progress=progress,
-                desc=f"insert half {k}",
-            )
-            for k, h in enumerate(halves, start=1)
-        ]
+        ins = insert_halves_in_context(
+            particles,
+            halves,
+            context,
+            pad=config.pad,
+            batch_size=config.batch_size,
+            max_shell=max_shell,
+            progress=progress,
+        )
         out.timings["insert"] = time.perf_counter() - t0
         lam_used = default_lam(ins[0] + ins[1], config)
         maps = []

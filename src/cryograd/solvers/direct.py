@@ -49,6 +49,7 @@ from cryograd.solvers.division import default_regularizer, divide_and_invert, we
 from cryograd.solvers.insertion import (
     FourierInsertion,
     band_limit,
+    insert_halves_in_context,
     insert_in_context,
     lam_to_wiener,
     with_data_mean,
@@ -256,19 +257,15 @@ class DirectSolver:
         if context.half_insertions is not None:  # made by --robust with these weights
             ins = list(context.half_insertions)
         else:
-            ins = [
-                insert_in_context(
-                    particles,
-                    half,
-                    context,
-                    pad=config.pad,
-                    batch_size=config.batch_size,
-                    max_shell=max_shell,
-                    progress=progress,
-                    desc=f"insert half {k}",
-                )
-                for k, half in enumerate(halves, start=1)
-            ]
+            ins = insert_halves_in_context(
+                particles,
+                halves,
+                context,
+                pad=config.pad,
+                batch_size=config.batch_size,
+                max_shell=max_shell,
+                progress=progress,
+            )
         out.timings["insert"] = time.perf_counter() - t0
         if config.snr is not None or config.lam is not None:
             maps = self._constant(ins, config, max_shell, out)

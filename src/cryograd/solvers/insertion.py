@@ -311,6 +311,32 @@ def insert_in_context(
     )
 
 
+def insert_halves_in_context(
+    particles,
+    halves,
+    context: RunContext,
+    *,
+    pad: float = 2.0,
+    batch_size: int | None = None,
+    max_shell: int | None = None,
+    progress: bool = True,
+) -> list[FourierInsertion]:
+    """:func:`insert_in_context` of each half (``halves``: the halves' particle indices)."""
+    return [
+        insert_in_context(
+            particles,
+            half,
+            context,
+            pad=pad,
+            batch_size=batch_size,
+            max_shell=max_shell,
+            progress=progress,
+            desc=f"insert half {k}",
+        )
+        for k, half in enumerate(halves, start=1)
+    ]
+
+
 def padded_shell_index(box_size: int, padded: int, *, device=None) -> torch.Tensor:
     """Shell ``round(|q| · D / P)`` (``D``-grid units) of every sample of the padded half grid."""
     key = (int(box_size), int(padded), str(torch.device(device or "cpu")))
