@@ -144,11 +144,14 @@ def fsc(map1, map2, *, mask=None) -> torch.Tensor:
             )
         v1 = v1 * m
         v2 = v2 * m
-    box = v1.shape[0]
     # transforms in the maps' precision, shell sums in float64
-    f1 = rfftn_centered(v1)
-    f2 = rfftn_centered(v2.to(v1.dtype))
-    idx, mult, n_shells = _shells_and_weights(box, v1.device, torch.float64)
+    return _fsc_of_spectra(rfftn_centered(v1), rfftn_centered(v2.to(v1.dtype)))
+
+
+def _fsc_of_spectra(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    """:func:`fsc` of two maps given their ``(N, N, N // 2 + 1)`` half spectra."""
+    box = f1.shape[0]
+    idx, mult, n_shells = _shells_and_weights(box, f1.device, torch.float64)
     cross, p1, p2 = _fsc_sums(f1, f2, idx, mult, n_shells)
     denom = torch.sqrt(p1 * p2)
     tiny = torch.finfo(torch.float64).tiny
@@ -158,14 +161,18 @@ def fsc(map1, map2, *, mask=None) -> torch.Tensor:
 def _fsc_sums(f1, f2, idx, mult, n_shells: int, planes: int = 16):
     """Per-shell ``Σ Re f1 f2*``, ``Σ |f1|²``, ``Σ |f2|²`` (half-grid multiplicities, float64),
     a few ``z`` planes at a time (no product grids of the whole volume)."""
-    out = [torch.zeros(n_shells, dtype=torch.float64, device=f1.device) for _ in range(3)]
+    out = torch.zeros((3, n_shells + 1), dtype=torch.float64, device=f1.device)
     for z in range(0, f1.shape[0], planes):
-        a, b = f1[z : z + planes], f2[z : z + planes]
-        i, m = idx[z : z + planes], mult[z : z + planes]
-        terms = ((a * b.conj()).real, a.abs() ** 2, b.abs() ** 2)
+        a = torch.view_as_real(f1[z : z + planes])  # (planes, N, N // 2 + 1, 2)
+        b = torch.view_as_real(f2[z : z + planes])
+        i = idx[z : z + planes].reshape(-1)  # n_shells: beyond Nyquist, dropped below
+        m = mult[z : z + planes].reshape(-1)
+        terms = ((a * b).sum(-1), a.square().sum(-1), b.square().sum(-1))  # Re a b*, |a|², |b|²
         for k, term in enumerate(terms):
-            out[k] += shell_sums(m * term.double(), i, n_shells)[0]
-    return out[0], out[1], out[2]
+            out[k] += torch.bincount(
+                i, weights=m * term.reshape(-1).double(), minlength=n_shells + 1
+            )
+    return out[0, :n_shells], out[1, :n_shells], out[2, :n_shells]
 
 
 def shell_frequencies_inv_angstrom(box: int, pixel_size: float) -> torch.Tensor:
@@ -219,19 +226,15 @@ def _distance_to_set(binary: torch.Tensor, max_r: int) -> torch.Tensor:
     """Distance in whole pixels (1 .. max_r, else max_r + 1) of every voxel to a binary set.
 
     ``distance = min r`` such that the voxel lies in the dilation of the set by a ball of radius
-    ``r``; dilations are periodic FFT convolutions over the array's own (any) shape.
+    ``r``, i.e. ``ceil`` of the exact Euclidean distance (squared distances are integers), from
+    the separable distance transform of :func:`cryograd.postprocess.masks.squared_distance_to_set`,
+    periodic over the array's own shape (as a DFT dilation is).
     """
-    shape = binary.shape
-    dev = binary.device
-    spec_b = torch.fft.rfftn(binary.to(torch.float32))
-    freqs = [torch.fft.fftfreq(n, d=1.0 / n, device=dev, dtype=torch.float32) for n in shape]
-    r2 = freqs[0].view(-1, 1, 1) ** 2 + freqs[1].view(1, -1, 1) ** 2 + freqs[2].view(1, 1, -1) ** 2
-    distance = torch.where(binary > 0, 0.0, float(max_r + 1)).to(torch.float64)
-    for r in range(1, max_r + 1):
-        ball = (r2 <= r * r + 1e-3).to(torch.float32)  # ball of radius r about voxel 0
-        dil = torch.fft.irfftn(spec_b * torch.fft.rfftn(ball), s=shape) > 0.5
-        distance = torch.where(dil & (distance > r), torch.full_like(distance, r), distance)
-    return distance
+    from cryograd.postprocess.masks import squared_distance_to_set
+
+    d2 = squared_distance_to_set(binary > 0, max_r, periodic=True)
+    distance = torch.ceil(torch.sqrt(d2))
+    return distance.masked_fill_(d2 > max_r * max_r, float(max_r + 1))
 
 
 def soft_mask_from_map(
@@ -248,7 +251,7 @@ def soft_mask_from_map(
     the binary mask is extended by ``extend_px`` pixels and then given a raised-cosine edge
     ``0.5 + 0.5 cos(π (d - extend_px) / soft_edge_px)`` over the next ``soft_edge_px`` pixels, where
     ``d`` is the distance to the binary mask in whole pixels (the smallest ``r`` whose ball dilation
-    reaches the voxel; dilations by FFT on the bounding box of the mask plus a margin).
+    reaches the voxel; an exact distance transform on the bounding box of the mask plus a margin).
 
     Parameters
     ----------
@@ -281,7 +284,7 @@ def soft_mask_from_map(
     extend_px = int(extend_px)
     soft_edge_px = int(soft_edge_px)
     max_r = extend_px + soft_edge_px
-    # work on the bounding box of the set plus a margin, so the periodic convolutions cannot wrap
+    # work on the bounding box of the set plus a margin, so the periodic transform cannot wrap
     # (where the margin reaches the box faces the box is periodic, as the map's DFT is)
     nz = torch.nonzero(binary > 0)
     lo = (nz.min(dim=0).values - (max_r + 1)).clamp_min(0).tolist()
@@ -297,12 +300,14 @@ def soft_mask_from_map(
     return mask.to(v.dtype)
 
 
-def _random_phases(box: int, seed: int, device) -> torch.Tensor:
-    """Unit complex numbers on the half grid with uniform, Hermitian-consistent random phases."""
+def _random_phases(box: int, seed: int, device, dtype=torch.float64) -> torch.Tensor:
+    """Unit complex numbers on the half grid with uniform, Hermitian-consistent random phases
+    (the DFT of real white noise of ``dtype``, normalised)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn((box,) * 3, generator=gen, dtype=torch.float64).to(device)
+    noise = torch.randn((box,) * 3, generator=gen, dtype=dtype).to(device)
     spec = torch.fft.rfftn(noise)
-    return spec / spec.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    del noise
+    return spec.div_(spec.abs().clamp_min_(torch.finfo(dtype).tiny))
 
 
 def phase_randomize(volume, beyond_shell: int, seed: int) -> torch.Tensor:
@@ -310,7 +315,7 @@ def phase_randomize(volume, beyond_shell: int, seed: int) -> torch.Tensor:
 
     Samples with ``|k| > beyond_shell`` (RELION's ``randomizePhasesBeyond``: ``k² > index²``) get a
     uniform random phase; the phases are taken from the DFT of real white noise so that the result
-    is real (Hermitian symmetry holds).
+    is real (Hermitian symmetry holds). Computed in the map's precision (float32 maps: float32).
 
     Parameters
     ----------
@@ -327,16 +332,25 @@ def phase_randomize(volume, beyond_shell: int, seed: int) -> torch.Tensor:
         ``(N, N, N)``, dtype and device of ``volume``.
     """
     v = _as_volume(volume)
-    box = v.shape[0]
-    spec = rfftn_centered(v.to(torch.float64))
-    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=v.device, dtype=torch.float64)
-    k = torch.fft.fftfreq(box, d=1.0 / box, device=v.device, dtype=torch.float64)
+    dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+    return _phase_randomized(rfftn_centered(v.to(dtype)), beyond_shell, seed).to(v.dtype)
+
+
+def _phase_randomized(spectrum: torch.Tensor, beyond_shell: int, seed: int) -> torch.Tensor:
+    """:func:`phase_randomize` of a map given its ``rfftn_centered`` spectrum (left unchanged):
+    the ``(N, N, N)`` real map of the spectrum's real dtype."""
+    box = spectrum.shape[0]
+    real = torch.float64 if spectrum.dtype == torch.complex128 else torch.float32
+    phases = _random_phases(box, seed, spectrum.device, real)
+    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=spectrum.device, dtype=real)
+    k = torch.fft.fftfreq(box, d=1.0 / box, device=spectrum.device, dtype=real)
     k2 = k.view(-1, 1, 1) ** 2 + k.view(1, -1, 1) ** 2 + kx.view(1, 1, -1) ** 2
-    select = k2 > float(beyond_shell) ** 2
-    # unit-modulus DFT of real noise: Hermitian like ``spec``, so |spec|·phases stays real
-    phases = _random_phases(box, seed, v.device)
-    spec = torch.where(select, spec.abs() * phases, spec)
-    return irfftn_centered(spec, box).to(v.dtype)
+    keep = k2 <= float(beyond_shell) ** 2
+    del k2
+    # unit-modulus DFT of real noise: Hermitian like the spectrum, so |spec|·phases stays real
+    phases.mul_(spectrum.abs())
+    phases[keep] = spectrum[keep]
+    return irfftn_centered(phases, box)
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,7 +486,9 @@ def masked_fsc_corrected(
     v2 = _as_volume(map2, "map2").to(v1.device)
     m = _as_volume(mask, "mask").to(v1.device)
     box = v1.shape[0]
-    f_unmasked = fsc(v1, v2)
+    dtype = torch.float64 if v1.dtype == torch.float64 else torch.float32
+    spectra = [rfftn_centered(v.to(dtype)) for v in (v1, v2)]
+    f_unmasked = _fsc_of_spectra(spectra[0], spectra[1])
     f_masked = fsc(v1, v2, mask=m)
     below = torch.nonzero(f_unmasked[1:] < randomize_below_fsc)
     randomize_at = int(below[0, 0]) + 1 if below.numel() else None
@@ -480,8 +496,9 @@ def masked_fsc_corrected(
         f_rand = None
         f_true = f_masked.clone()
     else:
-        r1 = phase_randomize(v1, randomize_at, seed)
-        r2 = phase_randomize(v2, randomize_at, seed + 1)
+        r1 = _phase_randomized(spectra[0], randomize_at, seed)
+        r2 = _phase_randomized(spectra[1], randomize_at, seed + 1)
+        del spectra
         f_rand = fsc(r1, r2, mask=m)
         f_true = f_masked.clone()
         shells = torch.arange(len(f_true), device=f_true.device)
@@ -573,8 +590,13 @@ def apply_shell_weights(volume, weights) -> torch.Tensor:
     if w.numel() != n_shells:
         raise ValueError(f"expected {n_shells} shell weights for box {box}, got {w.numel()}")
     w_ext = torch.cat([w, torch.zeros(1, dtype=w.dtype, device=w.device)])
-    idx = shell_index(box, ndim=3, rfft=True, device=v.device).clamp(max=n_shells)
-    spec = rfftn_centered(v.to(torch.float64)) * w_ext[idx]
+    idx = shell_index(box, ndim=3, rfft=True, device=v.device).clamp_(max=n_shells)
+    dtype = torch.float64 if v.dtype == torch.float64 else torch.float32  # the map's precision
+    factor = w_ext.to(dtype)[idx]
+    del idx
+    spec = rfftn_centered(v.to(dtype))
+    torch.view_as_real(spec).mul_(factor.unsqueeze(-1))
+    del factor
     return irfftn_centered(spec, box).to(v.dtype)
 
 

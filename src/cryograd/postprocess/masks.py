@@ -27,16 +27,25 @@ from cryograd.postprocess.filters import lowpass_map
 __all__ = ["squared_distance_to_set", "create_mask", "sphere_mask"]
 
 
-def squared_distance_to_set(binary: torch.Tensor, max_distance: float) -> torch.Tensor:
+def squared_distance_to_set(
+    binary: torch.Tensor, max_distance: float, *, periodic: bool = False
+) -> torch.Tensor:
     """Squared Euclidean distance (in pixels²) of every voxel to the nearest voxel of a set.
+
+    Separable and exact: ``d² = min_dz [dz² + min_dy [dy² + min_dx [dx² + (0 on the set, else
+    ∞)]]]`` over offsets up to ``r = ceil(max_distance)``, in small integers (values above
+    ``r²`` are held at ``r² + 1``, which cannot lower a distance ``<= r²``).
 
     Parameters
     ----------
     binary
         ``(D, H, W)`` bool, the set.
     max_distance
-        Distances up to this value (pixels) are exact; farther voxels get a value
-        ``> max_distance²`` (possibly ``inf``).
+        Distances up to this value (pixels) are exact; farther voxels get ``r² + 1``
+        (``> max_distance²``).
+    periodic
+        The array wraps around at its faces (as a DFT convolution would); ``r`` must then not
+        exceed its size along any axis.
 
     Returns
     -------
@@ -44,20 +53,33 @@ def squared_distance_to_set(binary: torch.Tensor, max_distance: float) -> torch.
         ``(D, H, W)`` float64; 0 on the set.
     """
     r = int(math.ceil(max(float(max_distance), 0.0)))
-    d2 = torch.where(binary, 0.0, math.inf).to(torch.float64)
+    cap = r * r + 1
+    dtype = torch.uint8 if 2 * cap <= 255 else torch.int32
+    d2 = torch.full(binary.shape, cap, dtype=dtype, device=binary.device).masked_fill_(binary, 0)
     for axis in range(3):
-        n = d2.shape[axis]
-        pad = [0, 0] * 3
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
-        padded = torch.nn.functional.pad(d2[None], pad, value=math.inf)[0]
-        best = d2
-        for off in range(-r, r + 1):
-            if off == 0:
-                continue
-            shifted = padded.narrow(axis, r + off, n)
-            best = torch.minimum(best, shifted + float(off * off))
-        d2 = best
-    return d2
+        d2 = _min_plus_squares(d2, axis, r, cap, periodic)
+    return d2.to(torch.float64)
+
+
+def _min_plus_squares(d2: torch.Tensor, axis: int, r: int, cap: int, periodic: bool):
+    """``min_o (d2[i + o] + o²)`` over ``|o| <= r`` along ``axis``, held at ``cap``."""
+    n = d2.shape[axis]
+    if periodic and r > n:
+        raise ValueError(f"distance {r} exceeds the size {n} of a periodic axis")
+    if periodic:
+        before, after = d2.narrow(axis, n - r, r), d2.narrow(axis, 0, r)
+    else:
+        shape = list(d2.shape)
+        shape[axis] = r
+        before = after = torch.full(shape, cap, dtype=d2.dtype, device=d2.device)
+    padded = torch.cat([before, d2, after], dim=axis)
+    best = d2.clone()
+    term = torch.empty_like(d2)
+    for off in range(1, r + 1):
+        for start in (r - off, r + off):
+            torch.add(padded.narrow(axis, start, n), off * off, out=term)
+            torch.minimum(best, term, out=best)
+    return best.clamp_(max=cap)
 
 
 def create_mask(

@@ -130,9 +130,15 @@ def local_wiener_filter(
     del h1, h2, x
     out = torch.zeros(shape, dtype=dtype, device=full.device)
     tiny = torch.finfo(dtype).tiny
+    banded = torch.empty_like(s1)  # one spectrum times one band, reused
+
+    def band_map(spectrum: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        torch.mul(torch.view_as_real(spectrum), band.unsqueeze(-1), out=torch.view_as_real(banded))
+        return torch.fft.irfftn(banded, s=shape)
+
     for band in _bands(shape[-1], n_bands, device=full.device, dtype=dtype):
-        a = torch.fft.irfftn(s1 * band, s=shape)
-        b = torch.fft.irfftn(s2 * band, s=shape)
+        a = band_map(s1, band)
+        b = band_map(s2, band)
         covariance = gaussian_blur(a * b, sigma_px)
         a.square_()  # the variance's terms in place: at box 448 a map is 360 MB
         b.square_()
@@ -145,7 +151,7 @@ def local_wiener_filter(
         del variance
         weight = rho.mul(2.0).div_(rho.add_(1.0))  # 2ρ / (1 + ρ)
         del rho, covariance
-        out.addcmul_(weight, torch.fft.irfftn(sx * band, s=shape))
+        out.addcmul_(weight, band_map(sx, band))
         del weight, band
     out += mean - out.mean()
     return out.to(full.dtype)

@@ -17,6 +17,8 @@ dividing the whole grid at once.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from cryograd.solvers.insertion import regularizer_from_shell_sums
@@ -57,6 +59,18 @@ def shell_index_slab(box_size: int, padded: int, y0: int, y1: int, *, device=Non
     return table[_squared_radius_slab(padded, y0, y1, device)]
 
 
+@functools.lru_cache(maxsize=4)
+def _squared_radius_counts(padded: int, device: str) -> torch.Tensor:
+    """float64 number of samples of the padded half grid at every ``|q|²`` (its geometry only)."""
+    top = 3 * (padded // 2) ** 2 + 1
+    counts = torch.zeros(top, dtype=torch.float64, device=device)
+    step = _slab_rows(padded, padded // 2 + 1, padded)
+    for y0 in range(0, padded, step):
+        r2 = _squared_radius_slab(padded, y0, min(padded, y0 + step), device).reshape(-1)
+        counts += torch.bincount(r2, minlength=top).to(torch.float64)
+    return counts
+
+
 def weight_shell_sums(insertion) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and count of the ``Σ c²`` weights per shell ``0 .. D // 2`` (for RELION's ``τ²``), as
     :func:`cryograd.solvers.insertion.weight_shell_sums`, slab by slab: the weights are summed
@@ -66,14 +80,13 @@ def weight_shell_sums(insertion) -> tuple[torch.Tensor, torch.Tensor]:
     n_shells = d // 2 + 1
     table = _shell_of_squared_radius(d, p, w.device)
     sums = torch.zeros(table.numel(), dtype=torch.float64, device=w.device)
-    counts = torch.zeros(table.numel(), dtype=torch.float64, device=w.device)
     step = _slab_rows(p, w.shape[-1], p)
     for y0 in range(0, p, step):
         y1 = min(p, y0 + step)
         r2 = _squared_radius_slab(p, y0, y1, w.device).reshape(-1)
         values = w[:, y0:y1].reshape(-1).to(torch.float64)
         sums += torch.bincount(r2, weights=values, minlength=table.numel())
-        counts += torch.bincount(r2, minlength=table.numel()).to(torch.float64)
+    counts = _squared_radius_counts(p, str(w.device)).to(w.device)
     inside = table < n_shells
     shell_sums = torch.zeros(n_shells, dtype=torch.float64, device=w.device)
     shell_counts = torch.zeros(n_shells, dtype=torch.float64, device=w.device)
@@ -89,10 +102,13 @@ def default_regularizer(insertion) -> float:
     return regularizer_from_shell_sums(*weight_shell_sums(insertion), insertion.max_shell)
 
 
-def _crop_index(box_size: int, padded: int, device) -> torch.Tensor:
-    """Rows of an unshifted length-``P`` inverse transform that the centred crop to ``D`` keeps,
-    in the crop's order (``fftshift`` then the central ``D``)."""
-    return (torch.arange(box_size, device=device) - box_size // 2) % padded
+def _crop_into(out: torch.Tensor, full: torch.Tensor, dim: int) -> None:
+    """``out = crop(fftshift(full))`` along ``dim``: the centred ``D`` of an unshifted length-``P``
+    inverse transform (its rows ``-D//2 .. D - D//2 - 1`` mod ``P``), as two block copies."""
+    d, p = out.shape[dim], full.shape[dim]
+    lo = d // 2
+    out.narrow(dim, 0, lo).copy_(full.narrow(dim, p - lo, lo))
+    out.narrow(dim, lo, d - lo).copy_(full.narrow(dim, 0, d - lo))
 
 
 def divide_and_invert(
@@ -132,7 +148,6 @@ def divide_and_invert(
         reg = float(regularizer)
     if max_shell is not None:
         zero_r2 = table > max_shell
-    keep = _crop_index(d, p, device)
     tiny = torch.finfo(w.dtype).tiny
     stage = torch.empty((d, p, half), dtype=num.dtype, device=device)  # z transformed, cropped
     step = _slab_rows(p, half, p)
@@ -144,19 +159,21 @@ def divide_and_invert(
         if reg_r2 is not None:
             reg = reg_r2[r2]
         denom = w[:, y0:y1] + reg
-        empty = denom.abs() <= tiny
-        denom.masked_fill_(empty, 1.0)
-        spectrum = num[:, y0:y1] / denom
+        inverse = torch.reciprocal(denom)
+        inverse.masked_fill_(denom.abs() <= tiny, 0.0)
         del denom
-        spectrum.masked_fill_(empty, 0.0)
         if zero_r2 is not None:
-            spectrum.masked_fill_(zero_r2[r2], 0.0)
-        stage[:, y0:y1] = torch.fft.ifft(spectrum, dim=0).index_select(0, keep)
-        del spectrum, empty, r2
+            inverse.masked_fill_(zero_r2[r2], 0.0)
+        # a real factor on (re, im): no complex division, no second pass to zero the empty ones
+        spectrum = torch.view_as_real(num[:, y0:y1]) * inverse.unsqueeze(-1)
+        del inverse, r2
+        _crop_into(stage[:, y0:y1], torch.fft.ifft(torch.view_as_complex(spectrum), dim=0), 0)
+        del spectrum
     volume = torch.empty((d, d, d), dtype=w.dtype, device=device)
     step = _slab_rows(p, half, d)
     for z0 in range(0, d, step):
         z1 = min(d, z0 + step)
-        rows = torch.fft.ifft(stage[z0:z1], dim=1).index_select(1, keep)
-        volume[z0:z1] = torch.fft.irfft(rows, n=p, dim=2).index_select(2, keep)
+        rows = torch.empty((z1 - z0, d, half), dtype=stage.dtype, device=device)
+        _crop_into(rows, torch.fft.ifft(stage[z0:z1], dim=1), 1)
+        _crop_into(volume[z0:z1], torch.fft.irfft(rows, n=p, dim=2), 2)
     return volume
