@@ -271,13 +271,14 @@ def soft_mask_from_map(
     """
     v = _as_volume(volume)
     box = v.shape[0]
-    work = v.to(torch.float64)
+    work = v.to(torch.float64 if v.dtype == torch.float64 else torch.float32)  # map's precision
     low = gaussian_blur(work, lowpass_sigma_px) if lowpass_sigma_px > 0 else work
     if threshold is None:
-        med = low.median()
-        threshold = float(med + 0.2 * (low.max() - med))
-    binary = (low > threshold).to(torch.float64)
-    if binary.sum() == 0:
+        med = float(low.median())
+        threshold = med + 0.2 * (float(low.max()) - med)
+    binary = low > threshold
+    del low, work
+    if not bool(binary.any()):
         raise ValueError(
             f"no voxel of the low-passed map lies above the mask threshold {threshold}"
         )
@@ -286,12 +287,12 @@ def soft_mask_from_map(
     max_r = extend_px + soft_edge_px
     # work on the bounding box of the set plus a margin, so the periodic transform cannot wrap
     # (where the margin reaches the box faces the box is periodic, as the map's DFT is)
-    nz = torch.nonzero(binary > 0)
+    nz = torch.nonzero(binary)
     lo = (nz.min(dim=0).values - (max_r + 1)).clamp_min(0).tolist()
     hi = (nz.max(dim=0).values + (max_r + 2)).clamp_max(box).tolist()
     crop = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
-    distance = torch.full_like(binary, float(max_r + 1))
-    distance[crop] = _distance_to_set(binary[crop], max_r)
+    distance = torch.full(binary.shape, float(max_r + 1), dtype=torch.float32, device=v.device)
+    distance[crop] = _distance_to_set(binary[crop], max_r).float()  # small integers: exact
     mask = torch.zeros_like(distance)
     mask[distance <= extend_px] = 1.0
     if soft_edge_px > 0:
