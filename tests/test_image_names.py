@@ -26,8 +26,10 @@ def _reference_split(names: list[str]) -> tuple[list[str], list[int], list[int]]
 
 
 def _names(rows: int, width: int, per_stack: int, shuffle: bool) -> list[str]:
-    i = np.arange(rows)
-    names = [f"{k % per_stack + 1:0{width}d}@Extract/job012/mic_{k // per_stack:05d}.mrcs" for k in i]
+    names = [
+        f"{k % per_stack + 1:0{width}d}@Extract/job012/mic_{k // per_stack:05d}.mrcs"
+        for k in range(rows)
+    ]
     if shuffle:
         np.random.default_rng(1).shuffle(names)
     return names
