@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import mmap
 import os
 import queue
 import shlex
@@ -417,13 +418,18 @@ class _Scratch:
         """Room for a piece of ``size`` bytes (kept when there is room already)."""
         if size <= self.size:
             return
-        self.size = size
-        self.raw = bytearray(size)
-        self.address = np.frombuffer(self.raw, np.uint8).ctypes.data
+        n_col, word_columns = len(self.kinds), np.flatnonzero(self.kinds)
         # a row takes at least 2 bytes per field (the field and a blank or the newline)
-        self.budget = (size + 1) // (2 * len(self.kinds)) + 1
-        self.slots = np.empty((len(self.kinds), self.budget), np.int64)
-        self.words = {int(c): np.empty(size, np.uint8) for c in np.flatnonzero(self.kinds)}
+        budget = (size + 1) // (2 * n_col) + 1
+        raw_bytes, slot_bytes = -(-size // 4096) * 4096, 8 * n_col * budget
+        # one anonymous mapping: no page is touched before it is written, and all go back to
+        # the system when the scratch is dropped
+        self.raw = mmap.mmap(-1, raw_bytes + slot_bytes + len(word_columns) * size)
+        whole = np.frombuffer(self.raw, np.uint8)
+        self.address, self.size, self.budget = whole.ctypes.data, size, budget
+        self.slots = whole[raw_bytes : raw_bytes + slot_bytes].view(np.int64).reshape(n_col, -1)
+        words = whole[raw_bytes + slot_bytes :]
+        self.words = {int(c): words[k * size : (k + 1) * size] for k, c in enumerate(word_columns)}
 
 
 def _parse_span(buf: _FileBytes, span: tuple[int, int, int], kinds: np.ndarray, free):
@@ -477,7 +483,7 @@ def _read_span(buf: _FileBytes, span: tuple[int, int, int], scratch: _Scratch) -
     return base + cut, stop - cut
 
 
-def _after_newline(raw: bytearray, pos: int, size: int, at_end: bool) -> int:
+def _after_newline(raw: mmap.mmap, pos: int, size: int, at_end: bool) -> int:
     """The offset after the first newline at or after ``pos`` in ``raw[:size]``; ``size`` when
     there is none and ``raw`` ends at the end of the file; else -1 (not read far enough)."""
     found = raw.find(b"\n", pos, size)
