@@ -19,12 +19,15 @@ conventions:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from cryograd._native import native_function
 from cryograd.errors import CryogradError
 from cryograd.io.mrc import read_map_header
 from cryograd.io.star_columns import DEFAULT_AMPLITUDE_CONTRAST, INTERPRETED_COLUMNS
@@ -34,10 +37,10 @@ from cryograd.io.star_optics import (
     optics_from_table,
     optics_relion30,
 )
+from cryograd.io.star_parser import reader_threads
 from cryograd.io.star_table import StarTable, find_particle_block, optics_table, read_star_blocks
 from cryograd.io.star_write import write_star
 from cryograd.particle_set import (
-    CTF_COLUMNS,
     OpticsGroup,
     ParticleSet,
     parse_image_names,
@@ -158,17 +161,38 @@ def _box_from_first_stack(stack_files: list[Path]) -> int | None:
 def _rotations(table: StarTable, notes: list[str]) -> np.ndarray | None:
     """``(n, 3, 3)`` RELION ``A`` from ``rlnAngleRot/Tilt/Psi`` (ZYZ, degrees), or None.
 
-    The formulas of :func:`cryograd.geometry.euler_to_matrix`, in NumPy, a chunk of particles
-    at a time (few temporaries, each in cache).
+    The formulas of :func:`cryograd.geometry.euler_to_matrix`: compiled (``_euler.c``, on the
+    reader's threads) where the extension is built, else in NumPy.
     """
     if not (table.has("rlnAngleRot") and table.has("rlnAngleTilt")):
         if table.has("rlnAnglePsi"):
             notes.append("only rlnAnglePsi present (2D alignment): no 3D poses")
         return None
-    rot, tilt = table.col("rlnAngleRot"), table.col("rlnAngleTilt")
-    psi = table.col("rlnAnglePsi") if table.has("rlnAnglePsi") else np.zeros(len(table))
+    rot = table.col("rlnAngleRot", writable=False)
+    tilt = table.col("rlnAngleTilt", writable=False)
+    psi = table.col("rlnAnglePsi", writable=False) if table.has("rlnAnglePsi") else None
     out = np.empty((len(table), 3, 3))
-    for lo in range(0, len(table), _ROTATION_CHUNK):
+    fn = _rotations_function()
+    if fn is None:
+        return _rotations_numpy(rot, tilt, np.zeros(len(table)) if psi is None else psi, out)
+    fn(rot.ctypes.data, tilt.ctypes.data, None if psi is None else psi.ctypes.data, len(table),
+       out.ctypes.data, reader_threads())  # fmt: skip
+    return out
+
+
+@cache
+def _rotations_function():
+    """``cryograd_euler_rotations`` of the compiled extension (ctypes), or None."""
+    args = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    return native_function("cryograd_euler_rotations", args)
+
+
+def _rotations_numpy(
+    rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """:func:`_rotations` in NumPy into ``out``, a chunk of particles at a time (few
+    temporaries, each in cache)."""
+    for lo in range(0, len(out), _ROTATION_CHUNK):
         part = slice(lo, lo + _ROTATION_CHUNK)
         a, b, g = np.deg2rad(rot[part]), np.deg2rad(tilt[part]), np.deg2rad(psi[part])
         ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
@@ -206,16 +230,16 @@ def _ctf_table(optics: StarOptics, notes: list[str]) -> np.ndarray | None:
     path, n = table.path, len(table)
     if not table.has("rlnDefocusU"):
         return None
-    voltage = optics.per_particle("rlnVoltage")
-    cs = optics.per_particle("rlnSphericalAberration")
+    voltage = optics.per_particle("rlnVoltage", writable=False)
+    cs = optics.per_particle("rlnSphericalAberration", writable=False)
     if voltage is None or cs is None:
         missing = "rlnVoltage" if voltage is None else "rlnSphericalAberration"
         notes.append(f"CTF incomplete (no {missing}): CTF not used")
         logger.warning("%s: no %s, CTF parameters ignored", path, missing)
         return None
-    du = table.col("rlnDefocusU")
-    dv = table.col_or("rlnDefocusV", du)
-    q0 = optics.per_particle("rlnAmplitudeContrast")
+    du = table.col("rlnDefocusU", writable=False)
+    dv = table.col("rlnDefocusV", writable=False) if table.has("rlnDefocusV") else du
+    q0 = optics.per_particle("rlnAmplitudeContrast", writable=False)
     if q0 is None:
         q0 = np.full(n, DEFAULT_AMPLITUDE_CONTRAST)
         notes.append(f"no rlnAmplitudeContrast: using {DEFAULT_AMPLITUDE_CONTRAST}")
@@ -224,18 +248,23 @@ def _ctf_table(optics: StarOptics, notes: list[str]) -> np.ndarray | None:
     if np.any(voltage <= 0):
         raise CryogradError(f"{path}: rlnVoltage must be positive")
 
-    ctf = np.empty((n, len(CTF_COLUMNS)), dtype=np.float64)  # filled column by column
-    ctf[:, 0], ctf[:, 1], ctf[:, 3], ctf[:, 4], ctf[:, 5] = du, dv, voltage, cs, q0
-    del du, dv, voltage, cs, q0
-    for k, column, default in (
-        (2, "rlnDefocusAngle", 0.0),
-        (6, "rlnPhaseShift", 0.0),
-        (7, "rlnCtfBfactor", 0.0),
-        (8, "rlnCtfScalefactor", 1.0),
-    ):
-        values = optics.per_particle(column)
-        ctf[:, k] = default if values is None else values
-    return ctf
+    sources: list[np.ndarray | float] = [du, dv, 0.0, voltage, cs, q0, 0.0, 0.0, 1.0]
+    for k, column in ((2, "rlnDefocusAngle"), (6, "rlnPhaseShift"), (7, "rlnCtfBfactor"),
+                      (8, "rlnCtfScalefactor")):  # fmt: skip
+        values = optics.per_particle(column, writable=False)
+        sources[k] = sources[k] if values is None else values
+    return _interleaved(sources, n)
+
+
+def _interleaved(sources: list[np.ndarray | float], n: int) -> np.ndarray:
+    """``(n, len(sources))`` float64 whose column ``k`` is ``sources[k]`` (``(n,)`` or a number),
+    filled a block of rows at a time (each block in cache while its columns are written)."""
+    out = np.empty((n, len(sources)), dtype=np.float64)
+    for lo in range(0, n, _ROTATION_CHUNK):
+        block = out[lo : lo + _ROTATION_CHUNK]
+        for k, values in enumerate(sources):
+            block[:, k] = values[lo : lo + _ROTATION_CHUNK] if np.ndim(values) else values
+    return out
 
 
 def _half_sets_and_classes(table: StarTable) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -50,10 +50,11 @@ class StarOptics:
     optics: StarTable | None = None
     particle_optics_row: np.ndarray | None = None
 
-    def per_particle(self, column: str) -> np.ndarray | None:
-        """``(n,)`` values from the particle table when there, else from the optics group."""
+    def per_particle(self, column: str, *, writable: bool = True) -> np.ndarray | None:
+        """``(n,)`` values from the particle table when there, else from the optics group
+        (``writable=False``: maybe a read-only view of the particle table's column)."""
         if self.particles.has(column):
-            return self.particles.col(column)
+            return self.particles.col(column, writable=writable)
         if self.optics is not None and self.optics.has(column):
             return self.optics.col(column)[self.particle_optics_row]
         return None

@@ -38,7 +38,7 @@ import pandas as pd
 from cryograd._native import native_function
 from cryograd.errors import CryogradError
 
-__all__ = ["read_star_file"]
+__all__ = ["read_star_file", "reader_threads"]
 
 _BLANKS = (b" ", b"\t", b"\r", b"\f", b"\v")
 # Values pandas reads as missing (starfile's ``na_values``).
@@ -287,9 +287,7 @@ def _read_rows(buf: _FileBytes, start: int) -> tuple[pd.DataFrame | None, int]:
         return None, pieces.end
     first = _read_piece(data, None)
     n_fields = None if first is None else first.shape[1]
-    workers = min(
-        _MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    )
+    workers = reader_threads()
     first_rows = 0 if first is None else len(first)
     rows = _RowJoiner(max(1, first_rows) * (len(buf) - start) // len(data))
     rows.add(first)
@@ -498,6 +496,12 @@ def _line_start(buf: _FileBytes, first: int, pos: int) -> int:
     return len(buf) if found < 0 else found + 1
 
 
+def reader_threads() -> int:
+    """Threads the readers use: up to ``_MAX_THREADS``, no more than this process's CPUs."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(1, min(_MAX_THREADS, affinity))
+
+
 def _read_rows_compiled(
     buf: _FileBytes, start: int, n_columns: int
 ) -> tuple[pd.DataFrame, int] | None:
@@ -512,8 +516,7 @@ def _read_rows_compiled(
     kinds = _first_row_kinds(buf[start : start + _HEAD_BYTES], n_columns)
     if kinds is None:
         return None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    workers = max(1, min(_MAX_THREADS, affinity))
+    workers = reader_threads()
     columns = _CompiledColumns(kinds, len(buf) - start)
     free: queue.SimpleQueue = queue.SimpleQueue()
     pending: deque = deque()

@@ -135,11 +135,14 @@ class StarTable:
     def has(self, column: str) -> bool:
         return column in self.df.columns
 
-    def col(self, column: str) -> np.ndarray:
-        """``(n,)`` float64 column, every value finite, else an error naming row and column."""
+    def col(self, column: str, *, writable: bool = True) -> np.ndarray:
+        """``(n,)`` float64 column, every value finite, else an error naming row and column.
+
+        ``writable=False``: a read-only view of a float64 column where it is one (no copy).
+        """
         raw = self.df[column]
         if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "iuf":
-            values = raw.to_numpy(dtype=np.float64, copy=True)  # parsed as numbers already
+            values = raw.to_numpy(dtype=np.float64, copy=writable)  # parsed as numbers already
         elif pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
             values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
@@ -149,7 +152,7 @@ class StarTable:
                 )
             except (TypeError, ValueError):
                 values = np.full(len(raw), np.nan)
-        values = np.require(values, dtype=np.float64, requirements=["W", "C"])  # writable
+        values = np.require(values, dtype=np.float64, requirements=["W", "C"] if writable else "C")
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.argmax(bad))
