@@ -263,8 +263,10 @@ def _interleaved(sources: list[np.ndarray | float], n: int) -> np.ndarray:
     for lo in range(0, n, _ROTATION_CHUNK):
         block = out[lo : lo + _ROTATION_CHUNK]
         for k, values in enumerate(sources):
-            is_array = isinstance(values, np.ndarray)
-            block[:, k] = values[lo : lo + _ROTATION_CHUNK] if is_array else values
+            if isinstance(values, np.ndarray):
+                block[:, k] = values[lo : lo + _ROTATION_CHUNK]
+            else:
+                block[:, k] = values
     return out
 
 
