@@ -62,3 +62,26 @@ def test_interleaved_matches_column_stack(n):
     got = star._interleaved(sources, n)
     assert got.shape == (n, len(sources)) and got.flags.c_contiguous
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([1, 2, -3], dtype=np.int64),
+        np.array([2**53 + 1, 1], dtype=np.int64),  # beyond float64's exact integers
+        np.array([], dtype=np.int64),
+        np.array([1.0, 2.5, -3.0]),
+    ],
+)
+def test_int_col_matches_col_astype(values):
+    table = StarTable(Path("x.star"), pd.DataFrame({"rlnClassNumber": values}), "particles")
+    got = table.int_col("rlnClassNumber")
+    expected = np.asarray(values, dtype=np.float64).astype(np.int64)
+    assert got.dtype == np.int64 and got.flags.writeable
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_int_col_names_a_bad_row():
+    df = pd.DataFrame({"rlnClassNumber": ["1", "x"]})
+    with pytest.raises(Exception, match=r"x\.star: data_particles row 2, column rlnClassNumber"):
+        StarTable(Path("x.star"), df, "particles").int_col("rlnClassNumber")

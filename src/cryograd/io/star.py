@@ -220,7 +220,8 @@ def _origins_px(table: StarTable, particle_pixel: np.ndarray) -> np.ndarray | No
     shifts = np.zeros((len(table), 2))
     for k, name in enumerate(names):
         if table.has(name):
-            shifts[:, k] = table.col(name) if pixel is None else table.col(name) / pixel
+            column = table.col(name, writable=False)
+            shifts[:, k] = column if pixel is None else column / pixel
     return shifts
 
 
@@ -274,7 +275,7 @@ def _half_sets_and_classes(table: StarTable) -> tuple[np.ndarray | None, np.ndar
     """``rlnRandomSubset`` (checked to be 1 or 2) and ``rlnClassNumber`` as int64, or None."""
     half_set = None
     if table.has("rlnRandomSubset"):
-        half_set = table.col("rlnRandomSubset").astype(np.int64)
+        half_set = table.int_col("rlnRandomSubset")
         bad = ~np.isin(half_set, (1, 2))
         if bad.any():
             row = int(np.argmax(bad))
@@ -284,5 +285,5 @@ def _half_sets_and_classes(table: StarTable) -> tuple[np.ndarray | None, np.ndar
             )
     class_number = None
     if table.has("rlnClassNumber"):
-        class_number = table.col("rlnClassNumber").astype(np.int64)
+        class_number = table.int_col("rlnClassNumber")
     return half_set, class_number

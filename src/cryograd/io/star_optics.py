@@ -68,7 +68,7 @@ def _particle_groups(table: StarTable, group_numbers: np.ndarray, n_optics: int)
     """``(n,)`` optics group number of each particle, checked against ``data_optics``."""
     path, n = table.path, len(table)
     if table.has("rlnOpticsGroup"):
-        particle_group = table.col("rlnOpticsGroup").astype(np.int64)
+        particle_group = table.int_col("rlnOpticsGroup")
     elif n_optics == 1:
         particle_group = np.full(n, group_numbers[0], dtype=np.int64)
     else:

@@ -393,14 +393,26 @@ def _word_dtype():
 
 def _first_row_kinds(piece: bytes, n_columns: int) -> np.ndarray | None:
     """``(n_columns,)`` int8 column kinds from the first row of ``piece``: 1 for a path-like word
-    (``@`` or ``/``: image and micrograph names), 0 for the rest (numbers, or the compiled
-    parser gives up); None when the row has another number of fields."""
+    (``@`` or ``/``: image and micrograph names), 0 for a number; None when the row has another
+    number of fields or a word that is neither (the compiled parser would give up on it)."""
     text = piece.lstrip(b" \t\n")
     cut = text.find(b"\n")
     words = (text if cut < 0 else text[:cut]).split()
     if len(words) != n_columns:
         return None
-    return np.array([1 if (b"@" in w or b"/" in w) else 0 for w in words], dtype=np.int8)
+    kinds = [1 if (b"@" in w or b"/" in w) else 0 for w in words]
+    if not all(k or _is_number(w) for k, w in zip(kinds, words)):
+        return None
+    return np.array(kinds, dtype=np.int8)
+
+
+def _is_number(word: bytes) -> bool:
+    """Whether Python reads ``word`` as a float (every number the compiled parser takes)."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 class _Scratch:

@@ -16,6 +16,7 @@ from cryograd.io.star_parser import read_star_file
 __all__ = ["StarTable", "find_particle_block", "optics_table", "read_star_blocks"]
 
 _PARTICLE_MARKERS = ("rlnImageName", "rlnDefocusU")
+_EXACT_INT = 2**53  # integers that float64 holds exactly
 
 
 def read_star_blocks(path: Path) -> dict:
@@ -163,6 +164,16 @@ class StarTable:
                 f"value {shown} is not a finite number"
             )
         return values
+
+    def int_col(self, column: str) -> np.ndarray:
+        """``col(column).astype(np.int64)``: a copy of an int64 column of integers that float64
+        holds exactly, without the float64 round trip; else through :meth:`col`."""
+        raw = self.df[column]
+        if raw.dtype == np.int64:
+            values = raw.to_numpy()
+            if not len(values) or (values.min() > -_EXACT_INT and values.max() < _EXACT_INT):
+                return values.copy()
+        return self.col(column).astype(np.int64)
 
     def col_or(self, column: str, default: np.ndarray | None = None) -> np.ndarray | None:
         """The column when present, else ``default``."""
