@@ -85,3 +85,21 @@ def test_int_col_names_a_bad_row():
     df = pd.DataFrame({"rlnClassNumber": ["1", "x"]})
     with pytest.raises(Exception, match=r"x\.star: data_particles row 2, column rlnClassNumber"):
         StarTable(Path("x.star"), df, "particles").int_col("rlnClassNumber")
+
+
+def test_small_pages_context_restores_numpy_advice():
+    switch = star._hugepage_switch()
+    if switch is None:
+        pytest.skip("this NumPy has no huge-page switch")
+    before = switch(True)
+    try:
+        with star._SMALL_PAGES:
+            with star._SMALL_PAGES:
+                assert switch(False) is False  # off inside
+            assert switch(False) is False  # still off while one context is open
+        assert switch(True) is True  # restored when the last one closed
+        with pytest.raises(ZeroDivisionError), star._SMALL_PAGES:
+            raise ZeroDivisionError
+        assert switch(True) is True  # restored after an error too
+    finally:
+        switch(before)

@@ -20,8 +20,10 @@ conventions:
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -66,7 +68,59 @@ def read_star(
     See the module docstring for the conventions. ``box_size`` is used only when neither the file
     (``rlnImageSize``) nor the first image stack states it.
     """
-    path = Path(path)
+    with _SMALL_PAGES:
+        return _read_star(Path(path), datadir, angpix, box_size)
+
+
+class _SmallPages:
+    """A context in which NumPy gives no huge-page advice (restored when the last one exits).
+
+    NumPy advises transparent huge pages (``madvise``) for every array of 4 MB or more. Where the
+    kernel compacts memory to fault such a page (THP ``defrag`` ``madvise``, a common default), a
+    read that fills fresh arrays spends more system time faulting them than 4 kB pages cost: on the
+    1M-row benchmark file 0.8-1.1 s of system time with the advice, 0.4-0.5 s without. Reentrant
+    and thread-safe (a count of the contexts open); a no-op where NumPy has no such switch.
+    """
+
+    def __init__(self) -> None:
+        self._lock, self._open, self._saved = threading.Lock(), 0, True
+
+    def __enter__(self) -> None:
+        with self._lock:
+            switch = _hugepage_switch()
+            if self._open == 0 and switch is not None:
+                self._saved = bool(switch(False))
+            self._open += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._open -= 1
+            switch = _hugepage_switch()
+            if self._open == 0 and switch is not None:
+                switch(self._saved)
+
+
+@cache
+def _hugepage_switch():
+    """NumPy's ``_set_madvise_hugepage`` (sets the advice, returns the previous), or None."""
+    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        switch = getattr(module, "_set_madvise_hugepage", None)
+        if switch is not None:
+            return switch
+    return None
+
+
+_SMALL_PAGES = _SmallPages()
+
+
+def _read_star(
+    path: Path, datadir: Path | None, angpix: float | None, box_size: int | None
+) -> ParticleSet:
+    """:func:`read_star` (with NumPy's huge-page advice off)."""
     blocks = read_star_blocks(path)
     name, df = find_particle_block(path, blocks)
     table = StarTable(path, df.reset_index(drop=True), name)
