@@ -54,11 +54,13 @@ setup(
     ext_modules=[
         Extension(
             "cryograd.projectors.fourier_slice._cpu_slices",
-            # the STAR row parser and the image statistics ride along (ctypes, cryograd._native)
+            # the STAR row parser, the image statistics and the Euler-angle rotations ride along
+            # (ctypes, cryograd._native)
             sources=[
                 f"{HERE}/_cpu_slices.c",
                 "src/cryograd/io/_star_rows.c",
                 "src/cryograd/_image_stats.c",
+                "src/cryograd/_euler.c",
             ],
             depends=[f"{HERE}/_cpu_slices_impl.h"],
             extra_compile_args=["-O3", "-fno-math-errno"],

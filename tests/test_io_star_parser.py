@@ -36,18 +36,23 @@ def _starfile_or_error(path):
         return None, exc
 
 
-@pytest.fixture(params=["one-piece", "many-pieces", "compiled", "compiled-pieces"])
+@pytest.fixture(
+    params=["one-piece", "many-pieces", "compiled", "compiled-pieces", "compiled-short-tail"]
+)
 def reading_path(request, monkeypatch):
     """Read loop rows in one piece, or in many small pieces on threads; by pandas, or by the
-    compiled row parser first for every loop (it falls back to pandas where it gives up)."""
+    compiled row parser first for every loop (it falls back to pandas where it gives up); with
+    a short tail, the compiled reader often finds a piece's last line end in the file."""
     if request.param.startswith("compiled"):
         if star_parser._rows_function() is None:
             pytest.skip("the compiled extension is not built")
         monkeypatch.setattr(star_parser, "_COMPILED_MIN_BYTES", 0)
     else:
         monkeypatch.setattr(star_parser, "_COMPILED_MIN_BYTES", 1 << 62)
-    if request.param.endswith("pieces"):
+    if request.param.endswith(("pieces", "tail")):
         monkeypatch.setattr(star_parser, "_PIECE_BYTES", 200)
+    if request.param.endswith("tail"):
+        monkeypatch.setattr(star_parser, "_LINE_TAIL", 16)
     return request.param
 
 

@@ -1,8 +1,9 @@
 """The compiled extension's library (``_cpu_slices``), loaded by path with ctypes.
 
-Besides the Fourier-slice loops it holds the STAR row parser (``io/_star_rows.c``) and the image
-statistics (``_image_stats.c``). Loading it by path imports nothing of the projectors (and so
-not torch); where it was not built, callers use their NumPy or pandas path.
+Besides the Fourier-slice loops it holds the STAR row parser (``io/_star_rows.c``), the image
+statistics (``_image_stats.c``) and the Euler-angle rotations (``_euler.c``). Loading it by path
+imports nothing of the projectors (and so not torch); where it was not built, callers use their
+NumPy or pandas path.
 """
 
 from __future__ import annotations

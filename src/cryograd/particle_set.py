@@ -47,6 +47,7 @@ __all__ = [
     "ParticleSet",
     "parse_image_names",
     "resolve_image_path",
+    "resolve_image_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -795,6 +796,41 @@ def resolve_image_path(
     return Path(candidates[0])
 
 
+def resolve_image_paths(names: list[str], base: Path, datadir: Path | None) -> list[Path]:
+    """:func:`resolve_image_path` of each of many names (the same paths).
+
+    The candidates of a name are a prefix that depends only on the name's folder part, then its
+    file name; so the prefixes and their folders' listings are found once per folder part, and
+    each name costs a set look-up and a string join.
+    """
+    listing, cwd = _FolderListing(), os.getcwd()
+    by_head: dict[str, list[tuple[str, frozenset[str]]]] = {}
+    out = []
+    for name in names:
+        cut = name.rfind("/") + 1
+        head, tail = name[:cut], name[cut:]
+        prefixes = by_head.get(head)
+        if prefixes is None:
+            prefixes = by_head[head] = [
+                (c, listing.files(os.path.split(c + "x")[0]))
+                for c in _candidate_prefixes(head, base, datadir, cwd)
+            ]
+        found = next((c for c, files in prefixes if tail in files), prefixes[0][0])
+        out.append(Path(found + tail))
+    return out
+
+
+def _candidate_prefixes(head: str, base: Path, datadir: Path | None, cwd: str) -> list[str]:
+    """The candidates of :func:`resolve_image_path` for a name ``head + tail`` (``tail``
+    without ``/``), less ``tail``: ``os.path.join(x, head + tail) == os.path.join(x, head) +
+    tail`` for a relative name, and ``basename`` is ``tail``."""
+    join = os.path.join
+    if datadir is not None:
+        other = join(datadir, "")
+        return [head, other] if os.path.isabs(head) else [join(datadir, head), other]
+    return [head] if os.path.isabs(head) else [join(base, head), join(cwd, head)]
+
+
 class _FolderListing:
     """``Path.is_file`` for many paths, from one ``os.scandir`` per folder."""
 
@@ -803,6 +839,10 @@ class _FolderListing:
 
     def is_file(self, path: str) -> bool:
         folder, name = os.path.split(path)
+        return name in self.files(folder)
+
+    def files(self, folder: str) -> frozenset[str]:
+        """The names of the files in ``folder`` (``''``: the working folder; none on error)."""
         folder = folder or "."
         if folder not in self._files:
             try:
@@ -810,7 +850,7 @@ class _FolderListing:
                     self._files[folder] = frozenset(e.name for e in entries if e.is_file())
             except OSError:
                 self._files[folder] = frozenset()
-        return name in self._files[folder]
+        return self._files[folder]
 
 
 def _split_fixed_width(arr, at: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
@@ -829,13 +869,20 @@ def _split_fixed_width(arr, at: int) -> tuple[np.ndarray, np.ndarray, list[str]]
     width = int(offsets[1] - offsets[0])
     if width <= at + 1 or np.any(np.diff(offsets) != width):
         return None
-    names = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(n, width)
-    digits = names[:, :at].astype(np.int64) - ord("0")
-    if np.any((digits < 0) | (digits > 9)) or np.any(names[:, at + 1 :] >= 128):
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    names = data.reshape(n, width)
+    numbers, bad = np.zeros(n, np.int64), np.zeros(n, bool)
+    for k in range(at):  # one digit column at a time: no (n, at) temporaries
+        digit = names[:, k] - np.uint8(ord("0"))  # below '0' wraps past 9
+        bad |= digit > 9
+        numbers *= 10
+        numbers += digit
+    if bool(bad.any()) or (data.size and int(data.max()) >= 128):
         return None  # signs, spaces or non-ASCII: the general path
-    numbers = digits @ (10 ** np.arange(at - 1, -1, -1, dtype=np.int64))
     files = names[:, at + 1 :]
-    starts = np.flatnonzero(np.any(files[1:] != files[:-1], axis=1)) + 1
+    # each row's file part as one fixed-size item, compared with the row before
+    items = np.ndarray((n,), f"V{width - at - 1}", data, at + 1, (width,))
+    starts = np.flatnonzero(items[1:] != items[:-1]) + 1
     if len(starts) > n // 4:
         return None
     starts = np.concatenate(([0], starts))
@@ -890,8 +937,7 @@ def parse_image_names(
     s = s.reset_index(drop=True)
     fast = _split_names_arrow(s)
     if fast is not None and fast[0].min() >= 1 and all(fast[2]):
-        listing = _FolderListing()
-        stack_files = [resolve_image_path(f, base, datadir, listing) for f in fast[2]]
+        stack_files = resolve_image_paths(fast[2], base, datadir)
         return stack_files, fast[1].astype(np.int32), fast[0] - 1
     if pd.api.types.infer_dtype(s, skipna=False) != "string":
         s = s.astype(object).map(str)
@@ -925,8 +971,7 @@ def parse_image_names(
             f"{source}: row {row + 1}: rlnImageName {str(s.iloc[row])!r} is not NNNNNN@path"
         )
     codes, uniques = pd.factorize(files)
-    listing = _FolderListing()
-    stack_files = [resolve_image_path(str(u), base, datadir, listing) for u in uniques]
+    stack_files = resolve_image_paths([str(u) for u in uniques], base, datadir)
     return stack_files, codes.astype(np.int32), numbers - 1
 
 

@@ -19,20 +19,23 @@ static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 
 #define MANTISSA_LIMIT 9007199254740992ULL /* 2^53 */
 
-/* A token [t, q): 0 an int64 (*iv), 1 a double (*dv), -1 not a number this reader takes. */
-static int parse_number(const char *t, const char *q, int64_t *iv, double *dv) {
+/* The number at t, up to the first blank, tab or newline (or end), scanned and converted in one
+ * pass: 0 an int64 (*iv), 1 a double (*dv), -1 not a number this reader takes (a character other
+ * than a sign, digits, a point or an exponent before the blank, or out of the exact range). *q
+ * is set past the number. */
+static int scan_number(const char *t, const char *end, const char **q, int64_t *iv, double *dv) {
   int neg = 0;
-  if (*t == '-' || *t == '+') neg = (*t++ == '-');
+  if (t < end && (*t == '-' || *t == '+')) neg = (*t++ == '-');
   uint64_t m = 0;
   int digits = 0, decimals = 0, is_float = 0;
-  while (t < q && *t >= '0' && *t <= '9') {
+  while (t < end && (unsigned)(*t - '0') <= 9u) {
     if (++digits > 18) return -1;
     m = m * 10 + (uint64_t)(*t++ - '0');
   }
-  if (t < q && *t == '.') {
+  if (t < end && *t == '.') {
     is_float = 1;
     ++t;
-    while (t < q && *t >= '0' && *t <= '9') {
+    while (t < end && (unsigned)(*t - '0') <= 9u) {
       if (++digits > 17) return -1;
       m = m * 10 + (uint64_t)(*t++ - '0');
       ++decimals;
@@ -40,19 +43,20 @@ static int parse_number(const char *t, const char *q, int64_t *iv, double *dv) {
   }
   if (digits == 0) return -1;
   int exp10 = -decimals;
-  if (t < q && (*t == 'e' || *t == 'E')) {
+  if (t < end && (*t == 'e' || *t == 'E')) {
     is_float = 1;
     ++t;
     int eneg = 0, e = 0, edigits = 0;
-    if (t < q && (*t == '-' || *t == '+')) eneg = (*t++ == '-');
-    while (t < q && *t >= '0' && *t <= '9') {
+    if (t < end && (*t == '-' || *t == '+')) eneg = (*t++ == '-');
+    while (t < end && (unsigned)(*t - '0') <= 9u) {
       if (++edigits > 3) return -1;
       e = e * 10 + (*t++ - '0');
     }
     if (edigits == 0) return -1;
     exp10 += eneg ? -e : e;
   }
-  if (t != q) return -1;
+  if (t < end && *t != ' ' && *t != '\t' && *t != '\n') return -1;
+  *q = t;
   if (!is_float) {
     *iv = neg ? -(int64_t)m : (int64_t)m;
     return 0;
@@ -63,6 +67,19 @@ static int parse_number(const char *t, const char *q, int64_t *iv, double *dv) {
   *dv = neg ? -x : x;
   return 1;
 }
+
+/* Byte classes of a word: 0 part of it, 1 ends it (blank, tab, newline), 2 not taken (a control
+ * or non-ASCII byte, a comment or a quote: bytes below 0x21 or above 0x7e, '#', '\'', '"'). */
+static const unsigned char WORD_CLASS[256] = {
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    1, 0, 2, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
 
 static int is_missing_word(const char *t, int64_t n) {
   return (n == 3 && (memcmp(t, "nan", 3) == 0 || memcmp(t, "NaN", 3) == 0)) ||
@@ -102,14 +119,11 @@ int64_t cryograd_star_rows(const char *buf, int64_t len, int64_t ncol, int64_t m
     if (row >= max_rows) return -1;
     for (int64_t c = 0; c < ncol; ++c) {
       const char *t = p;
-      while (p < end) {
-        const unsigned char b = (unsigned char)*p;
-        if (b == ' ' || b == '\t' || b == '\n') break;
-        if (b < 0x21 || b > 0x7e || b == '#' || b == '\'' || b == '"') return -1;
-        ++p;
-      }
-      if (p == t) return -1; /* fewer fields than columns */
       if (kind[c] == 1) {
+        unsigned char cls = 0;
+        while (p < end && (cls = WORD_CLASS[(unsigned char)*p]) == 0) ++p;
+        if (p < end && cls == 2) return -1;
+        if (p == t) return -1; /* fewer fields than columns */
         if (is_missing_word(t, p - t)) return -1;
         memcpy(sbuf[c] + used[c], t, (size_t)(p - t));
         used[c] += p - t;
@@ -117,7 +131,7 @@ int64_t cryograd_star_rows(const char *buf, int64_t len, int64_t ncol, int64_t m
       } else {
         int64_t iv = 0;
         double dv = 0.0;
-        const int got = parse_number(t, p, &iv, &dv);
+        const int got = scan_number(t, end, &p, &iv, &dv); /* -1 too when fields run out */
         if (got < 0) return -1;
         if (got == 1 && !isfloat[c]) { /* the piece's integers so far become doubles */
           for (int64_t r = 0; r < row; ++r) {

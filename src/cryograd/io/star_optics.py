@@ -50,10 +50,11 @@ class StarOptics:
     optics: StarTable | None = None
     particle_optics_row: np.ndarray | None = None
 
-    def per_particle(self, column: str) -> np.ndarray | None:
-        """``(n,)`` values from the particle table when there, else from the optics group."""
+    def per_particle(self, column: str, *, writable: bool = True) -> np.ndarray | None:
+        """``(n,)`` values from the particle table when there, else from the optics group
+        (``writable=False``: maybe a read-only view of the particle table's column)."""
         if self.particles.has(column):
-            return self.particles.col(column)
+            return self.particles.col(column, writable=writable)
         if self.optics is not None and self.optics.has(column):
             return self.optics.col(column)[self.particle_optics_row]
         return None
@@ -67,7 +68,7 @@ def _particle_groups(table: StarTable, group_numbers: np.ndarray, n_optics: int)
     """``(n,)`` optics group number of each particle, checked against ``data_optics``."""
     path, n = table.path, len(table)
     if table.has("rlnOpticsGroup"):
-        particle_group = table.col("rlnOpticsGroup").astype(np.int64)
+        particle_group = table.int_col("rlnOpticsGroup")
     elif n_optics == 1:
         particle_group = np.full(n, group_numbers[0], dtype=np.int64)
     else:

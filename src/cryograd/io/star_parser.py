@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import ctypes
 import io
-import itertools
+import mmap
 import os
+import queue
 import shlex
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ import pandas as pd
 from cryograd._native import native_function
 from cryograd.errors import CryogradError
 
-__all__ = ["read_star_file"]
+__all__ = ["read_star_file", "reader_threads"]
 
 _BLANKS = (b" ", b"\t", b"\r", b"\f", b"\v")
 # Values pandas reads as missing (starfile's ``na_values``).
@@ -71,6 +72,18 @@ class _FileBytes:
         with open(self.path, "rb") as fh:
             fh.seek(start)
             return fh.read(stop - start)
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Read into ``view`` from file offset ``offset``: the bytes read (fewer at the end)."""
+        got = 0
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            while got < len(view):
+                n = fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        return got
 
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
         end = self.size if end is None else min(end, self.size)
@@ -274,9 +287,7 @@ def _read_rows(buf: _FileBytes, start: int) -> tuple[pd.DataFrame | None, int]:
         return None, pieces.end
     first = _read_piece(data, None)
     n_fields = None if first is None else first.shape[1]
-    workers = min(
-        _MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    )
+    workers = reader_threads()
     first_rows = 0 if first is None else len(first)
     rows = _RowJoiner(max(1, first_rows) * (len(buf) - start) // len(data))
     rows.add(first)
@@ -354,13 +365,15 @@ class _RowJoiner:
 # (``_star_rows.c``), the pandas path being the fallback for whatever it does not take.
 _COMPILED_MIN_BYTES = 1 << 20
 _MAX_COLUMNS = 256  # the compiled parser's limit
+_HEAD_BYTES = 1 << 20  # the first row's kinds are read from this many bytes
+_LINE_TAIL = 1 << 16  # a piece is read with this many bytes more, for the line it ends in
 _EXACT_INT = 2**53  # integers that convert to float64 exactly
 
 
 @cache
 def _rows_function():
     """``cryograd_star_rows`` of the compiled extension (ctypes), or None where it is absent."""
-    args = [ctypes.c_char_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
+    args = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 5
     return native_function("cryograd_star_rows", args, ctypes.c_int64)
 
 
@@ -380,97 +393,157 @@ def _word_dtype():
 
 def _first_row_kinds(piece: bytes, n_columns: int) -> np.ndarray | None:
     """``(n_columns,)`` int8 column kinds from the first row of ``piece``: 1 for a path-like word
-    (``@`` or ``/``: image and micrograph names), 0 for the rest (numbers, or the compiled
-    parser gives up); None when the row has another number of fields."""
+    (``@`` or ``/``: image and micrograph names), 0 for a number; None when the row has another
+    number of fields or a word that is neither (the compiled parser would give up on it)."""
     text = piece.lstrip(b" \t\n")
     cut = text.find(b"\n")
     words = (text if cut < 0 else text[:cut]).split()
     if len(words) != n_columns:
         return None
-    return np.array([1 if (b"@" in w or b"/" in w) else 0 for w in words], dtype=np.int8)
+    kinds = [1 if (b"@" in w or b"/" in w) else 0 for w in words]
+    if not all(k or _is_number(w) for k, w in zip(kinds, words)):
+        return None
+    return np.array(kinds, dtype=np.int8)
 
 
-def _parse_piece(piece: bytes, kinds: np.ndarray, numbers: dict, row0: int, budget: int):
-    """One piece by the compiled parser, its numbers written straight into the columns
-    ``numbers`` (raw 8-byte slots) from row ``row0``, at most ``budget`` rows: ``(rows,
-    is_float, word buffers, word ends, stop)`` (``stop``: offset in the piece of a line that
-    starts ``data_``, else its length), or None where the parser gives up."""
-    fn = _rows_function()
+def _is_number(word: bytes) -> bool:
+    """Whether Python reads ``word`` as a float (every number the compiled parser takes)."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+class _Scratch:
+    """Reusable buffers of one piece in flight: its bytes (``raw``) and the compiled parser's
+    outputs (``slots``: a row of 8-byte slots per column, numbers or word end offsets; ``words``:
+    a byte buffer per word column). Reused from piece to piece, so their pages are mapped once."""
+
+    def __init__(self, kinds: np.ndarray, size: int) -> None:
+        self.kinds, self.size, self.base, self.length = kinds, 0, 0, 0
+        self.grow(size)
+
+    def grow(self, size: int) -> None:
+        """Room for a piece of ``size`` bytes (kept when there is room already)."""
+        if size <= self.size:
+            return
+        n_col, word_columns = len(self.kinds), np.flatnonzero(self.kinds)
+        # a row takes at least 2 bytes per field (the field and a blank or the newline)
+        budget = (size + 1) // (2 * n_col) + 1
+        raw_bytes, slot_bytes = -(-size // 4096) * 4096, 8 * n_col * budget
+        # one anonymous mapping: no page is touched before it is written, and all go back to
+        # the system when the scratch is dropped
+        self.raw = mmap.mmap(-1, raw_bytes + slot_bytes + len(word_columns) * size)
+        whole = np.frombuffer(self.raw, np.uint8)
+        self.address, self.size, self.budget = whole.ctypes.data, size, budget
+        self.slots = whole[raw_bytes : raw_bytes + slot_bytes].view(np.int64).reshape(n_col, -1)
+        words = whole[raw_bytes + slot_bytes :]
+        self.words = {int(c): words[k * size : (k + 1) * size] for k, c in enumerate(word_columns)}
+
+
+def _parse_span(buf: _FileBytes, span: tuple[int, int, int], kinds: np.ndarray, free):
+    """The loop rows that start in ``[lo, hi)`` (``span``: ``(first, lo, hi)``, ``first`` the
+    loop's first row) read and parsed by the compiled parser into a scratch from ``free`` (a
+    queue, or a new one): ``(rows, is_float, scratch, stop, begin)``, ``begin`` the file offset of
+    the piece's first line and ``stop`` the offset in the piece of a line that starts ``data_``
+    (else its length); None where the parser gives up."""
+    try:
+        scratch = free.get_nowait()
+    except queue.Empty:
+        scratch = _Scratch(kinds, _PIECE_BYTES + _LINE_TAIL + 1)
+    begin, length = _read_span(buf, span, scratch)
+    scratch.length = length
     n_col = len(kinds)
-    ends = np.empty((n_col, budget), dtype=np.int64)  # word columns only
-    slots = [
-        ends[c].ctypes.data if kinds[c] else numbers[c].ctypes.data + 8 * row0 for c in range(n_col)
-    ]
-    words = [np.empty(max(1, len(piece)), dtype=np.uint8) if k else None for k in kinds]
-    slot_ptrs = (ctypes.c_void_p * n_col)(*slots)
-    word_ptrs = (ctypes.c_void_p * n_col)(*[None if w is None else w.ctypes.data for w in words])
+    slot_ptrs = (ctypes.c_void_p * n_col)(*[scratch.slots[c].ctypes.data for c in range(n_col)])
+    word_ptrs = (ctypes.c_void_p * n_col)(
+        *[scratch.words[c].ctypes.data if kinds[c] else None for c in range(n_col)]
+    )
     is_float = np.zeros(n_col, dtype=np.int8)
     stop = ctypes.c_int64(0)
-    rows = fn(piece, len(piece), n_col, budget, kinds.ctypes.data, slot_ptrs, word_ptrs,
-              is_float.ctypes.data, ctypes.byref(stop))  # fmt: skip
+    raw = scratch.address + (begin - scratch.base)
+    rows = _rows_function()(raw, length, n_col, scratch.budget, kinds.ctypes.data, slot_ptrs,
+                            word_ptrs, is_float.ctypes.data, ctypes.byref(stop))  # fmt: skip
     if rows < 0:
+        free.put(scratch)
         return None
-    return rows, is_float.astype(bool), words, ends, stop.value
+    return rows, is_float.astype(bool), scratch, stop.value, begin
 
 
-def _piece_spans(buf: _FileBytes, start: int):
-    """The loop's rows from ``start`` to the end of the file in pieces of about
-    ``_PIECE_BYTES``, each ending after a newline (or at the end of the file):
-    ``(begin, piece)``."""
-    pos, size = start, len(buf)
-    while pos < size:
-        piece = buf[pos : pos + _PIECE_BYTES]
-        while pos + len(piece) < size and not piece.endswith(b"\n"):
-            more = buf[pos + len(piece) : pos + len(piece) + (1 << 16)]
-            cut = more.find(b"\n")
-            piece += more if cut < 0 else more[: cut + 1]
-        yield pos, piece
-        pos += len(piece)
+def _read_span(buf: _FileBytes, span: tuple[int, int, int], scratch: _Scratch) -> tuple[int, int]:
+    """Read the lines that start in ``[lo, hi)`` into ``scratch.raw`` (from file offset
+    ``scratch.base``): ``(begin, length)``, the file offset of the first line and the bytes of
+    the lines. A line starts at ``first`` or after a newline; one read of the span, the byte
+    before it and ``_LINE_TAIL`` after finds both ends unless a line is longer than that."""
+    first, lo, hi = span
+    head = 0 if lo <= first else 1
+    base = lo - head
+    scratch.grow(hi - base + _LINE_TAIL)
+    got = buf.read_into(memoryview(scratch.raw)[: hi - base + _LINE_TAIL], base)
+    at_end = base + got >= len(buf)
+    cut = _after_newline(scratch.raw, 0, got, at_end) if head else 0
+    stop = _after_newline(scratch.raw, hi - base - 1, got, at_end)
+    if cut < 0 or stop < 0:  # a line longer than the tail: find the ends in the file
+        begin, end = _line_start(buf, first, lo), _line_start(buf, first, hi)
+        scratch.grow(end - begin)
+        buf.read_into(memoryview(scratch.raw)[: end - begin], begin)
+        scratch.base = begin
+        return begin, end - begin
+    scratch.base = base
+    return base + cut, stop - cut
+
+
+def _after_newline(raw: mmap.mmap, pos: int, size: int, at_end: bool) -> int:
+    """The offset after the first newline at or after ``pos`` in ``raw[:size]``; ``size`` when
+    there is none and ``raw`` ends at the end of the file; else -1 (not read far enough)."""
+    found = raw.find(b"\n", pos, size)
+    return found + 1 if found >= 0 else (size if at_end else -1)
+
+
+def _line_start(buf: _FileBytes, first: int, pos: int) -> int:
+    """The first line start at or after ``pos`` (``first``, or after a newline; else EOF)."""
+    if pos <= first:
+        return first
+    found = buf.find(b"\n", pos - 1)
+    return len(buf) if found < 0 else found + 1
+
+
+def reader_threads() -> int:
+    """Threads the readers use: up to ``_MAX_THREADS``, no more than this process's CPUs."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(1, min(_MAX_THREADS, affinity))
 
 
 def _read_rows_compiled(
     buf: _FileBytes, start: int, n_columns: int
 ) -> tuple[pd.DataFrame, int] | None:
     """:func:`_read_rows` by the compiled parser, or None (then pandas reads the rows): no
-    extension, a small loop, no pyarrow strings, or rows it does not take. The pieces are
-    parsed on up to two threads straight into the columns (each piece's rows from the row
-    after the previous piece's lines); the rows end at the first line that starts ``data_``."""
+    extension, a small loop, no pyarrow strings, or rows it does not take. Pieces of about
+    ``_PIECE_BYTES`` (the lines that start in each) are read and parsed on up to two threads
+    and joined in file order; the rows end at the first line that starts ``data_``."""
     if len(buf) - start < _COMPILED_MIN_BYTES or not 0 < n_columns <= _MAX_COLUMNS:
         return None
     if _rows_function() is None or (dtype := _word_dtype()) is None:
         return None
-    spans = _piece_spans(buf, start)
-    first = next(spans, None)
-    kinds = None if first is None else _first_row_kinds(first[1], n_columns)
-    if first is None or kinds is None:
+    kinds = _first_row_kinds(buf[start : start + _HEAD_BYTES], n_columns)
+    if kinds is None:
         return None
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    workers = max(1, min(_MAX_THREADS, affinity))
-    expected = (first[1].count(b"\n") + 1) * (len(buf) - start) // max(1, len(first[1]))
-    columns = _CompiledColumns(kinds, expected)
+    workers = reader_threads()
+    columns = _CompiledColumns(kinds, len(buf) - start)
+    free: queue.SimpleQueue = queue.SimpleQueue()
     pending: deque = deque()
     end: int | None = -1  # -1: the rows go on; None: the compiled parser gave up
     with ThreadPoolExecutor(workers) as pool:
-        for begin, piece in itertools.chain([first], spans):
-            budget = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)  # lines
-            if columns.next_row + budget > columns.capacity:  # grow with no parse in flight
-                while end == -1 and pending:
-                    end = _take(pending, columns)
-                if end != -1:
-                    break
-                columns.grow(columns.next_row + budget)
-            row0 = columns.next_row
-            columns.next_row += budget
-            job = pool.submit(_parse_piece, piece, kinds, columns.numbers, row0, budget)
-            pending.append((begin, len(piece), row0, job))
-            del piece
+        for lo in range(start, len(buf), _PIECE_BYTES):
+            span = (start, lo, min(len(buf), lo + _PIECE_BYTES))
+            pending.append(pool.submit(_parse_span, buf, span, kinds, free))
             while end == -1 and len(pending) > 2 * workers:
-                end = _take(pending, columns)
+                end = _take(pending, columns, free)
             if end != -1:
                 break
         while end == -1 and pending:
-            end = _take(pending, columns)
-        for *_, job in pending:
+            end = _take(pending, columns, free)
+        for job in pending:
             job.cancel()
     frame = None if end is None else columns.frame(dtype)
     if frame is None or end is None:
@@ -478,64 +551,74 @@ def _read_rows_compiled(
     return frame, len(buf) if end == -1 else end
 
 
-def _take(pending: deque, columns: _CompiledColumns) -> int | None:
-    """Add the oldest parsed piece: -1 (the rows go on), the offset where the next block starts
-    (in this piece), or None (the compiled parser gave up)."""
-    begin, size, row0, job = pending.popleft()
-    parsed = job.result()
-    if parsed is None or not columns.add(parsed, row0):
+def _take(pending: deque, columns: _CompiledColumns, free) -> int | None:
+    """Add the oldest parsed piece and give its scratch back to ``free``: -1 (the rows go on),
+    the offset where the next block starts (in this piece), or None (the parser gave up)."""
+    parsed = pending.popleft().result()
+    if parsed is None:
         return None
-    return begin + parsed[-1] if parsed[-1] < size else -1
+    rows, is_float, scratch, stop, begin = parsed
+    columns.add(rows, is_float, scratch)
+    free.put(scratch)
+    return begin + stop if stop < scratch.length else -1
 
 
 class _CompiledColumns:
     """The compiled parser's pieces joined into columns, as :class:`_RowJoiner` joins pandas'
     (int64 where every row is an integer, float64 once one is not; words as pyarrow strings).
 
-    The number columns are raw 8-byte slots allocated once for about the expected rows (pages
-    never written hold no memory; grown when short) that the parser writes into; each piece
-    holds rows ``[row0, row0 + rows)`` of them, a piece's integers become doubles at the end if
-    another piece's were not integers, and the pieces' rows are closed up where a piece had
-    blank lines. Words are copied into one byte buffer per column, in row order.
+    The columns are allocated at the first piece with rows, for about as many rows as its bytes
+    per row give the loop (pages never written hold no memory; grown when short), and each
+    piece's rows are copied in after the last; a piece's integers become doubles at the end if
+    another piece's were not integers. Words are copied into one byte buffer per column.
     """
 
-    def __init__(self, kinds: np.ndarray, expected_rows: int) -> None:
-        self.kinds = kinds
-        self.capacity = int(expected_rows * 1.05) + 1024
-        self.next_row = 0  # the first row of the next piece
-        self.numbers = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 0)}
-        self.ends = {c: np.empty(self.capacity, np.int64) for c in np.flatnonzero(kinds == 1)}
-        self.data: dict = {}  # word column -> bytes (uint8), allocated at the first piece
+    def __init__(self, kinds: np.ndarray, loop_bytes: int) -> None:
+        self.kinds, self.loop_bytes = kinds, loop_bytes
+        self.capacity = self.rows = 0
+        self.numbers = {int(c): np.empty(0, np.int64) for c in np.flatnonzero(kinds == 0)}
+        self.ends = {int(c): np.zeros(1, np.int64) for c in np.flatnonzero(kinds == 1)}
+        self.data = {c: np.empty(0, np.uint8) for c in self.ends}
         self.used = dict.fromkeys(self.ends, 0)
         self.pieces: list[tuple[int, int, np.ndarray]] = []  # (row0, rows, is_float)
 
-    def grow(self, need: int) -> None:
-        """Room for ``need`` rows (no parse may be in flight)."""
-        self.capacity = max(need, int(self.capacity * 1.5))
-        for cols in (self.numbers, self.ends):
-            for c, col in cols.items():
-                cols[c] = _grown(col, self.next_row, self.capacity)
+    def _reserve(self, rows: int, scratch: _Scratch) -> None:
+        """Room for ``rows`` more rows (the first time: for the loop, as this piece gives)."""
+        if self.rows + rows <= self.capacity:
+            return
+        if self.capacity == 0:  # as many bytes per row as this piece
+            guess = int(self.loop_bytes * rows / max(1, scratch.length) * 1.05) + 1024
+        else:
+            guess = int(self.capacity * 1.5)
+        self.capacity = max(self.rows + rows, guess)
+        for c, col in self.numbers.items():
+            self.numbers[c] = _grown(col, self.rows, self.capacity)
+        for c, col in self.ends.items():  # ends[c][0] = 0, then row r's end at r + 1
+            self.ends[c] = _grown(col, self.rows + 1, self.capacity + 1)
 
-    def add(self, parsed, row0: int) -> bool:
-        """Take one parsed piece (in file order); False when it could not be taken."""
-        rows, is_float, words, ends, _ = parsed
+    def add(self, rows: int, is_float: np.ndarray, scratch: _Scratch) -> None:
+        """Copy one parsed piece (the next in file order) out of its scratch."""
+        if rows == 0:
+            return
+        self._reserve(rows, scratch)
+        row0 = self.rows
         self.pieces.append((row0, rows, is_float))
+        for c, col in self.numbers.items():
+            col[row0 : row0 + rows] = scratch.slots[c, :rows]
         for c, col in self.ends.items():
-            used, size = self.used[c], int(ends[c, rows - 1]) if rows else 0
-            if c not in self.data:  # the first piece: as many bytes per row from here on
-                guess = size * self.capacity // max(1, rows) + (1 << 20)
-                self.data[c] = np.empty(guess, np.uint8)
+            used, size = self.used[c], int(scratch.slots[c, rows - 1])
             if used + size > len(self.data[c]):
-                grown = max(used + size, len(self.data[c]) * 3 // 2)
+                guess = size * self.capacity // rows + (1 << 20)  # as many bytes per row
+                grown = max(used + size, guess if used == 0 else len(self.data[c]) * 3 // 2)
                 self.data[c] = _grown(self.data[c], used, grown)
-            self.data[c][used : used + size] = words[c][:size]
-            col[row0 : row0 + rows] = ends[c, :rows] + used
+            self.data[c][used : used + size] = scratch.words[c][:size]
+            np.add(scratch.slots[c, :rows], used, out=col[row0 + 1 : row0 + rows + 1])
             self.used[c] = used + size
-        return True
+        self.rows += rows
 
     def _column(self, raw: np.ndarray, c: int) -> np.ndarray | None:
-        """Number column ``c`` (int64, or float64 when a piece had a non-integer), rows closed
-        up; None when an integer would not convert to float64 exactly."""
+        """Number column ``c`` (int64, or float64 when a piece had a non-integer); None when an
+        integer would not convert to float64 exactly."""
         if any(f[c] for _, _, f in self.pieces):
             out = raw.view(np.float64)
             for row0, rows, f in self.pieces:
@@ -545,32 +628,23 @@ class _CompiledColumns:
                         return None
                     out[row0 : row0 + rows] = ints.astype(np.float64)
             raw = out
-        return self._closed_up(raw)
-
-    def _closed_up(self, col: np.ndarray) -> np.ndarray:
-        spans = [(row0, rows) for row0, rows, _ in self.pieces]
-        if all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:])):
-            return col[spans[0][0] : spans[-1][0] + spans[-1][1]] if spans else col[:0]
-        return np.concatenate([col[a : a + n] for a, n in spans])
+        return raw[: self.rows]
 
     def frame(self, dtype) -> pd.DataFrame | None:
         import pyarrow as pa
 
         joined: dict = {}
         for c, raw in self.numbers.items():
-            column = self._column(raw, int(c))
+            column = self._column(raw, c)
             if column is None:
                 return None
-            joined[int(c)] = column
+            joined[c] = column
         for c, ends in self.ends.items():
-            closed = self._closed_up(ends)
-            offsets = np.empty(len(closed) + 1, np.int64)
-            offsets[0] = 0
-            offsets[1:] = closed
-            data = self.data.get(c, np.zeros(1, np.uint8))
+            offsets = ends[: self.rows + 1]  # no copy: the Arrow array holds the buffers
+            data = self.data[c] if len(self.data[c]) else np.zeros(1, np.uint8)
             buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-            joined[int(c)] = dtype.__from_arrow__(
-                pa.Array.from_buffers(pa.large_string(), len(closed), buffers)
+            joined[c] = dtype.__from_arrow__(
+                pa.Array.from_buffers(pa.large_string(), self.rows, buffers)
             )
         return pd.DataFrame({c: joined[c] for c in range(len(self.kinds))}, copy=False)
 

@@ -16,6 +16,7 @@ from cryograd.io.star_parser import read_star_file
 __all__ = ["StarTable", "find_particle_block", "optics_table", "read_star_blocks"]
 
 _PARTICLE_MARKERS = ("rlnImageName", "rlnDefocusU")
+_EXACT_INT = 2**53  # integers that float64 holds exactly
 
 
 def read_star_blocks(path: Path) -> dict:
@@ -135,11 +136,14 @@ class StarTable:
     def has(self, column: str) -> bool:
         return column in self.df.columns
 
-    def col(self, column: str) -> np.ndarray:
-        """``(n,)`` float64 column, every value finite, else an error naming row and column."""
+    def col(self, column: str, *, writable: bool = True) -> np.ndarray:
+        """``(n,)`` float64 column, every value finite, else an error naming row and column.
+
+        ``writable=False``: a read-only view of a float64 column where it is one (no copy).
+        """
         raw = self.df[column]
         if isinstance(raw.dtype, np.dtype) and raw.dtype.kind in "iuf":
-            values = raw.to_numpy(dtype=np.float64, copy=True)  # parsed as numbers already
+            values = raw.to_numpy(dtype=np.float64, copy=writable)  # parsed as numbers already
         elif pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
             values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
@@ -149,7 +153,7 @@ class StarTable:
                 )
             except (TypeError, ValueError):
                 values = np.full(len(raw), np.nan)
-        values = np.require(values, dtype=np.float64, requirements=["W", "C"])  # writable
+        values = np.require(values, dtype=np.float64, requirements=["W", "C"] if writable else "C")
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.argmax(bad))
@@ -160,6 +164,16 @@ class StarTable:
                 f"value {shown} is not a finite number"
             )
         return values
+
+    def int_col(self, column: str) -> np.ndarray:
+        """``col(column).astype(np.int64)``: a copy of an int64 column of integers that float64
+        holds exactly, without the float64 round trip; else through :meth:`col`."""
+        raw = self.df[column]
+        if raw.dtype == np.int64:
+            values = raw.to_numpy()
+            if not len(values) or (values.min() > -_EXACT_INT and values.max() < _EXACT_INT):
+                return values.copy()
+        return self.col(column).astype(np.int64)
 
     def col_or(self, column: str, default: np.ndarray | None = None) -> np.ndarray | None:
         """The column when present, else ``default``."""
