@@ -79,32 +79,36 @@ static void FN(scatter_all)(const FN(geo_t) *g, FN(body_t) body, const void *ctx
   if (nt > MAX_THREADS) nt = MAX_THREADS;
   int nslab = 2 * nt * SLABS_PER_THREAD;
   if (nslab > planes) nslab = (int)planes;
+  /* the particles in chunks of consecutive particles, several per thread, taken dynamically:
+   * a thread that is descheduled (or shares its core) holds the others back by one chunk */
+  int nchunk = nt * CHUNKS_PER_THREAD;
+  if (nchunk > g->n) nchunk = (int)g->n;
   slab_plan_t plan = {NULL, NULL, NULL, NULL, NULL, NULL};
   if (nslab >= 2 && count <= (int64_t)UINT32_MAX)
-    plan = slab_plan_alloc(count, planes, nt, nslab);
+    plan = slab_plan_alloc(count, planes, nchunk, nslab);
   if (plan.zb == NULL) {
     for (int64_t i = 0; i < g->n; ++i)
       for (int64_t s = 0; s < g->ns; ++s) body(g, ctx, i, s);
     return;
   }
-  /* 1. lower planes and per-thread plane histograms, thread t on particles [i0, i1) */
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int t = 0; t < nt; ++t) {
-    int64_t *hist = plan.hist + (int64_t)t * planes;
-    for (int64_t i = g->n * t / nt; i < g->n * (t + 1) / nt; ++i)
+  /* 1. lower planes and per-chunk plane histograms, chunk c on particles [i0, i1) */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int c = 0; c < nchunk; ++c) {
+    int64_t *hist = plan.hist + (int64_t)c * planes;
+    for (int64_t i = g->n * c / nchunk; i < g->n * (c + 1) / nchunk; ++i)
       for (int64_t s = 0; s < g->ns; ++s) {
         const uint16_t z = FN(lower_plane)(g, i, s);
         plan.zb[i * g->ns + s] = z;
         hist[z] += 1;
       }
   }
-  /* 2. slab bounds of about equal counts, and where each thread's samples of each slab go */
-  slab_plan_offsets(&plan, planes, nt, nslab);
+  /* 2. slab bounds of about equal counts, and where each chunk's samples of each slab go */
+  slab_plan_offsets(&plan, planes, nchunk, nslab);
   /* 3. the samples' indices, slab by slab, in particle order within a slab */
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int t = 0; t < nt; ++t) {
-    int64_t *pos = plan.offsets + (int64_t)t * nslab;
-    for (int64_t i = g->n * t / nt; i < g->n * (t + 1) / nt; ++i)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int c = 0; c < nchunk; ++c) {
+    int64_t *pos = plan.offsets + (int64_t)c * nslab;
+    for (int64_t i = g->n * c / nchunk; i < g->n * (c + 1) / nchunk; ++i)
       for (int64_t s = 0; s < g->ns; ++s) {
         const int64_t k = i * g->ns + s;
         plan.order[pos[plan.slab_of[plan.zb[k]]]++] = (uint32_t)k;
