@@ -271,8 +271,36 @@ class _BatchLoading:
     spectra: bool
 
 
-def _load(particles, local: np.ndarray, loading: _BatchLoading):
-    """``(batch, spectra)`` of this process's particles ``local`` (spectra None unless asked)."""
+class _SpectraMemory:
+    """Memory reused for the half spectra of successive batches (and the shifted images they
+    are transformed from): allocated once per :func:`insert_particles` and slot, with NumPy's
+    allocator on the CPU (huge pages), so that the FFTs of each batch fault no fresh pages."""
+
+    def __init__(self) -> None:
+        self.work: torch.Tensor | None = None
+        self.spectra: torch.Tensor | None = None
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """``rfft2_centered(images)`` ``(b, D, D // 2 + 1)``, a view of this slot's memory."""
+        b, d = images.shape[0], images.shape[-1]
+        cdtype = torch.complex128 if images.dtype == torch.float64 else torch.complex64
+        if self.work is None or self.work.shape[0] < b or self.work.dtype != images.dtype:
+            self.work = _empty((b, d, d), images.dtype, images.device)
+            self.spectra = _empty((b, d, d // 2 + 1), cdtype, images.device)
+        assert self.spectra is not None
+        return rfft2_centered(images, out=self.spectra[:b], work=self.work[:b])
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """Uninitialised memory: from NumPy on the CPU (huge pages for large arrays), else torch."""
+    if torch.device(device).type == "cpu":
+        return fs_cpu.host_empty(shape, dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _load(particles, local: np.ndarray, loading: _BatchLoading, memory: _SpectraMemory):
+    """``(batch, spectra)`` of this process's particles ``local`` (spectra None unless asked;
+    in ``memory``, valid until that slot is used again)."""
     batch = load_batch(
         particles,
         local,
@@ -283,7 +311,7 @@ def _load(particles, local: np.ndarray, loading: _BatchLoading):
     )
     if loading.particle_weights is not None:
         batch = weighted_inputs(batch, loading.particle_weights[local])
-    return batch, (rfft2_centered(batch.images) if loading.spectra else None)
+    return batch, (memory.transform(batch.images) if loading.spectra else None)
 
 
 def _loaded_batches(
@@ -292,26 +320,32 @@ def _loaded_batches(
     """``(particles in the global batch, batch, spectra)`` of each global batch (batch and
     spectra None where this process has no share of it).
 
-    With ``ahead``, one worker thread reads and transforms the next batch while the caller
-    inserts the current one (torch and the compiled loop release the GIL), so that the reading
-    and the FFTs overlap the insertion instead of running between its calls on one core; one
-    more batch is held (images and spectra, about 33 MB at any box: batches hold ~2 M samples).
+    A batch's spectra live in reused memory: the caller is done with them when it asks for the
+    next batch. With ``ahead``, one worker thread reads and transforms the next batch while the
+    caller inserts the current one (torch and the compiled loop release the GIL), so that the
+    reading and the FFTs overlap the insertion instead of running between its calls on one
+    core; one more batch is held (images and spectra, about 33 MB at any box: batches hold
+    ~2 M samples).
     """
     work = [(len(g), comm.shard(g)) for g in global_batches(indices, batch_size)]
+    slots = [_SpectraMemory() for _ in range(2 if ahead else 1)]
 
-    def load(local: np.ndarray):
-        return _load(particles, local, loading) if len(local) else (None, None)
+    def load(k: int):
+        local = work[k][1]
+        return (
+            _load(particles, local, loading, slots[k % len(slots)]) if len(local) else (None, None)
+        )
 
     if not ahead:
-        for n_global, local in work:
-            yield (n_global, *load(local))
+        for k, (n_global, _) in enumerate(work):
+            yield (n_global, *load(k))
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryograd-read") as pool:
-        pending = pool.submit(load, work[0][1]) if work else None
+        pending = pool.submit(load, 0) if work else None
         for k, (n_global, _) in enumerate(work):
             assert pending is not None
-            batch, spectra = pending.result()
-            pending = pool.submit(load, work[k + 1][1]) if k + 1 < len(work) else None
+            batch, spectra = pending.result()  # batch k - 1 is done with: its slot is free
+            pending = pool.submit(load, k + 1) if k + 1 < len(work) else None
             yield n_global, batch, spectra
 
 
