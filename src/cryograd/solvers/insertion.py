@@ -22,8 +22,11 @@ Backends: each batch goes through :meth:`FourierSliceProjector.insert
 CPU, and on CUDA one fused Triton insertion that computes the CTF from its parameters, the shift
 ramp and the ½-column factor in the kernel. The compiled CPU loop does the same on all threads
 (``torch.get_num_threads()``; the grid is split into slabs, no atomics) into one packed grid of
-``(re, im, weight)`` cells, which the fold splits into ``N`` and ``W``; no ``batch × D²`` CTF or
-ramp arrays are made. This module is the only solver code that inserts.
+``(re, im, weight)`` cells, which the compiled fold (also on all threads) splits into ``N`` and
+``W``; no ``batch × D²`` CTF or ramp arrays are made. On two or more threads a worker thread reads
+and transforms the next batch while the loop inserts the current one, so that only the first
+batch's reading and the fold are left between the threaded parts. This module is the only solver
+code that inserts.
 
 Each process inserts its shard of every global batch; the grids are summed with
 ``comm.all_reduce_sum_`` once at the end.

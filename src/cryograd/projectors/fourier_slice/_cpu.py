@@ -13,7 +13,8 @@ extension was built with it): extraction splits the particles, insertion splits 
 slabs of planes so that no two threads add into one cell (see ``_cpu_slices.c``).
 :func:`insert_weighted` is the CPU counterpart of the Triton insertion: RELION's CTF, the shift
 ramp and the sample weights are computed in the loop from each particle's parameters, and values
-and CTF² weights are added in one pass (no ``batch × D²`` CTF or ramp arrays).
+and CTF² weights are added in one pass (no ``batch × D²`` CTF or ramp arrays). :func:`fold_packed`
+splits its packed grid into the numerator and weights on all threads.
 """
 
 from __future__ import annotations
