@@ -22,8 +22,11 @@ Backends: each batch goes through :meth:`FourierSliceProjector.insert
 CPU, and on CUDA one fused Triton insertion that computes the CTF from its parameters, the shift
 ramp and the ½-column factor in the kernel. The compiled CPU loop does the same on all threads
 (``torch.get_num_threads()``; the grid is split into slabs, no atomics) into one packed grid of
-``(re, im, weight)`` cells, which the fold splits into ``N`` and ``W``; no ``batch × D²`` CTF or
-ramp arrays are made. This module is the only solver code that inserts.
+``(re, im, weight)`` cells, which the compiled fold (also on all threads) splits into ``N`` and
+``W``; no ``batch × D²`` CTF or ramp arrays are made. On two or more threads a worker thread reads
+and transforms the next batch while the loop inserts the current one, so that only the first
+batch's reading and the fold are left between the threaded parts. This module is the only solver
+code that inserts.
 
 Each process inserts its shard of every global batch; the grids are summed with
 ``comm.all_reduce_sum_`` once at the end.
@@ -32,6 +35,8 @@ Each process inserts its shard of every global batch; the grids are summed with
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +46,9 @@ from tqdm.auto import tqdm
 from cryograd.distributed import single_process
 from cryograd.fourier import rfft2_centered
 from cryograd.projectors import fourier_slice as fs
+from cryograd.projectors.fourier_slice import _cpu as fs_cpu
 from cryograd.projectors.fourier_slice.projector import FourierSliceProjector
-from cryograd.solvers.batches import global_batches, load_batch
+from cryograd.solvers.batches import ParticleBatch, global_batches, load_batch
 from cryograd.solvers.context import RunContext
 from cryograd.solvers.ewald import insert_ewald
 from cryograd.solvers.particle_weights import weighted_inputs
@@ -229,24 +235,18 @@ def insert_particles(
         disable=not (progress and comm.is_main),
         leave=False,
     )
+    loading = _BatchLoading(device, dtype, use_ctf, particle_weights, spectra=ewald is None)
+    # the compiled loop lets go of the GIL: the next batch is read and transformed meanwhile
+    ahead = backend == "cpu" and ewald is None and fs_cpu.threads() > 1
+    ref = float(particles.pixel_size_angstrom)
+    batches = _loaded_batches(particles, indices, batch_size, comm, loading, ahead=ahead)
     try:
-        for global_batch in global_batches(indices, batch_size):
-            local = comm.shard(global_batch)
-            if len(local):
-                batch = load_batch(
-                    particles,
-                    local,
-                    device=device,
-                    dtype=dtype,
-                    use_ctf=use_ctf,
-                    ctf_values=False,
-                )
-                if particle_weights is not None:
-                    batch = weighted_inputs(batch, particle_weights[local])
-                ref = float(particles.pixel_size_angstrom)
-                _insert_batch(projector, batch, ewald, ref, (num_acc, w_acc), col, sym)
-            bar.update(len(global_batch))
+        for n_global, batch, spectra in batches:
+            if batch is not None:
+                _insert_batch(projector, batch, spectra, ewald, ref, (num_acc, w_acc), col, sym)
+            bar.update(n_global)
     finally:
+        batches.close()  # an error: the worker's batch is awaited before it goes on
         bar.close()
     numerator, weights = projector.fold_accumulators(num_acc, w_acc)
     assert weights is not None
@@ -260,15 +260,107 @@ def insert_particles(
     )
 
 
-def _insert_batch(projector, batch, ewald, reference_pixel, grids, col, sym) -> None:
-    """One batch into the accumulators: the projector's insertion, or the Ewald-sphere one
-    (curved P/Q insertion on the torch reference path)."""
+@dataclass(frozen=True)
+class _BatchLoading:
+    """How :func:`insert_particles` reads its batches: device and real dtype, CTF use, the set's
+    ``(N,)`` particle weights or None, and whether to take the images' half spectra too
+    (``(b, D, D // 2 + 1)``, :func:`rfft2_centered`; not for the Ewald path, which transforms
+    in float64 itself)."""
+
+    device: torch.device | str
+    dtype: torch.dtype
+    use_ctf: bool
+    particle_weights: np.ndarray | None
+    spectra: bool
+
+
+class _SpectraMemory:
+    """Memory reused for the half spectra of successive batches (and the shifted images they
+    are transformed from): allocated once per :func:`insert_particles` and slot, with NumPy's
+    allocator on the CPU (huge pages), so that the FFTs of each batch fault no fresh pages."""
+
+    def __init__(self) -> None:
+        self.work: torch.Tensor | None = None
+        self.spectra: torch.Tensor | None = None
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        """``rfft2_centered(images)`` ``(b, D, D // 2 + 1)``, a view of this slot's memory."""
+        b, d = images.shape[0], images.shape[-1]
+        cdtype = torch.complex128 if images.dtype == torch.float64 else torch.complex64
+        if self.work is None or self.work.shape[0] < b or self.work.dtype != images.dtype:
+            self.work = _empty((b, d, d), images.dtype, images.device)
+            self.spectra = _empty((b, d, d // 2 + 1), cdtype, images.device)
+        assert self.spectra is not None
+        return rfft2_centered(images, out=self.spectra[:b], work=self.work[:b])
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+    """Uninitialised memory: from NumPy on the CPU (huge pages for large arrays), else torch."""
+    if torch.device(device).type == "cpu":
+        return fs_cpu.host_empty(shape, dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _load(particles, local: np.ndarray, loading: _BatchLoading, memory: _SpectraMemory):
+    """``(batch, spectra)`` of this process's particles ``local`` (spectra None unless asked;
+    in ``memory``, valid until that slot is used again)."""
+    batch = load_batch(
+        particles,
+        local,
+        device=loading.device,
+        dtype=loading.dtype,
+        use_ctf=loading.use_ctf,
+        ctf_values=False,
+    )
+    if loading.particle_weights is not None:
+        batch = weighted_inputs(batch, loading.particle_weights[local])
+    return batch, (memory.transform(batch.images) if loading.spectra else None)
+
+
+def _loaded_batches(
+    particles, indices: np.ndarray, batch_size: int, comm, loading: _BatchLoading, *, ahead: bool
+) -> Generator[tuple[int, ParticleBatch | None, torch.Tensor | None], None, None]:
+    """``(particles in the global batch, batch, spectra)`` of each global batch (batch and
+    spectra None where this process has no share of it).
+
+    A batch's spectra live in reused memory: the caller is done with them when it asks for the
+    next batch. With ``ahead``, one worker thread reads and transforms the next batch while the
+    caller inserts the current one (torch and the compiled loop release the GIL), so that the
+    reading and the FFTs overlap the insertion instead of running between its calls on one
+    core; one more batch is held (images and spectra, about 33 MB at any box: batches hold
+    ~2 M samples).
+    """
+    work = [(len(g), comm.shard(g)) for g in global_batches(indices, batch_size)]
+    slots = [_SpectraMemory() for _ in range(2 if ahead else 1)]
+
+    def load(k: int):
+        local = work[k][1]
+        return (
+            _load(particles, local, loading, slots[k % len(slots)]) if len(local) else (None, None)
+        )
+
+    if not ahead:
+        for k, (n_global, _) in enumerate(work):
+            yield (n_global, *load(k))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryograd-read") as pool:
+        pending = pool.submit(load, 0) if work else None
+        for k, (n_global, _) in enumerate(work):
+            assert pending is not None
+            batch, spectra = pending.result()  # batch k - 1 is done with: its slot is free
+            pending = pool.submit(load, k + 1) if k + 1 < len(work) else None
+            yield n_global, batch, spectra
+
+
+def _insert_batch(projector, batch, spectra, ewald, reference_pixel, grids, col, sym) -> None:
+    """One batch into the accumulators: the projector's insertion of its half ``spectra``, or
+    the Ewald-sphere one (curved P/Q insertion on the torch reference path)."""
     num_acc, w_acc = grids
     if ewald is not None:
         insert_ewald(batch, ewald, reference_pixel, grids, projector.padded_size, sym)
         return
     projector.insert(
-        rfft2_centered(batch.images),
+        spectra,
         batch.rotations,
         num_acc,
         w_acc,

@@ -13,7 +13,8 @@ extension was built with it): extraction splits the particles, insertion splits 
 slabs of planes so that no two threads add into one cell (see ``_cpu_slices.c``).
 :func:`insert_weighted` is the CPU counterpart of the Triton insertion: RELION's CTF, the shift
 ramp and the sample weights are computed in the loop from each particle's parameters, and values
-and CTF² weights are added in one pass (no ``batch × D²`` CTF or ramp arrays).
+and CTF² weights are added in one pass (no ``batch × D²`` CTF or ramp arrays). :func:`fold_packed`
+splits its packed grid into the numerator and weights on all threads.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes
 import math
 from functools import cache
 
+import numpy as np
 import torch
 
 from cryograd.ctf import CTFParams, electron_wavelength_angstrom
@@ -41,6 +43,8 @@ __all__ = [
     "insert_slices",
     "extract_slices",
     "insert_weighted",
+    "fold_packed",
+    "host_empty",
     "particle_parameters",
     "CpuSteps",
 ]
@@ -68,6 +72,10 @@ def _library() -> ctypes.CDLL | None:
         # (dims, rot, kx, ky, flat, spectra, params, tables, sw, scale, num, wts, threads)
         fn.argtypes = [ctypes.c_void_p] * 9 + [_CTYPE[dtype]] + [ctypes.c_void_p] * 2
         fn.argtypes += [ctypes.c_int]
+        fn.restype = None
+        fn = getattr(lib, f"cryograd_fold_packed_{suffix}")
+        # (padded, packed, num, wts, threads)
+        fn.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int]
         fn.restype = None
     lib.cryograd_openmp.restype = ctypes.c_int
     return lib
@@ -331,6 +339,49 @@ def insert_weighted(
         None if weights is None or packed else _ptr(weights),
         threads(),
     )
+
+
+def fold_packed(packed: torch.Tensor, padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`ExtendedSpectrum.fold_packed` in the compiled loop, on all threads.
+
+    Parameters
+    ----------
+    packed
+        Flat packed accumulator (:meth:`ExtendedSpectrum.zeros_packed`): ``(P + 2)² (P // 2 + 2)``
+        ``(re, im, weight)`` real triples, contiguous, CPU, float32 or float64.
+    padded
+        ``P``.
+
+    Returns
+    -------
+    numerator, weights
+        ``(P, P, P // 2 + 1)`` complex and real, each cell the sum of the extended cells that
+        wrap onto it, added in the order of the torch fold (the same values to the last bit).
+    """
+    if not packed.is_contiguous():
+        raise ValueError("the accumulator must be contiguous")
+    real = packed.dtype
+    cdtype = torch.complex128 if real == torch.float64 else torch.complex64
+    shape = (padded, padded, padded // 2 + 1)
+    num, wts = host_empty(shape, cdtype), host_empty(shape, real)
+    fn = getattr(_library(), f"cryograd_fold_packed_{_SUFFIX[real]}")
+    fn(padded, _ptr(packed), _ptr(num), _ptr(wts), threads())
+    return num, wts
+
+
+def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor from NumPy's allocator, which asks the kernel for huge pages
+    for large arrays (``madvise``): the first writes into a fresh 100 MB grid then fault a few
+    dozen pages instead of some 25,000 (box 128, ``pad 2``: about 0.06 s less per fold).
+
+    Parameters
+    ----------
+    shape
+        The tensor's shape.
+    dtype
+        A real or complex torch dtype with a NumPy counterpart (float32/64, complex64/128).
+    """
+    return torch.from_numpy(np.empty(shape, dtype=str(dtype).removeprefix("torch.")))
 
 
 class CpuSteps(TorchSteps):

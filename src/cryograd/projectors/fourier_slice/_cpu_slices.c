@@ -60,10 +60,14 @@ enum { NTAB = 4 };
  * slabs balance the threads' work when the slabs' costs differ or a thread is descheduled). */
 enum { MAX_THREADS = 256, SLABS_PER_THREAD = 8 };
 
-/* The insertion's split of one chunk: `zb` (count) the samples' lower planes; `hist` (nt, planes)
- * each thread's samples per plane; `slab_of` (planes) the slab of each plane; `starts`
+/* Chunks of consecutive particles per thread in the counting and sorting passes of the slab
+ * split (taken dynamically; each has its own plane histogram). */
+enum { CHUNKS_PER_THREAD = 8 };
+
+/* The insertion's split of one chunk: `zb` (count) the samples' lower planes; `hist` (nc, planes)
+ * each particle chunk's samples per plane; `slab_of` (planes) the slab of each plane; `starts`
  * (nslab + 1) where each slab's samples begin in `order` (count, sample indices i * ns + s, slab
- * by slab, in particle order within a slab); `offsets` (nt, nslab) where thread t's samples of
+ * by slab, in particle order within a slab); `offsets` (nc, nslab) where chunk t's samples of
  * slab k go. One allocation. */
 typedef struct {
   uint16_t *zb;
@@ -72,17 +76,17 @@ typedef struct {
   uint32_t *order;
 } slab_plan_t;
 
-static slab_plan_t slab_plan_alloc(int64_t count, int64_t planes, int nt, int nslab) {
+static slab_plan_t slab_plan_alloc(int64_t count, int64_t planes, int nc, int nslab) {
   slab_plan_t p = {NULL, NULL, NULL, NULL, NULL, NULL};
-  const size_t n64 = (size_t)nt * (size_t)planes + (size_t)nslab + 1 + (size_t)nt * (size_t)nslab;
+  const size_t n64 = (size_t)nc * (size_t)planes + (size_t)nslab + 1 + (size_t)nc * (size_t)nslab;
   const size_t bytes = n64 * 8 + (size_t)planes * 4 + (size_t)count * 4 + (size_t)count * 2;
   char *mem = (char *)malloc(bytes);
   if (mem == NULL) return p;
   p.hist = (int64_t *)mem;
-  memset(p.hist, 0, (size_t)nt * (size_t)planes * 8);
-  p.starts = p.hist + (size_t)nt * (size_t)planes;
+  memset(p.hist, 0, (size_t)nc * (size_t)planes * 8);
+  p.starts = p.hist + (size_t)nc * (size_t)planes;
   p.offsets = p.starts + nslab + 1;
-  p.slab_of = (int32_t *)(p.offsets + (size_t)nt * (size_t)nslab);
+  p.slab_of = (int32_t *)(p.offsets + (size_t)nc * (size_t)nslab);
   p.order = (uint32_t *)(p.slab_of + planes);
   p.zb = (uint16_t *)(p.order + count);
   return p;
@@ -94,21 +98,21 @@ static void slab_plan_free(slab_plan_t *p) {
   p->zb = NULL;
 }
 
-/* From the threads' histograms: slab bounds (planes [b[k], b[k+1]), nslab slabs of about equal
- * sample counts, strictly increasing), each plane's slab, the slabs' starts and each thread's
- * offsets (threads in particle order, so a slab's samples stay in particle order). */
-static void slab_plan_offsets(slab_plan_t *p, int64_t planes, int nt, int nslab) {
+/* From the chunks' histograms: slab bounds (planes [b[k], b[k+1]), nslab slabs of about equal
+ * sample counts, strictly increasing), each plane's slab, the slabs' starts and each chunk's
+ * offsets (chunks in particle order, so a slab's samples stay in particle order). */
+static void slab_plan_offsets(slab_plan_t *p, int64_t planes, int nc, int nslab) {
   int64_t bounds[2 * MAX_THREADS * SLABS_PER_THREAD + 1];
   int64_t count = 0;
   for (int64_t z = 0; z < planes; ++z)
-    for (int t = 0; t < nt; ++t) count += p->hist[(int64_t)t * planes + z];
+    for (int t = 0; t < nc; ++t) count += p->hist[(int64_t)t * planes + z];
   bounds[0] = 0;
   int64_t acc = 0, z = 0;
   for (int k = 1; k < nslab; ++k) {
     const int64_t target = count * k / nslab;
     while (z < planes) {
       int64_t hz = 0;
-      for (int t = 0; t < nt; ++t) hz += p->hist[(int64_t)t * planes + z];
+      for (int t = 0; t < nc; ++t) hz += p->hist[(int64_t)t * planes + z];
       if (acc + hz > target) break;
       acc += hz;
       ++z;
@@ -122,7 +126,7 @@ static void slab_plan_offsets(slab_plan_t *p, int64_t planes, int nt, int nslab)
   int64_t start = 0;
   for (int k = 0; k < nslab; ++k) {
     p->starts[k] = start;
-    for (int t = 0; t < nt; ++t) {
+    for (int t = 0; t < nc; ++t) {
       int64_t n = 0;
       for (int64_t zz = bounds[k]; zz < bounds[k + 1]; ++zz) {
         n += p->hist[(int64_t)t * planes + zz];

@@ -79,32 +79,36 @@ static void FN(scatter_all)(const FN(geo_t) *g, FN(body_t) body, const void *ctx
   if (nt > MAX_THREADS) nt = MAX_THREADS;
   int nslab = 2 * nt * SLABS_PER_THREAD;
   if (nslab > planes) nslab = (int)planes;
+  /* the particles in chunks of consecutive particles, several per thread, taken dynamically:
+   * a thread that is descheduled (or shares its core) holds the others back by one chunk */
+  int nchunk = nt * CHUNKS_PER_THREAD;
+  if (nchunk > g->n) nchunk = (int)g->n;
   slab_plan_t plan = {NULL, NULL, NULL, NULL, NULL, NULL};
   if (nslab >= 2 && count <= (int64_t)UINT32_MAX)
-    plan = slab_plan_alloc(count, planes, nt, nslab);
+    plan = slab_plan_alloc(count, planes, nchunk, nslab);
   if (plan.zb == NULL) {
     for (int64_t i = 0; i < g->n; ++i)
       for (int64_t s = 0; s < g->ns; ++s) body(g, ctx, i, s);
     return;
   }
-  /* 1. lower planes and per-thread plane histograms, thread t on particles [i0, i1) */
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int t = 0; t < nt; ++t) {
-    int64_t *hist = plan.hist + (int64_t)t * planes;
-    for (int64_t i = g->n * t / nt; i < g->n * (t + 1) / nt; ++i)
+  /* 1. lower planes and per-chunk plane histograms, chunk c on particles [i0, i1) */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int c = 0; c < nchunk; ++c) {
+    int64_t *hist = plan.hist + (int64_t)c * planes;
+    for (int64_t i = g->n * c / nchunk; i < g->n * (c + 1) / nchunk; ++i)
       for (int64_t s = 0; s < g->ns; ++s) {
         const uint16_t z = FN(lower_plane)(g, i, s);
         plan.zb[i * g->ns + s] = z;
         hist[z] += 1;
       }
   }
-  /* 2. slab bounds of about equal counts, and where each thread's samples of each slab go */
-  slab_plan_offsets(&plan, planes, nt, nslab);
+  /* 2. slab bounds of about equal counts, and where each chunk's samples of each slab go */
+  slab_plan_offsets(&plan, planes, nchunk, nslab);
   /* 3. the samples' indices, slab by slab, in particle order within a slab */
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-  for (int t = 0; t < nt; ++t) {
-    int64_t *pos = plan.offsets + (int64_t)t * nslab;
-    for (int64_t i = g->n * t / nt; i < g->n * (t + 1) / nt; ++i)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int c = 0; c < nchunk; ++c) {
+    int64_t *pos = plan.offsets + (int64_t)c * nslab;
+    for (int64_t i = g->n * c / nchunk; i < g->n * (c + 1) / nchunk; ++i)
       for (int64_t s = 0; s < g->ns; ++s) {
         const int64_t k = i * g->ns + s;
         plan.order[pos[plan.slab_of[plan.zb[k]]]++] = (uint32_t)k;
@@ -289,6 +293,59 @@ void FN(cryograd_insert_weighted)(const int64_t *dims, const T *rot, const T *kx
                             wts,  dims[2], dims[3], box, dims[8], ramp};
   FN(scatter_all)(&g, FN(weighted_body), &c, nthreads);
   free(ramp);
+}
+
+/* --- fold of a packed accumulator: (re, im, weight) extended cells -> numerator and weights -- */
+
+/* Extended row r (z or y, 0 .. P + 1) holds index (r - P/2) mod P: of output index j, `main` is
+ * the row of 0 .. P - 1 and `extra` the row P or P + 1 that also maps to j (-1: none). */
+static inline void FN(fold_rows)(int64_t padded, int64_t j, int64_t *main_row, int64_t *extra) {
+  const int64_t h = padded / 2;
+  *main_row = (j + h) % padded;
+  *extra = -1;
+  for (int64_t r = padded; r < padded + 2; ++r)
+    if ((r - h) % padded == j) *extra = r;
+}
+
+/* out[x] = Σ of the packed cells of rows (z, y) over x: the numerator's (re, im) into num (2 per
+ * x), the weight into wts; the four sources added in the order of geometry._fold_into (main z
+ * and y, extra z, extra z and y, extra y), so that the sums equal its to the last bit. */
+static void FN(fold_row)(const T *packed, int64_t padded, int64_t jz, int64_t jy, T *num,
+                         T *wts) {
+  const int64_t half = padded / 2 + 1, sy = 3 * (half + 1), sz = sy * (padded + 2);
+  int64_t zm, ze, ym, ye;
+  FN(fold_rows)(padded, jz, &zm, &ze);
+  FN(fold_rows)(padded, jy, &ym, &ye);
+  const T *src[4] = {packed + zm * sz + ym * sy, ze < 0 ? NULL : packed + ze * sz + ym * sy,
+                     ze < 0 || ye < 0 ? NULL : packed + ze * sz + ye * sy,
+                     ye < 0 ? NULL : packed + zm * sz + ye * sy};
+  for (int64_t x = 0; x < half; ++x) {
+    T re = src[0][3 * x], im = src[0][3 * x + 1], w = src[0][3 * x + 2];
+    for (int k = 1; k < 4; ++k)
+      if (src[k] != NULL) {
+        re += src[k][3 * x];
+        im += src[k][3 * x + 1];
+        w += src[k][3 * x + 2];
+      }
+    num[2 * x] = re;
+    num[2 * x + 1] = im;
+    wts[x] = w;
+  }
+}
+
+/* Fold a packed extended accumulator ((P + 2, P + 2, P/2 + 2, 3) reals, ExtendedSpectrum.
+ * zeros_packed) into the (P, P, P/2 + 1) complex numerator `num` (interleaved) and real weights
+ * `wts`; threads split the z planes (each writes, and first touches, its own planes). */
+void FN(cryograd_fold_packed)(int64_t padded, const T *packed, T *num, T *wts, int nthreads) {
+  const int64_t half = padded / 2 + 1;
+  const int nt = thread_count(nthreads);
+  (void)nt; /* unused without OpenMP */
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t jz = 0; jz < padded; ++jz)
+    for (int64_t jy = 0; jy < padded; ++jy) {
+      const int64_t row = jz * padded + jy;
+      FN(fold_row)(packed, padded, jz, jy, num + 2 * half * row, wts + half * row);
+    }
 }
 
 #undef FN

@@ -116,6 +116,8 @@ class FourierSliceProjector(ChunkedProjector):
         grids (``weights`` None and ``accumulator`` complex: None for the weights)."""
         p = self.padded_size
         if not accumulator.is_complex():
+            if _cpu.usable(accumulator) and accumulator.is_contiguous():
+                return _cpu.fold_packed(accumulator, p)  # on all threads
             return ExtendedSpectrum.fold_packed(accumulator, p)
         num = ExtendedSpectrum.fold(accumulator, p)
         if weights is None:
