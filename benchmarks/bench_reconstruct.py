@@ -52,6 +52,7 @@ from cryograd.io.mrc import read_map, write_map  # noqa: E402
 from cryograd.particles import read_particles  # noqa: E402
 from cryograd.reconstruction.memory import estimate_memory_bytes  # noqa: E402
 from cryograd.simulation import simulate  # noqa: E402
+from cryograd.solvers.config import DirectConfig  # noqa: E402
 from cryograd.validation import fsc, resolution_at  # noqa: E402
 
 #: Particles per box by default (``--quick``: the second column).
@@ -237,7 +238,12 @@ def _peer_map(data: Path, tool: str) -> Path | None:
     return found[0] if found else None
 
 
-def planner_mb(box: int, refine: int) -> float:
+def planner_mb(box: int, label: str) -> float:
+    """The planner's estimate (MB) for the row ``label`` (``... --refine N``, else the default)."""
+    words = label.split()
+    refine = (
+        int(words[words.index("--refine") + 1]) if "--refine" in words else DirectConfig().refine
+    )
     return estimate_memory_bytes(box, "direct", 2.0, 256, refine=refine) / 2**20
 
 
@@ -251,7 +257,7 @@ def print_case(case: dict, rows: dict) -> None:
     for k, r in rows.items():
         plan = ""
         if k.startswith("cryograd"):
-            plan = f"{planner_mb(box, 0 if 'refine 0' in k else 3):>9.0f}"
+            plan = f"{planner_mb(box, k):>9.0f}"
         print(
             f"{k:<30}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['maxrss_mb']:>9.0f}{plan:>9}"
             f"{n / r['wall_s']:>8.0f}{r.get('fsc0143_A', float('nan')):>10.2f}"
@@ -267,7 +273,7 @@ def print_case(case: dict, rows: dict) -> None:
                     f"CPU {r['cpu_s'] / q['cpu_s']:.2f}x, "
                     f"peak {r['maxrss_mb'] / q['maxrss_mb']:.2f}x"
                 )
-        plan = planner_mb(box, 0 if "refine 0" in k else 3)
+        plan = planner_mb(box, k)
         print(f"  {k}: planner estimate / measured peak {plan / r['maxrss_mb']:.2f}")
 
 
