@@ -28,37 +28,29 @@ def test_threads_must_be_positive() -> None:
         _check_options(args)
 
 
-@pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_command_lets_idle_openmp_threads_sleep(preset) -> None:
-    """``cryograd`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads libgomp, unless the
-    user chose a policy (a fresh interpreter: libgomp reads the variable once)."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset is not None:
-        env["OMP_WAIT_POLICY"] = preset
-    code = (
-        "import os, sys; from cryograd.cli.main import quiet_openmp_waits; quiet_openmp_waits(); "
-        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == [preset or "PASSIVE", "False"], out.stderr
+# (function of cryograd.cli.main, the variable it sets, its value, a value a user might set)
+_PROCESS_SETTINGS = [
+    ("quiet_openmp_waits", "OMP_WAIT_POLICY", "PASSIVE", "ACTIVE"),
+    ("huge_pages_for_large_tensors", "THP_MEM_ALLOC_ENABLE", "1", "0"),
+]
 
 
-@pytest.mark.parametrize("preset", [None, "0"])
-def test_command_asks_for_huge_pages_unless_the_user_chose(preset) -> None:
-    """``cryograd`` sets ``THP_MEM_ALLOC_ENABLE=1`` (torch's CPU allocator reads it once) before
-    torch is imported, and leaves a value the user set alone (a fresh interpreter)."""
+@pytest.mark.parametrize("user_sets", [False, True])
+@pytest.mark.parametrize(("function", "name", "value", "user_value"), _PROCESS_SETTINGS)
+def test_command_sets_process_variables_unless_the_user_chose(
+    function, name, value, user_value, user_sets
+) -> None:
+    """``cryograd`` sets ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep; libgomp reads it
+    when it loads) and ``THP_MEM_ALLOC_ENABLE=1`` (huge pages; torch's allocator reads it once)
+    before torch is imported, and leaves a value the user set alone (a fresh interpreter)."""
     import subprocess
 
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if preset is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = preset
+    env = {k: v for k, v in os.environ.items() if k != name}
+    if user_sets:
+        env[name] = user_value
     code = (
-        "import os, sys; from cryograd.cli.main import huge_pages_for_large_tensors; "
-        "huge_pages_for_large_tensors(); "
-        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)"
+        f"import os, sys; from cryograd.cli.main import {function}; {function}(); "
+        f"print(os.environ.get({name!r}), 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == [preset or "1", "False"], out.stderr
+    assert out.stdout.split() == [user_value if user_sets else value, "False"], out.stderr

@@ -303,9 +303,10 @@ def soft_mask_from_map(
 
 def _random_phases(box: int, seed: int, device, dtype=torch.float64) -> torch.Tensor:
     """Unit complex numbers on the half grid with uniform, Hermitian-consistent random phases
-    (the DFT of real white noise of ``dtype``, normalised)."""
+    (the DFT of real white noise, normalised, in ``dtype``)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn((box,) * 3, generator=gen, dtype=dtype).to(device)
+    # drawn in float64 whatever ``dtype``: the same phases (to rounding) in either precision
+    noise = torch.randn((box,) * 3, generator=gen, dtype=torch.float64).to(device, dtype)
     spec = torch.fft.rfftn(noise)
     del noise
     return spec.div_(spec.abs().clamp_min_(torch.finfo(dtype).tiny))
