@@ -114,11 +114,16 @@ def test_class_numbers_from_one_as_relion():
     assert ps.class_number.min() >= 1
 
 
-def test_pixel_size_per_exposure_group(tmp_path):
-    a = _tiny(4)
-    full = np.zeros(4, dtype=a.dtype.descr + [("ctf/exp_group_id", "<u4")])
+def _with_fields(a: np.ndarray, fields: list[tuple[str, str]]) -> np.ndarray:
+    """A copy of the record array ``a`` with extra (zeroed) fields."""
+    full = np.zeros(len(a), dtype=a.dtype.descr + fields)
     for name in a.dtype.names:
         full[name] = a[name]
+    return full
+
+
+def test_pixel_size_per_exposure_group(tmp_path):
+    full = _with_fields(_tiny(4), [("ctf/exp_group_id", "<u4")])
     full["ctf/exp_group_id"] = [3, 3, 7, 7]
     full["blob/psize_A"] = [1.5, 1.5, 1.25, 1.25]
     ps = read_particles(_save_cs(tmp_path / "g.cs", full))
@@ -134,10 +139,7 @@ def test_micrograph_path_becomes_rlnmicrographname(tmp_path):
 
     from cryograd.io.star import write_star
 
-    a = _tiny(3)
-    full = np.zeros(3, dtype=a.dtype.descr + [("location/micrograph_path", "S40")])
-    for name in a.dtype.names:
-        full[name] = a[name]
+    full = _with_fields(_tiny(3), [("location/micrograph_path", "S40")])
     full["location/micrograph_path"] = [
         b">J1/imported/mic_a.mrc",
         b"J1/imported/mic_b.mrc",
@@ -162,10 +164,7 @@ def test_box_size_per_exposure_group(tmp_path):
     """Exposure groups of another blob/shape are resampled onto the first group's box, as in
     RELION files (tests/test_optics_boxes.py): 40 px of 1.2 Å onto 32 px of 1.5 Å (same field of
     view, Fourier crop: 1.5 Å); their shifts stay the same in Å."""
-    a = _tiny(4)
-    full = np.zeros(4, dtype=a.dtype.descr + [("ctf/exp_group_id", "<u4")])
-    for name in a.dtype.names:
-        full[name] = a[name]
+    full = _with_fields(_tiny(4), [("ctf/exp_group_id", "<u4")])
     full["ctf/exp_group_id"] = [3, 3, 7, 7]
     full["blob/psize_A"] = [1.5, 1.5, 1.2, 1.2]
     full["blob/shape"] = [(32, 32), (32, 32), (40, 40), (40, 40)]
